@@ -1,0 +1,110 @@
+"""Layers with PyTorch semantics, so the zoo matches RepDistiller/mdistiller exactly.
+
+* :class:`BatchNorm` normalises like ``torch.nn.BatchNorm2d``/``BatchNorm1d``: biased batch
+  variance for the normalisation, *unbiased* batch variance for the running estimate,
+  ``running = (1 - momentum) * running + momentum * batch`` with PyTorch's momentum 0.1,
+  eps 1e-5. With ``batch_groups > 1`` the statistics are computed per group of consecutive
+  examples (per device when the batch is sharded over devices), as
+  ``torch.nn.DataParallel`` does; the running estimate then follows the first group, as
+  DataParallel keeps replica 0's buffers.
+* Initialisers reproduce PyTorch's: ``torch_default_init(fan_in)`` is
+  ``kaiming_uniform_(a=sqrt(5))`` i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (the default of
+  ``nn.Conv2d`` and ``nn.Linear`` for weights and biases); ``kaiming_normal_fan_out`` is
+  ``nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu')``.
+
+Variable names follow PyTorch as well: a conv's ``kernel`` is its ``weight`` (HWIO here,
+OIHW there), a BatchNorm has params ``scale``/``bias`` and batch_stats ``mean``/``var``
+(``weight``/``bias``/``running_mean``/``running_var`` there); :mod:`kdjax.convert` relies
+on this.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def torch_default_init(fan_in: int):
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default Conv/Linear weight and bias init."""
+  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def kaiming_normal_fan_out(key, shape, dtype=jnp.float32):
+  """``nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu')`` for an HWIO kernel."""
+  fan_out = math.prod(shape[:-2]) * shape[-1]
+  return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fan_out)
+
+
+def conv(features: int, kernel_size: int, *, stride: int = 1, padding: int | None = None,
+         groups: int = 1, use_bias: bool = False, in_features: int, kernel_init=None,
+         dtype: Any = jnp.float32, name: str | None = None) -> nn.Conv:
+  """An ``nn.Conv2d(in_features, features, kernel_size, stride, padding, groups, bias)``.
+
+  ``padding`` defaults to PyTorch's explicit symmetric ``kernel_size // 2``. The kernel
+  defaults to PyTorch's own init; pass ``kernel_init`` for the models that re-initialise.
+  """
+  pad = kernel_size // 2 if padding is None else padding
+  fan_in = in_features // groups * kernel_size * kernel_size
+  return nn.Conv(
+      features, (kernel_size, kernel_size), strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=use_bias,
+      kernel_init=kernel_init or torch_default_init(fan_in),
+      bias_init=torch_default_init(fan_in), dtype=dtype, name=name)
+
+
+def dense(features: int, *, in_features: int, kernel_init=None, bias_init=None,
+          dtype: Any = jnp.float32, name: str | None = None) -> nn.Dense:
+  """An ``nn.Linear(in_features, features)`` with PyTorch's default init unless overridden."""
+  return nn.Dense(features, kernel_init=kernel_init or torch_default_init(in_features),
+                  bias_init=bias_init or torch_default_init(in_features), dtype=dtype,
+                  name=name)
+
+
+class BatchNorm(nn.Module):
+  """``torch.nn.BatchNorm{1,2}d`` over the last axis (see the module docstring).
+
+  Attributes:
+    momentum: PyTorch convention: weight of the *new* batch statistic (0.1).
+    epsilon: added to the variance (1e-5).
+    batch_groups: compute statistics per group of ``batch / batch_groups`` examples.
+    dtype: computation dtype of the output; statistics are always float32.
+  """
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  batch_groups: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    if train:
+      groups = self.batch_groups
+      if x.shape[0] % groups:
+        raise ValueError(f'batch {x.shape[0]} is not divisible into {groups} BN groups')
+      xg = x32.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+      axes = tuple(range(1, xg.ndim - 1))
+      mean = jnp.mean(xg, axis=axes, keepdims=True)
+      var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+      y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      if not self.is_initializing():
+        n = xg.size // (groups * features)
+        unbiased = var[0].reshape(features) * (n / max(n - 1, 1))
+        ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean[0].reshape(features)
+        ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+    else:
+      y = (x32 - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+    return (y * scale + bias).astype(self.dtype)
