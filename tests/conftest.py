@@ -22,3 +22,39 @@ def fixture_path(name: str) -> pathlib.Path:
 def load_fixture(name: str):
   """``numpy.load`` of a reference fixture file (see ../shared/fixtures/README.md)."""
   return np.load(fixture_path(name))
+
+
+def tiny_config(method: str = 'vanilla', **overrides):
+  """A digits config small enough for tests: resnet8, batch 32, a few steps."""
+  from kdjax.config import base_config, digits_preset
+  config = digits_preset(base_config())
+  config.method = method
+  config.model = 'resnet8'
+  config.batch_size = 32
+  config.eval_batch_size = 128
+  config.num_epochs = 2
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 4
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def run_cli(args, env=None, timeout=600):
+  """Runs ``python -m kdjax.main ARGS`` in the project root; returns the CompletedProcess."""
+  import subprocess
+  import sys
+  full_env = dict(os.environ)
+  full_env.update(env or {})
+  return subprocess.run([sys.executable, '-m', 'kdjax.main', *args], cwd=ROOT, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def restore_state(workdir):
+  """The train state in ``workdir``'s newest checkpoint (written on any number of devices)."""
+  from kdjax.train.checkpoint import restore_on_host
+  return restore_on_host(os.path.join(os.fspath(workdir), 'checkpoints'))[1]

@@ -1,0 +1,171 @@
+"""The configuration every kdjax run starts from, and its validation.
+
+Experiment files (``experiments/*.py``) start from :func:`base_config` and override what
+their method needs; ``python -m kdjax.main --config experiments/x.py:preset
+--config.a.b=value`` then overrides single fields. :func:`validate` turns every mistake a
+user can make into one :class:`~kdjax.errors.KdjaxError` line, before anything is written.
+
+Defaults are mdistiller's CIFAR recipe: SGD (momentum 0.9, weight decay 5e-4 on every
+parameter, BatchNorm included), lr 0.05, batch 64, 240 epochs, lr x0.1 at epochs 150, 180
+and 210.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from kdjax.errors import KdjaxError
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The defaults shared by every method (mdistiller's CIFAR-100 recipe)."""
+  c = ml_collections.ConfigDict()
+  c.method = 'vanilla'
+  c.seed = 0
+  c.model = 'resnet32x4'  # the net being trained: the student, or the teacher for vanilla
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'cifar100'
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.data.download = True
+  c.data.crop_padding = 4
+  c.data.flip = True
+
+  c.batch_size = 64  # global, over all devices
+  c.eval_batch_size = 256
+  c.num_epochs = 240
+  c.dtype = 'float32'  # computation dtype; parameters and optimizer state stay float32
+  c.bn_stats = 'global'  # or 'per_device', as torch.nn.DataParallel computes them
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 0.05
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.lr_decay_epochs = (150, 180, 210)
+  c.optimizer.lr_decay_rate = 0.1
+
+  # The frozen teacher of distillation methods (unused by vanilla): a kdjax workdir, a
+  # teacher folder from `python -m kdjax.convert`, or a RepDistiller/mdistiller .pth.
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.model = 'resnet32x4'
+  c.teacher.checkpoint = ml_collections.FieldReference(None, field_type=str)
+  # With no checkpoint, train the teacher first into <workdir>/teacher (digits presets).
+  c.teacher.train_if_missing = False
+  c.teacher.num_epochs = ml_collections.FieldReference(None, field_type=int)
+
+  # mdistiller's CFG.KD
+  c.kd = ml_collections.ConfigDict({'ce_weight': 0.1, 'kd_weight': 0.9, 'temperature': 4.0})
+
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.max_steps = ml_collections.FieldReference(None, field_type=int)  # stop early (tests)
+  return c
+
+
+def digits_preset(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The embedded-data preset every method shares: small, quick, no download.
+
+  scikit-learn's digits (1,437 train / 360 test images), no horizontal flip (digits are not
+  mirror-symmetric), 15 epochs with the lr decayed at epochs 10 and 13.
+  """
+  config.data.name = 'digits'
+  config.data.flip = False
+  config.num_epochs = 15
+  config.optimizer.lr_decay_epochs = (10, 13)
+  config.log_every_steps = 10
+  config.checkpoint_every_steps = 200
+  return config
+
+
+# The standard CIFAR-100 teacher/student pairs of mdistiller's tables (and SLKD's extras):
+# preset -> (teacher, student, lr). mdistiller uses lr 0.01 for ShuffleNet/MobileNetV2
+# students and 0.05 otherwise.
+PAIRS = {
+    'res32x4_res8x4': ('resnet32x4', 'resnet8x4', 0.05),
+    'res56_res20': ('resnet56', 'resnet20', 0.05),
+    'res110_res32': ('resnet110', 'resnet32', 0.05),
+    'res56_res8': ('resnet56', 'resnet8', 0.05),
+    'wrn40_2_wrn16_2': ('wrn_40_2', 'wrn_16_2', 0.05),
+    'wrn40_2_wrn40_1': ('wrn_40_2', 'wrn_40_1', 0.05),
+    'vgg13_vgg8': ('vgg13', 'vgg8', 0.05),
+    'vgg13_vgg11': ('vgg13', 'vgg11', 0.05),
+    'res32x4_shuv1': ('resnet32x4', 'ShuffleV1', 0.01),
+    'res32x4_shuv2': ('resnet32x4', 'ShuffleV2', 0.01),
+    'wrn40_2_shuv1': ('wrn_40_2', 'ShuffleV1', 0.01),
+    'vgg13_mv2': ('vgg13', 'MobileNetV2', 0.01),
+    'res50_mv2': ('ResNet50', 'MobileNetV2', 0.01),
+}
+
+# The digits pipeline: a small teacher trained first, then a smaller student.
+DIGITS_TEACHER, DIGITS_STUDENT = 'resnet20', 'resnet8'
+
+
+def distillation_config(method: str, preset: str | None) -> ml_collections.ConfigDict:
+  """A distillation run of ``method``: a pair preset of :data:`PAIRS` or ``digits``.
+
+  Without a preset: CIFAR-100 ``res32x4_res8x4``. CIFAR presets need
+  ``--config.teacher.checkpoint``; ``digits`` trains its teacher first into
+  ``<workdir>/teacher`` and reuses it on later runs.
+  """
+  c = base_config()
+  c.method = method
+  preset = preset or 'res32x4_res8x4'
+  if preset == 'digits':
+    digits_preset(c)
+    c.teacher.model, c.model = DIGITS_TEACHER, DIGITS_STUDENT
+    c.teacher.train_if_missing = True
+  elif preset in PAIRS:
+    c.teacher.model, c.model, c.optimizer.lr = PAIRS[preset]
+  else:
+    raise KdjaxError(f'unknown preset {preset!r} for {method}; expected digits or one of: '
+                     f'{", ".join(PAIRS)}')
+  c.preset = preset
+  return c
+
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise KdjaxError(message)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the fields every run uses; raises :class:`KdjaxError` on the first bad one."""
+  from kdjax import data, methods, models  # pylint: disable=import-outside-toplevel
+  _require(config.method in methods.names(),
+           f'unknown method {config.method!r} (config.method); expected one of: '
+           f'{", ".join(methods.names())}')
+  _require(config.model in models.names(),
+           f'unknown model {config.model!r} (config.model); expected one of: '
+           f'{", ".join(models.names())}')
+  if methods.uses_teacher(config.method):
+    _require(config.teacher.model in models.names(),
+             f'unknown teacher model {config.teacher.model!r} (config.teacher.model); '
+             f'expected one of: {", ".join(models.names())}')
+    _require(config.teacher.checkpoint is not None or config.teacher.train_if_missing,
+             f'method {config.method} needs a trained teacher: set '
+             f'--config.teacher.checkpoint to a kdjax workdir, a teacher folder from '
+             f'`python -m kdjax.convert`, or a RepDistiller/mdistiller .pth')
+  _require(config.data.name in data.DATASETS,
+           f'unknown dataset {config.data.name!r} (config.data.name); expected one of: '
+           f'{", ".join(data.DATASETS)}')
+  opt = config.optimizer
+  _require(opt.lr > 0, f'config.optimizer.lr must be positive, got {opt.lr}')
+  _require(0 <= opt.momentum < 1, f'config.optimizer.momentum must be in [0, 1), got {opt.momentum}')
+  _require(opt.weight_decay >= 0,
+           f'config.optimizer.weight_decay must be >= 0, got {opt.weight_decay}')
+  _require(config.batch_size > 0, f'config.batch_size must be positive, got {config.batch_size}')
+  _require(config.eval_batch_size > 0,
+           f'config.eval_batch_size must be positive, got {config.eval_batch_size}')
+  _require(config.num_epochs > 0, f'config.num_epochs must be positive, got {config.num_epochs}')
+  _require(config.dtype in ('float32', 'bfloat16'),
+           f'config.dtype must be float32 or bfloat16, got {config.dtype!r}')
+  _require(config.bn_stats in ('global', 'per_device'),
+           f'config.bn_stats must be global or per_device, got {config.bn_stats!r}')
+  _require(config.data.crop_padding >= 0,
+           f'config.data.crop_padding must be >= 0, got {config.data.crop_padding}')
+  _require(config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
+           'config.log_every_steps and config.checkpoint_every_steps must be positive')
+  _require(config.keep_checkpoints >= 1,
+           f'config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}')

@@ -1,0 +1,81 @@
+"""Command line: ``python -m kdjax.main --config experiments/<method>.py[:<preset>]``.
+
+    python -m kdjax.main --config experiments/slkd.py:digits --workdir runs/slkd_digits \
+        --config.num_epochs=10
+
+``--workdir`` defaults to ``runs/<config file>[_<preset>]``; running the same command again
+resumes from the workdir's newest checkpoint. A mistake in the config or the inputs prints
+one line starting with ``kdjax: error:`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from kdjax.errors import KdjaxError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file, e.g. '
+                                          'experiments/slkd.py:digits', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, '
+                               'results.json); default runs/<config>[_<preset>]')
+
+
+def default_workdir(config_arg: str) -> str:
+  """``experiments/slkd.py:digits`` -> ``runs/slkd_digits``."""
+  path, _, preset = config_arg.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('runs', f'{name}_{preset}' if preset else name)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from kdjax import pipelines  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.WARNING)  # kdjax prints its own progress lines
+  try:
+    config = _CONFIG.value
+    config.get('method')  # config_flags reports a missing or broken file lazily
+  except OSError as e:
+    print(f'kdjax: error: {_config_file_error(e)}', file=sys.stderr)
+    sys.exit(2)
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
+  try:
+    pipelines.run(config, workdir)
+  except KdjaxError as e:
+    print(f'kdjax: error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_file_error(error: Exception) -> str:
+  """One line for a config file that config_flags could not load."""
+  text = str(error.__cause__ or error).strip()
+  return (f'could not load the config file {flags.FLAGS["config"].config_filename!r}: '
+          f'{text.splitlines()[-1].strip()}')
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with every mistake (bad file, unknown key) as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    message = ' '.join(str(e).split()) or type(e).__name__
+    if 'Failed loading config file' in str(e) or isinstance(e, OSError):
+      message = _config_file_error(e)
+    elif isinstance(e, (KeyError, AttributeError)):
+      message = (f'unknown config field {message} in the --config.* overrides; the '
+                 f'experiment file lists the fields')
+    print(f'kdjax: error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> None:
+  flags.mark_flag_as_required('config')
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,99 @@
+"""The contract every distillation method follows.
+
+A method is a small graph of networks and the loss terms that connect them:
+
+* ``nets``: the *learning* networks (student, self-learning teachers, meta-networks,
+  connectors), each a Flax module whose variables are ``params`` (+ ``batch_stats``). Each
+  has its own optimizer (``optimizers[name]``) and its own entries ``params[name]``,
+  ``batch_stats[name]``, ``opt_state[name]`` in the train state.
+* ``teacher``: an optional *frozen* zoo model; it runs in inference mode on every batch,
+  outside differentiation, and its output reaches the loss as ``ctx.teacher``.
+* ``loss(run, batch, ctx) -> (loss, terms)``: the scalar the step differentiates with
+  respect to every learning net at once, and a dict of named terms to log (mdistiller's
+  contract). ``run(name, x, **kwargs)`` applies learning net ``name`` in training mode and
+  records its updated BatchNorm statistics. Which net learns from which is expressed with
+  ``jax.lax.stop_gradient`` inside the loss.
+* ``stages`` (rarely): a sequence of ``(net names, loss)`` applied one after another within
+  the step, for methods in which some nets must learn before others look at them (SLKD*).
+* ``eval_nets``: the nets evaluated on the test set each epoch; the first one's accuracy is
+  the run's reported accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import optax
+
+
+class Batch(NamedTuple):
+  """A training batch: normalised NHWC images and int32 labels."""
+  images: jax.Array
+  labels: jax.Array
+
+
+class StepContext(NamedTuple):
+  """What a loss may read besides the nets: the step, the epoch and randomness."""
+  step: jax.Array  # 0-based global step
+  epoch: jax.Array  # 1-based epoch of this step, as mdistiller counts for warm-ups
+  rng: jax.Array
+  teacher: Any = None  # the frozen teacher's ModelOutput, or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A distillation method (see the module docstring)."""
+  name: str
+  nets: Mapping[str, nn.Module]
+  optimizers: Mapping[str, optax.GradientTransformation]
+  loss: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+  eval_nets: tuple[str, ...] = ('student',)
+  teacher: Optional[nn.Module] = None
+  # Optional sequential stages ((net names, loss), ...): each stage's gradient is taken
+  # with respect to its nets only, after the previous stages' updates were applied. Empty:
+  # one stage, ``loss`` over all nets (the fused step of every method but SLKD*).
+  stages: tuple = ()
+
+  def update_stages(self) -> tuple:
+    return self.stages or ((tuple(self.nets), self.loss),)
+
+
+class NetRunner:
+  """``run(name, x, **kwargs)`` for a loss: applies a learning net in training mode.
+
+  Holds the nets' params and BatchNorm statistics of one step; each call threads the
+  statistics it updated into the next call of the same net, and ``batch_stats`` returns
+  them all after the loss ran.
+  """
+
+  def __init__(self, nets: Mapping[str, nn.Module], params, batch_stats):
+    self._nets = nets
+    self._params = params
+    self.batch_stats = dict(batch_stats)
+
+  def __call__(self, name: str, x: jax.Array, *, update_stats: bool = True, **kwargs):
+    """Applies net ``name`` in training mode (batch statistics).
+
+    With ``update_stats=False`` the net still normalises with the batch's statistics but
+    its running estimates are left as they are (a second look at the same batch).
+    """
+    variables = {'params': self._params[name]}
+    if self.batch_stats.get(name):
+      variables['batch_stats'] = self.batch_stats[name]
+      out, updates = self._nets[name].apply(variables, x, train=True, mutable=['batch_stats'],
+                                            **kwargs)
+      if update_stats:
+        self.batch_stats[name] = updates['batch_stats']
+      return out
+    return self._nets[name].apply(variables, x, train=True, **kwargs)
+
+
+def student_and_teacher(config, num_classes: int, dtype, bn_groups: int):
+  """The student ``config.model`` (learning) and the frozen teacher ``config.teacher.model``."""
+  from kdjax import models  # pylint: disable=import-outside-toplevel
+  student = models.create(config.model, num_classes, dtype=dtype, bn_groups=bn_groups)
+  teacher = models.create(config.teacher.model, num_classes, dtype=dtype)
+  return student, teacher

@@ -1,0 +1,27 @@
+"""KD (Hinton et al., 2015) with mdistiller's defaults (``mdistiller/distillers/KD.py``).
+
+loss = ce_weight * CE(y, S) + kd_weight * KD_T(S, T), with KD_T the temperature-scaled KL
+of :func:`kdjax.losses.kd`; defaults CE 0.1, KD 0.9, T = 4 (``CFG.KD``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from kdjax import losses
+from kdjax.methods.base import Method, student_and_teacher
+
+
+def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
+          optimizer_factory) -> Method:
+  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+  cfg = config.kd
+
+  def loss(run, batch, ctx):
+    logits = run('student', batch.images).logits
+    ce = cfg.ce_weight * losses.cross_entropy(logits, batch.labels)
+    kd = cfg.kd_weight * losses.kd(logits, ctx.teacher.logits, temperature=cfg.temperature)
+    return ce + kd, {'ce': ce, 'kd': kd}
+
+  return Method('kd', {'student': student}, {'student': optimizer_factory()}, loss,
+                teacher=teacher)

@@ -1,0 +1,68 @@
+"""What ``kdjax.main`` runs for a config: the training run and the summary it prints."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from kdjax import config as config_lib
+from kdjax import methods
+from kdjax.train.loop import train_and_evaluate
+
+
+def summary_table(rows: list[tuple[str, str, object]]) -> str:
+  """A small aligned table of (role, model, top-1) rows."""
+  lines = [('role', 'model', 'top-1 (%)')] + [
+      (r, m, f'{a:.2f}' if isinstance(a, float) else str(a)) for r, m, a in rows]
+  widths = [max(len(line[i]) for line in lines) for i in range(3)]
+  return '\n'.join('  '.join(c.ljust(w) for c, w in zip(line, widths)) for line in lines)
+
+
+def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The vanilla run that trains ``config``'s teacher on the same data and recipe."""
+  teacher = ml_collections.ConfigDict(config.to_dict())
+  teacher.method = 'vanilla'
+  teacher.model = config.teacher.model
+  teacher.num_epochs = config.teacher.num_epochs or config.num_epochs
+  teacher.teacher.train_if_missing = False
+  return teacher
+
+
+def ensure_teacher(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Trains the teacher into ``workdir/teacher`` when the config asks for that.
+
+  Only when ``config.teacher.checkpoint`` is unset and ``config.teacher.train_if_missing``
+  (the digits presets); a finished teacher there is reused, an unfinished one resumed. A
+  checkpoint that is named is never replaced by a newly trained teacher.
+  """
+  if not methods.uses_teacher(config.method) or config.teacher.checkpoint is not None:
+    return
+  config_lib.validate(config)  # the student run's mistakes surface before teacher training
+  teacher_dir = os.path.join(workdir, 'teacher')
+  results = train_and_evaluate(teacher_config(config), teacher_dir)
+  if 'stopped_by_signal' in results:
+    raise Interrupted(results['stopped_by_signal'])
+  config.teacher.checkpoint = teacher_dir
+
+
+class Interrupted(Exception):
+  """A signal stopped a stage of a pipeline; its checkpoint is saved."""
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config`` into ``workdir`` (its teacher first if needed) and prints a summary."""
+  try:
+    ensure_teacher(config, workdir)
+  except Interrupted:
+    return {'stopped_by_signal': True}
+  results = train_and_evaluate(config, workdir)
+  if 'stopped_by_signal' not in results:
+    rows = []
+    if results.get('teacher_top1') is not None:
+      rows.append(('teacher', config.teacher.model, results['teacher_top1']))
+    rows += [(f'{config.method} (best epoch {results["best_epoch"]})', config.model,
+              results['best_top1']),
+             (f'{config.method} (last epoch)', config.model, results['last_top1'])]
+    print(summary_table(rows))
+  return results

@@ -1,0 +1,116 @@
+"""Frozen teachers: where their variables come from, and checking that they fit.
+
+``config.teacher.checkpoint`` may name
+
+* a kdjax workdir of a finished (or running) run, e.g. of ``experiments/vanilla.py``: the
+  newest checkpoint's trained net (``params['student']`` / ``batch_stats['student']``);
+* a teacher folder written by ``python -m kdjax.convert`` or :func:`save` (it holds
+  ``teacher.json`` and the variables);
+* a PyTorch ``.pth`` of RepDistiller / mdistiller, converted on the fly
+  (:mod:`kdjax.convert`; needs ``kdjax[torch]``).
+
+A teacher whose architecture or class count does not fit the config is refused with one
+line naming the first mismatched variable, before any training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from kdjax import models
+from kdjax.errors import KdjaxError
+from kdjax.train import checkpoint
+
+TEACHER_JSON = 'teacher.json'
+
+
+def save(directory: str, model: str, num_classes: int, variables: dict, *,
+         source: str = '') -> None:
+  """Writes a teacher folder: ``teacher.json`` and the variables (Orbax)."""
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(directory, 'variables'),
+                      jax.tree.map(np.asarray, variables), force=True)
+  with open(os.path.join(directory, TEACHER_JSON), 'w') as f:
+    json.dump({'model': model, 'num_classes': num_classes, 'source': source}, f, indent=2)
+
+
+def _from_workdir(path: str) -> tuple[dict, dict]:
+  with open(os.path.join(path, 'config.json')) as f:
+    config = json.load(f)
+  restored = checkpoint.restore_on_host(os.path.join(path, 'checkpoints'))
+  if restored is None:
+    raise KdjaxError(f'teacher workdir {path!r} holds no checkpoint yet')
+  step, state = restored
+  variables = {'params': state['params']['student'],
+               'batch_stats': state['batch_stats']['student']}
+  meta = {'model': config.get('model'), 'dataset': config.get('data', {}).get('name'),
+          'step': int(step)}
+  return variables, meta
+
+
+def _from_folder(path: str) -> tuple[dict, dict]:
+  with open(os.path.join(path, TEACHER_JSON)) as f:
+    meta = json.load(f)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    variables = checkpointer.restore(os.path.join(path, 'variables'))
+  return variables, meta
+
+
+def _from_pth(path: str, model: str, num_classes: int) -> tuple[dict, dict]:
+  from kdjax import convert  # pylint: disable=import-outside-toplevel
+  variables = convert.variables_from_torch(model, convert.load_pth(path), num_classes)
+  return variables, {'model': model, 'num_classes': num_classes, 'source': path}
+
+
+def check_fits(variables: dict, model: str, num_classes: int, source: str) -> dict:
+  """Casts ``variables`` to float32 arrays; raises naming the first mismatch with the model."""
+  net = models.create(model, num_classes)
+  expected = jax.eval_shape(
+      lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  want = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected), sep='/')
+  have = flax.traverse_util.flatten_dict(flax.core.unfreeze(dict(variables)), sep='/')
+  for key, like in want.items():
+    if key not in have:
+      raise KdjaxError(f'teacher {source!r} does not fit {model} with {num_classes} classes: '
+                       f'it has no variable {key}')
+    if tuple(np.shape(have[key])) != tuple(like.shape):
+      raise KdjaxError(f'teacher {source!r} does not fit {model} with {num_classes} classes: '
+                       f'{key} has shape {tuple(np.shape(have[key]))}, expected '
+                       f'{tuple(like.shape)}')
+  extra = sorted(set(have) - set(want))
+  if extra:
+    raise KdjaxError(f'teacher {source!r} does not fit {model}: unexpected variable {extra[0]}')
+  return flax.traverse_util.unflatten_dict(
+      {k: jnp.asarray(v, jnp.float32) for k, v in have.items() if k in want}, sep='/')
+
+
+def load(path: str, model: str, num_classes: int) -> dict:
+  """The variables of the teacher at ``path`` (see the module docstring), checked to fit."""
+  if not os.path.exists(path):
+    raise KdjaxError(f'teacher checkpoint {path!r} does not exist (config.teacher.checkpoint)')
+  if path.endswith(('.pth', '.pt', '.tar')) and os.path.isfile(path):
+    variables, meta = _from_pth(path, model, num_classes)
+  elif os.path.exists(os.path.join(path, TEACHER_JSON)):
+    variables, meta = _from_folder(path)
+  elif os.path.exists(os.path.join(path, 'checkpoints')):
+    variables, meta = _from_workdir(path)
+  else:
+    raise KdjaxError(f'teacher checkpoint {path!r} is neither a kdjax workdir, a teacher '
+                     f'folder from `python -m kdjax.convert`, nor a .pth file')
+  if meta.get('model') and meta['model'] != model:
+    raise KdjaxError(f'teacher {path!r} is a {meta["model"]}, but config.teacher.model is '
+                     f'{model}')
+  try:
+    return check_fits(variables, model, num_classes, path)
+  except (TypeError, ValueError) as e:
+    raise KdjaxError(f'teacher {path!r} could not be read: {e}') from e

@@ -1,0 +1,154 @@
+"""The training loop: learning, exact resume after a kill, multi-device equality, bad inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, restore_state, run_cli, tiny_config
+from kdjax.errors import KdjaxError
+from kdjax.train.loop import train_and_evaluate
+
+TINY = ['--config', 'experiments/vanilla.py:digits', '--config.model=resnet8',
+        '--config.batch_size=32', '--config.log_every_steps=4',
+        '--config.checkpoint_every_steps=4']
+
+
+def _leaves_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+@pytest.mark.slow
+def test_vanilla_learns_digits_and_reports_best_and_last(tmp_path):
+  results = train_and_evaluate(tiny_config(num_epochs=3, **{'optimizer.lr_decay_epochs': (2,)}),
+                               str(tmp_path))
+  assert results['finished'] and results['epochs_done'] == 3
+  assert results['last_top1'] > 40.0  # chance is 10 %
+  history = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  tests = [h for h in history if h['split'] == 'test/student']
+  assert [h['step'] for h in tests] == [44, 88, 132]
+  assert results['best_top1'] == max(h['top1'] for h in tests)
+  assert results['last_top1'] == tests[-1]['top1']
+  train_loss = [h['loss'] for h in history if h['split'] == 'train']
+  assert train_loss[-1] < train_loss[0]
+  assert os.listdir(tmp_path / 'tb')
+
+
+@pytest.mark.slow
+def test_run_killed_mid_training_resumes_bit_identical(tmp_path):
+  steps = ['--config.max_steps=16', '--config.num_epochs=1']
+  straight = tmp_path / 'straight'
+  assert run_cli(TINY + steps + [f'--workdir={straight}']).returncode == 0
+
+  killed = tmp_path / 'killed'
+  proc = subprocess.Popen([sys.executable, '-m', 'kdjax.main', *TINY, *steps,
+                           f'--workdir={killed}'], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / 'checkpoints' / '8').exists():
+    assert proc.poll() is None and time.time() < deadline, 'no checkpoint at step 8 appeared'
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'results.json').exists(), 'the run must have been killed before its end'
+  resumed = run_cli(TINY + steps + [f'--workdir={killed}'])
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'resumed from the checkpoint at step' in resumed.stderr
+  a, b = restore_state(straight), restore_state(killed)
+  assert int(a['step']) == int(b['step']) == 16
+  assert _leaves_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_a_rerun_continues_exactly(tmp_path):
+  steps = ['--config.max_steps=12', '--config.num_epochs=1']
+  straight = tmp_path / 'straight'
+  assert run_cli(TINY + steps + [f'--workdir={straight}']).returncode == 0
+  stopped = tmp_path / 'stopped'
+  proc = subprocess.Popen([sys.executable, '-m', 'kdjax.main', *TINY, *steps,
+                           f'--workdir={stopped}'], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not (stopped / 'checkpoints' / '4').exists():
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  if 'stopped by signal' in err:
+    assert restore_state(stopped)['step'] < 12
+  assert run_cli(TINY + steps + [f'--workdir={stopped}']).returncode == 0
+  assert _leaves_equal(restore_state(straight), restore_state(stopped))
+
+
+@pytest.mark.slow
+def test_eight_devices_match_one_device(tmp_path):
+  # The first step's loss must agree to float rounding. After that, rounding differences of
+  # the 1- and 8-device reductions (1e-5 relative in a weight gradient) are amplified by
+  # ReLU/BatchNorm at a fresh init, so the state after two steps is compared more loosely;
+  # per-device BatchNorm statistics (4 images instead of 32) would miss both by far.
+  steps = ['--config.max_steps=2', '--config.num_epochs=1', '--config.log_every_steps=1',
+           '--config.optimizer.lr=0.01']
+  one = run_cli(TINY + steps + [f'--workdir={tmp_path / "one"}'])
+  eight = run_cli(TINY + steps + [f'--workdir={tmp_path / "eight"}'],
+                  env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert one.returncode == 0 and eight.returncode == 0, eight.stderr[-2000:]
+  assert '8 cpu device(s), global batch 32 = 4 per device' in eight.stderr
+  a, b = restore_state(tmp_path / 'one'), restore_state(tmp_path / 'eight')
+  assert int(a['step']) == int(b['step']) == 2
+  losses = [[json.loads(l)['loss'] for l in open(tmp_path / run / 'metrics.jsonl')
+             if json.loads(l)['split'] == 'train'] for run in ('one', 'eight')]
+  np.testing.assert_allclose(losses[0][0], losses[1][0], rtol=1e-6)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=2e-2, atol=1e-4)
+  per_device = run_cli(TINY + steps + [f'--workdir={tmp_path / "per_device"}',
+                                       '--config.bn_stats=per_device'],
+                       env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert per_device.returncode == 0, per_device.stderr[-2000:]
+  first = json.loads(open(tmp_path / 'per_device' / 'metrics.jsonl').readline())['loss']
+  assert abs(first - losses[0][0]) > 1e-3, 'per-device BN statistics must change the loss'
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.model=resnet9'], "unknown model 'resnet9'"),
+    (['--config.data.name=mnist'], "unknown dataset 'mnist'"),
+    (['--config.optimizer.lr=-0.1'], 'config.optimizer.lr must be positive'),
+    (['--config.no_such_key=1'], 'unknown config field'),
+    (['--config=experiments/no_such_method.py'], 'could not load the config file'),
+])
+def test_bad_input_is_one_line_and_leaves_no_workdir(tmp_path, args, message):
+  workdir = tmp_path / 'run'
+  proc = run_cli(TINY + args + [f'--workdir={workdir}'])
+  assert proc.returncode != 0
+  assert message in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not workdir.exists()
+
+
+def test_non_writable_workdir_is_refused(tmp_path):
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  locked.chmod(0o500)
+  try:
+    if os.access(locked, os.W_OK):
+      pytest.skip('running as a user that can write anywhere (root)')
+    proc = run_cli(TINY + [f'--workdir={locked / "run"}'])
+    assert proc.returncode == 2 and 'is not writable' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+  finally:
+    locked.chmod(0o700)
+
+
+def test_workdir_under_a_file_is_refused(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  with pytest.raises(KdjaxError, match='is not writable'):
+    train_and_evaluate(tiny_config(), str(blocker / 'run'))
