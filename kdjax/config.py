@@ -55,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # mdistiller's CFG.KD
   c.kd = ml_collections.ConfigDict({'ce_weight': 0.1, 'kd_weight': 0.9, 'temperature': 4.0})
+  from kdjax.methods import slkd  # pylint: disable=import-outside-toplevel
+  c.slkd = slkd.default_config()
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000

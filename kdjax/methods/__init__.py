@@ -7,12 +7,13 @@ a :class:`~kdjax.methods.base.Method`.
 from __future__ import annotations
 
 from kdjax.errors import KdjaxError
-from kdjax.methods import kd, vanilla
+from kdjax.methods import kd, slkd, vanilla
 from kdjax.methods.base import Batch, Method, NetRunner, StepContext
 
 _BUILDERS = {
     'vanilla': vanilla.build,
     'kd': kd.build,
+    'slkd': slkd.build,
 }
 
 

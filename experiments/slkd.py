@@ -1,0 +1,41 @@
+"""SLKD: the student learns from the teacher and from two self-learning teachers.
+
+    python -m kdjax.main --config experiments/slkd.py:digits     # the README's first command
+    python -m kdjax.main --config experiments/slkd.py --config.teacher.checkpoint=T.pth
+
+Presets (``experiments/slkd.py:<preset>``; several joined with ``,``, e.g. ``:res32x4_res8x4,official``):
+
+* pairs of the paper, 240 epochs, batch 64, SGD, wd 5e-4, x0.1 at 150/180/210:
+  same family (lr 0.05) ``res32x4_res8x4`` (default), ``res56_res8``, ``wrn40_2_wrn40_1``,
+  ``wrn40_2_wrn16_2``, ``vgg13_vgg11``, ``vgg13_vgg8``; cross family (lr 0.01)
+  ``res32x4_shuv2``, ``res32x4_shuv1``, ``res50_mv2``, ``vgg13_mv2``, ``wrn40_2_shuv1``.
+  The paper's SLKD top-1 on CIFAR-100 is in ``PAPER_TOP1`` (and in the README).
+* ``official``: the authors' code (``Tech_KD``): CE/KD 1/1 in L_SLTS, eta = 1, the fused
+  target not detached. ``sequential``: SLKD* (see ``kdjax/methods/slkd.py``).
+* ``digits``: the embedded data; trains a resnet20 teacher first (kept in
+  ``<workdir>/teacher``), then SLKD with a resnet8 student, and prints a table.
+"""
+
+from kdjax.config import distillation_config
+
+PAPER_TOP1 = {  # SLKD, CIFAR-100 top-1 (%), Liu, Li, Cheng 2023, Tables 2 and 3
+    'res32x4_res8x4': 76.85, 'res56_res8': 62.05, 'wrn40_2_wrn40_1': 74.91,
+    'wrn40_2_wrn16_2': 76.31, 'vgg13_vgg11': 75.46, 'vgg13_vgg8': 75.01,
+    'res32x4_shuv2': 77.26, 'res32x4_shuv1': 76.17, 'res50_mv2': 70.28,
+    'vgg13_mv2': 69.54, 'wrn40_2_shuv1': 76.72,
+}
+
+
+def get_config(arg=None):
+  presets = [p for p in (arg or '').split(',') if p]
+  variants = [p for p in presets if p in ('official', 'sequential')]
+  pair = [p for p in presets if p not in variants]
+  config = distillation_config('slkd', pair[0] if pair else None)
+  config.published_top1 = PAPER_TOP1.get(config.preset, None) or 0.0
+  if 'official' in variants:
+    config.slkd.fused_ce_weight, config.slkd.fused_kd_weight = 1.0, 1.0
+    config.slkd.eta = 1.0
+    config.slkd.fused_target_grad = True
+  if 'sequential' in variants:
+    config.slkd.mode = 'sequential'
+  return config

@@ -1,0 +1,115 @@
+"""SLKD: self-learning teachers (Liu, Li, Cheng, "Improving Knowledge Distillation via
+Transferring Learning Ability", 2023; ``../shared/papers/slkd_liu_li_cheng_2023.md``).
+
+Nets: the frozen pre-trained teacher T; two self-learning teachers SL1, SL2 with T's
+architecture, randomly initialised with different keys; the student S. With CE the
+cross-entropy and KD_tau the temperature-scaled KL of :func:`kdjax.losses.kd`:
+
+    L_TS   = a_ce * CE(y, S)   + a_kd * KD_tau(S, T)                 (paper eq. 1)
+    L_TSLj = a_ce * CE(y, SLj) + a_kd * KD_tau(SLj, T),  j = 1, 2    (eqs. 4, 5)
+    F      = rho * SL1 + (1 - rho) * SL2                             (eq. 6, fused logits)
+    L_SLTS = b_ce * CE(y, S)   + b_kd * KD_tau(S, F)                 (eq. 3)
+    student: lambda * L_TS + eta * L_SLTS;  SLj: L_TSLj              (eq. 7)
+
+All three nets learn in ONE gradient of ``lambda L_TS + eta L_SLTS + L_TSL1 + L_TSL2``:
+the terms of different nets share no parameters, so each net receives exactly the
+gradient of its own objective, except through F: with ``fused_target_grad=False`` (the
+paper's equations) F is a constant for the student's term; with ``True`` (the authors'
+code, class ``Tech_KD``) the student's term also sends gradients into SL1 and SL2.
+
+Defaults (the paper): a = b = (CE 0.1, KD 0.9) -- "the same weights as the original KD" --,
+lambda = 1, eta = 3, tau = 4, rho = 0.5, F detached. The ``official`` preset reproduces the
+authors' code: b = (1, 1), eta = 1, F not detached.
+
+Sequential mode (SLKD*, paper section 4.3): within every step the SL-teachers first take
+their update on the batch (their own L_TSLj), then the student takes its update towards T
+and towards F computed by the *updated* SL-teachers on the same batch (training-mode
+BatchNorm, their running statistics not updated a second time). F is then always a
+constant for the student.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from kdjax import losses, models
+from kdjax.methods.base import Method, student_and_teacher
+
+SL_TEACHERS = ('slt1', 'slt2')
+
+
+def _ce_kd(logits, labels, target_logits, ce_weight, kd_weight, temperature):
+  return (ce_weight * losses.cross_entropy(logits, labels),
+          kd_weight * losses.kd(logits, target_logits, temperature=temperature))
+
+
+def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
+          optimizer_factory) -> Method:
+  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+  sl_net = models.create(config.teacher.model, num_classes, dtype=dtype, bn_groups=bn_groups)
+  c = config.slkd
+  nets = {'student': student, 'slt1': sl_net, 'slt2': sl_net}
+
+  def sl_teacher_losses(run, batch, ctx):
+    """L_TSL1 + L_TSL2 and the SL-teachers' logits."""
+    terms, logits = {}, []
+    for name in SL_TEACHERS:
+      out = run(name, batch.images).logits
+      ce, kd = _ce_kd(out, batch.labels, ctx.teacher.logits, c.ce_weight, c.kd_weight,
+                      c.temperature)
+      terms[f'{name}_ce'], terms[f'{name}_kd'] = ce, kd
+      logits.append(out)
+    return sum(terms.values()), terms, logits
+
+  def student_losses(run, batch, ctx, fused):
+    s = run('student', batch.images).logits
+    ts_ce, ts_kd = _ce_kd(s, batch.labels, ctx.teacher.logits, c.ce_weight, c.kd_weight,
+                          c.temperature)
+    slts_ce, slts_kd = _ce_kd(s, batch.labels, fused, c.fused_ce_weight, c.fused_kd_weight,
+                              c.temperature)
+    terms = {'ts_ce': c.lambda_ts * ts_ce, 'ts_kd': c.lambda_ts * ts_kd,
+             'slts_ce': c.eta * slts_ce, 'slts_kd': c.eta * slts_kd}
+    loss = sum(terms.values())
+    # Monitors, not loss terms (the paper's Figure 2): KL(T || S) and KL(F || S) at tau.
+    for name, target in (('kl_teacher_student', ctx.teacher.logits), ('kl_fused_student', fused)):
+      terms[name] = jax.lax.stop_gradient(
+          losses.kd(s, target, temperature=c.temperature) / c.temperature**2)
+    return loss, terms
+
+  def fuse(sl1, sl2):
+    return c.rho * sl1 + (1.0 - c.rho) * sl2
+
+  def joint_loss(run, batch, ctx):
+    sl_loss, sl_terms, (sl1, sl2) = sl_teacher_losses(run, batch, ctx)
+    fused = fuse(sl1, sl2)
+    if not c.fused_target_grad:
+      fused = jax.lax.stop_gradient(fused)
+    s_loss, s_terms = student_losses(run, batch, ctx, fused)
+    return s_loss + sl_loss, {**s_terms, **sl_terms}
+
+  def sequential_sl_loss(run, batch, ctx):
+    loss, terms, _ = sl_teacher_losses(run, batch, ctx)
+    return loss, terms
+
+  def sequential_student_loss(run, batch, ctx):
+    sl1, sl2 = (jax.lax.stop_gradient(run(n, batch.images, update_stats=False).logits)
+                for n in SL_TEACHERS)
+    return student_losses(run, batch, ctx, fuse(sl1, sl2))
+
+  stages = ()
+  if c.mode == 'sequential':
+    stages = ((SL_TEACHERS, sequential_sl_loss), (('student',), sequential_student_loss))
+  return Method('slkd', nets, {name: optimizer_factory() for name in nets}, joint_loss,
+                eval_nets=('student',) + SL_TEACHERS, teacher=teacher, stages=stages)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.slkd``: the paper's equations (see the module docstring)."""
+  return ml_collections.ConfigDict({
+      'ce_weight': 0.1, 'kd_weight': 0.9,  # a in L_TS and L_TSLj
+      'fused_ce_weight': 0.1, 'fused_kd_weight': 0.9,  # b in L_SLTS
+      'lambda_ts': 1.0, 'eta': 3.0, 'temperature': 4.0, 'rho': 0.5,
+      'fused_target_grad': False,
+      'mode': 'joint',  # or 'sequential' (SLKD*)
+  })
