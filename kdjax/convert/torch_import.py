@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import tarfile
 from typing import Any, Mapping
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +25,15 @@ _TORCH_LEAF = {
     ('batch_stats', 'var'): 'running_var',
 }
 
+# Checkpoint dicts that hold the state dict under one of these keys (RepDistiller and
+# mdistiller: 'model'; other trainers: 'net', 'state_dict'), tried in this order.
+WRAPPER_KEYS = ('model', 'net', 'state_dict')
+DATA_PARALLEL_PREFIX = 'module.'
+
+
+# PyTorch's order of a module's entries: weight, bias, running_mean, running_var.
+_LEAF_RANK = {'kernel': 0, 'scale': 0, 'bias': 1, 'mean': 2, 'var': 3}
+
 
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
   """The PyTorch state-dict key of the kdjax variable ``collection/path``."""
@@ -35,70 +48,181 @@ def _to_kdjax_layout(value: np.ndarray, like_shape: tuple[int, ...]) -> np.ndarr
   return value
 
 
+def _torch_shape(kdjax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The PyTorch shape of a kdjax variable of ``kdjax_shape`` (inverse of the layout)."""
+  if len(kdjax_shape) == 4:  # HWIO -> OIHW
+    h, w, i, o = kdjax_shape
+    return (o, i, h, w)
+  if len(kdjax_shape) == 2:
+    return tuple(reversed(kdjax_shape))
+  return tuple(kdjax_shape)
+
+
+def strip_data_parallel(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Removes the ``module.`` prefix ``torch.nn.DataParallel`` puts on every key."""
+  return {k.removeprefix(DATA_PARALLEL_PREFIX): v for k, v in state_dict.items()}
+
+
+def _mismatch_message(name: str, num_classes: int, missing: list[str],
+                      unexpected: list[str],
+                      wrong: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> str:
+  """One line naming the first mismatched key, with counts of the rest."""
+  problems = []
+  if wrong:
+    key, have, want = wrong[0]
+    problems.append(f'key {key!r} has shape {have}, expected {want}'
+                    + (f' (and {len(wrong) - 1} more of the wrong shape)' if len(wrong) > 1
+                       else ''))
+  if missing:
+    problems.append(f'missing key {missing[0]!r}'
+                    + (f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''))
+  if unexpected:
+    problems.append(f'unexpected key {unexpected[0]!r}'
+                    + (f' (and {len(unexpected) - 1} more)' if len(unexpected) > 1 else ''))
+  # Only the classifier's class count differs: say so rather than blame the architecture.
+  classes = {have[0] for _, have, want in wrong
+             if len(have) in (1, 2) and have[1:] == want[1:] and want[0] == num_classes}
+  if not missing and not unexpected and len(classes) == 1 and len(wrong) <= 2:
+    hint = f' (the checkpoint has {classes.pop()} classes)'
+  else:
+    hint = ' (is the checkpoint for another architecture?)'
+  return (f'state dict does not fit {name} with {num_classes} classes: '
+          f'{"; ".join(problems)}{hint}')
+
+
 def variables_from_torch(name: str, state_dict: Mapping[str, Any],
                          num_classes: int = 100) -> dict[str, Any]:
   """Converts a PyTorch ``state_dict`` (name -> array) of zoo model ``name``.
 
   Returns ``{'params': ..., 'batch_stats': ...}`` for
   ``kdjax.models.create(name, num_classes).apply``. Raises :class:`KdjaxError` naming the
-  first key that is missing, left over, or of the wrong shape.
+  first key of the wrong shape (PyTorch shapes) and the first left-over key in the state
+  dict's order, and the first missing key in the model's forward order, with counts of the
+  rest. A ``module.`` (DataParallel) prefix is removed.
   """
   model = models.create(name, num_classes)
-  shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  remaining = {k: np.asarray(v) for k, v in state_dict.items()
-               if not k.endswith('num_batches_tracked')}
-  out: dict[str, Any] = {}
-  for collection, tree in shapes.items():
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
-    filled = {}
-    for path, like in flat.items():
-      key = torch_key(collection, path)
-      if key not in remaining:
-        raise KdjaxError(
-            f'state dict does not fit {name}: missing key {key!r} (is the checkpoint for '
-            f'another architecture?)')
-      value = _to_kdjax_layout(remaining.pop(key), like.shape)
-      if value.shape != like.shape:
-        raise KdjaxError(
-            f'state dict does not fit {name} with {num_classes} classes: key {key!r} has '
-            f'shape {value.shape} (kdjax layout), expected {like.shape}')
-      filled[path] = jnp.asarray(value, dtype=like.dtype)
-    out[collection] = flax.traverse_util.unflatten_dict(filled)
-  if remaining:
-    raise KdjaxError(
-        f'state dict does not fit {name}: unexpected key {sorted(remaining)[0]!r} '
-        f'(and {len(remaining) - 1} more)')
-  return out
+  call_order: dict[tuple[str, ...], int] = {}
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == '__call__':
+      call_order.setdefault(tuple(context.module.path), len(call_order))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):  # to name keys in PyTorch's (forward) order
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  variables = [(collection, path, like) for collection, tree in shapes.items()
+               for path, like in
+               flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()]
+  variables.sort(key=lambda v: (call_order.get(v[1][:-1], len(call_order)),
+                                _LEAF_RANK.get(v[1][-1], 4), v[1]))
+  expected = {torch_key(collection, path): (collection, path, like)
+              for collection, path, like in variables}  # in PyTorch's order
+  given = {k: v for k, v in strip_data_parallel(state_dict).items()
+           if not k.endswith('num_batches_tracked')}
+  missing = [k for k in expected if k not in given]
+  unexpected = [k for k in given if k not in expected]
+  wrong = []
+  filled: dict[str, dict] = {collection: {} for collection in shapes}
+  for key, raw in given.items():  # in the state dict's order
+    if key not in expected:
+      continue
+    collection, path, like = expected[key]
+    raw = np.asarray(raw)
+    value = _to_kdjax_layout(raw, like.shape)
+    if value.shape != like.shape:
+      wrong.append((key, tuple(raw.shape), _torch_shape(like.shape)))
+      continue
+    filled[collection][path] = jnp.asarray(value, dtype=like.dtype)
+  if missing or unexpected or wrong:
+    raise KdjaxError(_mismatch_message(name, num_classes, missing, unexpected, wrong))
+  return {collection: flax.traverse_util.unflatten_dict(flat)
+          for collection, flat in filled.items()}
+
+
+def _load_failure(path: str, error: Exception) -> str:
+  """One line from torch.load's (long, multi-paragraph) refusal or failure."""
+  text = str(error)
+  found = re.search(r'GLOBAL ([\w.]+)', text)
+  if found:  # weights_only refused to import (and so to call) something
+    return (f'refused to load {path!r}: it pickles {found.group(1)}, which '
+            f'torch.load(weights_only=True) will not run; kdjax reads only plain weights '
+            f'files and never runs code from a checkpoint')
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  reason = next((line.split('WeightsUnpickler error:', 1)[1].strip() for line in lines
+                 if line.split('WeightsUnpickler error:', 1)[-1].strip()
+                 and 'WeightsUnpickler error:' in line), None)
+  if reason is None:
+    boilerplate = ('Weights only load failed', 'Check the documentation', 'Please file an')
+    reason = next((line for line in lines if not line.startswith(boilerplate)),
+                  lines[0] if lines else type(error).__name__)
+  return f'could not read {path!r} as a PyTorch weights file: {reason}'
+
+
+def _is_checkpoint_archive(path: str) -> bool:
+  """Whether ``path`` is a tar of ``.pth`` files, such as the zoo's ``cifar_teachers.tar``."""
+  try:
+    if not tarfile.is_tarfile(path):
+      return False
+    with tarfile.open(path) as archive:
+      return any(member.name.endswith('.pth') for member in archive)
+  except (OSError, tarfile.TarError):
+    return False
+
+
+def _unwrap(obj: Any) -> Any:
+  for _ in range(3):  # e.g. {'state_dict': {'model': ...}}
+    if not isinstance(obj, dict):
+      break
+    inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+    if inner is None:
+      break
+    obj = inner
+  return obj
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+  import torch  # pylint: disable=import-outside-toplevel
+  tensor = tensor.detach().cpu()
+  if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32,
+                                                         torch.float64):
+    tensor = tensor.float()  # bfloat16 and friends have no numpy dtype
+  return tensor.numpy()
 
 
 def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a RepDistiller / mdistiller ``.pth`` into a state dict of numpy arrays.
 
-  Accepts ``{'model': state_dict, ...}``, ``{'net': ...}``, ``{'state_dict': ...}`` and a
-  bare state dict. Loads with ``torch.load(weights_only=True)``: a file that needs
-  arbitrary pickled code is refused, never executed. A ``module.`` prefix (DataParallel)
-  is removed. Needs the optional extra ``kdjax[torch]``.
+  Accepts ``{'model': state_dict, ...}`` (RepDistiller, mdistiller), ``{'net': ...}``,
+  ``{'state_dict': ...}`` and a bare state dict. Loads with
+  ``torch.load(weights_only=True)``: a file that needs arbitrary pickled code is refused,
+  never executed (``argparse.Namespace``, which RepDistiller's ``*_last.pth`` pickle as
+  ``'opt'``, is allowed: it is plain data). A ``module.`` prefix (DataParallel) is removed.
+  Needs the optional extra ``kdjax[torch]``.
   """
+  path = os.fspath(path)
   try:
-    import torch
+    import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise KdjaxError(
-        'reading a .pth checkpoint needs PyTorch: pip install "kdjax[torch]"') from e
+        "reading a .pth checkpoint needs PyTorch: pip install 'kdjax[torch]'") from e
+  if not os.path.exists(path):
+    raise KdjaxError(f'checkpoint {path!r} does not exist')
+  if not os.path.isfile(path):
+    raise KdjaxError(f'checkpoint {path!r} is not a file')
   try:
-    obj = torch.load(os.fspath(path), map_location='cpu', weights_only=True)
-  except FileNotFoundError as e:
-    raise KdjaxError(f'checkpoint {os.fspath(path)!r} does not exist') from e
-  except Exception as e:  # torch raises UnpicklingError for code it refuses to run
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise KdjaxError(
-        f'refused to load {os.fspath(path)!r}: it is not a plain weights file '
-        f'(torch.load(weights_only=True) said: {first_line})') from e
-  if isinstance(obj, dict):
-    for wrapper in ('model', 'net', 'state_dict'):
-      if wrapper in obj and isinstance(obj[wrapper], dict):
-        obj = obj[wrapper]
-        break
-  if not isinstance(obj, dict) or not all(hasattr(v, 'shape') for v in obj.values()):
-    raise KdjaxError(f'{os.fspath(path)!r} holds no state dict (a mapping of names to tensors)')
-  return {k.removeprefix('module.'): v.detach().cpu().numpy() for k, v in obj.items()}
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      obj = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_checkpoint_archive(path):
+      raise KdjaxError(f'{path!r} is an archive of checkpoints (such as cifar_teachers.tar): '
+                       f'extract it with `tar xf` and pass one of its .pth files, e.g. '
+                       f'resnet32x4_vanilla/ckpt_epoch_240.pth') from e
+    raise KdjaxError(_load_failure(path, e)) from e
+  state_dict = _unwrap(obj)
+  if (not isinstance(state_dict, dict) or not state_dict
+      or not all(hasattr(v, 'shape') for v in state_dict.values())):
+    keys = ', '.join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
+    raise KdjaxError(f'{path!r} holds no state dict (a mapping of names to tensors, bare or '
+                     f'under {" / ".join(map(repr, WRAPPER_KEYS))}); it holds: {keys}')
+  return {k: _to_numpy(v) for k, v in strip_data_parallel(state_dict).items()}
