@@ -8,6 +8,13 @@ A method is a small graph of networks and the loss terms that connect them:
   ``batch_stats[name]``, ``opt_state[name]`` in the train state.
 * ``teacher``: an optional *frozen* zoo model; it runs in inference mode on every batch,
   outside differentiation, and its output reaches the loss as ``ctx.teacher``.
+* ``sample_inputs[name]`` (for nets that do not read images, e.g. a FitNet regressor or
+  ReviewKD's fusion modules): a pytree of ``jax.ShapeDtypeStruct`` to initialise the net
+  with; nets absent from it are initialised on an image batch. Every net's ``__call__``
+  takes ``train`` as a keyword.
+* ``init_extra(key) -> dict``: the method's own state besides the nets (CRD's memory
+  bank), kept in the train state and checkpointed; a loss reads ``run.extra`` and may
+  assign new values to its entries (never differentiated).
 * ``loss(run, batch, ctx) -> (loss, terms)``: the scalar the step differentiates with
   respect to every learning net at once, and a dict of named terms to log (mdistiller's
   contract). ``run(name, x, **kwargs)`` applies learning net ``name`` in training mode and
@@ -30,9 +37,11 @@ import optax
 
 
 class Batch(NamedTuple):
-  """A training batch: normalised NHWC images and int32 labels."""
+  """A training batch: normalised NHWC images, int32 labels, and the examples' indices in
+  the training set (CRD's memory bank is indexed by them)."""
   images: jax.Array
   labels: jax.Array
+  indices: Any = None
 
 
 class StepContext(NamedTuple):
@@ -52,6 +61,8 @@ class Method:
   loss: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
   eval_nets: tuple[str, ...] = ('student',)
   teacher: Optional[nn.Module] = None
+  sample_inputs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  init_extra: Optional[Callable[[jax.Array], dict]] = None
   # Optional sequential stages ((net names, loss), ...): each stage's gradient is taken
   # with respect to its nets only, after the previous stages' updates were applied. Empty:
   # one stage, ``loss`` over all nets (the fused step of every method but SLKD*).
@@ -69,10 +80,11 @@ class NetRunner:
   them all after the loss ran.
   """
 
-  def __init__(self, nets: Mapping[str, nn.Module], params, batch_stats):
+  def __init__(self, nets: Mapping[str, nn.Module], params, batch_stats, extra=None):
     self._nets = nets
     self._params = params
     self.batch_stats = dict(batch_stats)
+    self.extra = dict(extra or {})
 
   def __call__(self, name: str, x: jax.Array, *, update_stats: bool = True, **kwargs):
     """Applies net ``name`` in training mode (batch statistics).

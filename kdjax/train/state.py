@@ -24,16 +24,20 @@ class TrainState:
   params: dict[str, Any]
   batch_stats: dict[str, Any]
   opt_state: dict[str, Any]
+  extra: dict[str, Any] = flax.struct.field(default_factory=dict)  # method state (CRD bank)
 
 
 def init_state(method: Method, seed: int, image_shape: tuple[int, ...]) -> TrainState:
   """Initialises every learning net of ``method`` from ``seed`` (each net its own key)."""
   root = jax.random.PRNGKey(seed)
-  x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
+  image = jax.ShapeDtypeStruct((2,) + tuple(image_shape), jnp.float32)
   params, batch_stats, opt_state = {}, {}, {}
   for i, (name, net) in enumerate(method.nets.items()):
+    x = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                     method.sample_inputs.get(name, image))
     variables = net.init(jax.random.fold_in(jax.random.fold_in(root, 1), i), x, train=False)
     params[name] = variables['params']
     batch_stats[name] = variables.get('batch_stats', {})
     opt_state[name] = method.optimizers[name].init(params[name])
-  return TrainState(jnp.zeros((), jnp.int32), root, params, batch_stats, opt_state)
+  extra = method.init_extra(jax.random.fold_in(root, 2)) if method.init_extra else {}
+  return TrainState(jnp.zeros((), jnp.int32), root, params, batch_stats, opt_state, extra)

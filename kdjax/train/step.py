@@ -53,15 +53,16 @@ def apply_update(method: Method, state: TrainState, teacher_vars, batch: Batch, 
                     teacher=teacher_out)
   params, batch_stats, opt_state = dict(state.params), dict(state.batch_stats), dict(
       state.opt_state)
+  extra = state.extra
   total, metrics = 0.0, {}
   for names, stage_loss in method.update_stages():
 
     def loss_fn(learning, stage_loss=stage_loss):
-      run = NetRunner(method.nets, {**params, **learning}, batch_stats)
+      run = NetRunner(method.nets, {**params, **learning}, batch_stats, extra)
       loss, terms = stage_loss(run, batch, ctx)
-      return loss, (run.batch_stats, terms)
+      return loss, (run.batch_stats, jax.lax.stop_gradient(run.extra), terms)
 
-    (loss, (batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (batch_stats, extra, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         {name: params[name] for name in names})
     for name in names:
       tx = method.optimizers[name]
@@ -70,7 +71,7 @@ def apply_update(method: Method, state: TrainState, teacher_vars, batch: Batch, 
     total += loss
     metrics.update({f'loss/{k}': v for k, v in terms.items()})
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
+                            opt_state=opt_state, extra=extra)
   return new_state, {'loss': total, **metrics}
 
 
@@ -87,7 +88,7 @@ def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int,
     x = data.train_transform(aug_key, images[idx], mean=mean, std=std,
                              crop_padding=crop_padding, flip=flip, dtype=dtype)
     x = jax.lax.with_sharding_constraint(x, data_sharded(mesh))
-    return apply_update(method, state, teacher_vars, Batch(x, labels[idx]), loss_key,
+    return apply_update(method, state, teacher_vars, Batch(x, labels[idx], idx), loss_key,
                         steps_per_epoch=steps_per_epoch)
 
   rep = replicated(mesh)
