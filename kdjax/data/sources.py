@@ -87,9 +87,14 @@ def _tfds(name: str, split: str, data_dir: str | None, download: bool) -> Datase
 DATASETS = ('digits', 'cifar10', 'cifar100')
 
 
+@functools.lru_cache(maxsize=4)
 def load(name: str, split: str, *, data_dir: str | None = None,
          download: bool = True) -> Dataset:
-  """Loads split ``'train'`` or ``'test'`` of dataset ``name`` (one of :data:`DATASETS`)."""
+  """Loads split ``'train'`` or ``'test'`` of dataset ``name`` (one of :data:`DATASETS`).
+
+  Cached: a second call (a method that needs the labels, a pipeline's second stage) costs
+  nothing. The arrays are shared, never modified.
+  """
   if name not in DATASETS:
     raise KdjaxError(f'unknown dataset {name!r}; expected one of: {", ".join(DATASETS)}')
   if split not in ('train', 'test'):

@@ -83,8 +83,8 @@ def crd_memory_init(key: jax.Array, num_data: int, feat_dim: int,
   stdv = 1.0 / math.sqrt(feat_dim / 3)
   k_s, k_t = jax.random.split(key)
   bank = lambda k: jax.random.uniform(k, (num_data, feat_dim), dtype, -stdv, stdv)
-  unset = jnp.asarray(-1.0, dtype)
-  return CRDMemory(bank(k_s), bank(k_t), unset, unset)
+  unset = lambda: jnp.full((), -1.0, dtype)  # two buffers: the state may be donated
+  return CRDMemory(bank(k_s), bank(k_t), unset(), unset())
 
 
 def crd_sample_indices(key: jax.Array, idx: jax.Array, num_data: int, k: int) -> jax.Array:

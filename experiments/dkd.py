@@ -1,0 +1,30 @@
+"""DKD (decoupled KD) with mdistiller's values: CE 1 + min(epoch / 20, 1) * (TCKD + beta * NCKD)
+at T = 4 (``kdjax/methods/dkd.py``); beta as in mdistiller's
+``configs/cifar100/dkd/<pair>.yaml`` (8 unless listed in :data:`BETA`).
+
+Presets: the standard CIFAR-100 pairs of :data:`kdjax.config.PAIRS` (``res32x4_res8x4``
+(default), ``res56_res20``, ``res110_res32``, ``wrn40_2_wrn16_2``, ``vgg13_vgg8``,
+``res32x4_shuv1``, ``vgg13_mv2``, ...; lr 0.01 for ShuffleNet/MobileNetV2 students), each
+needing ``--config.teacher.checkpoint``; and ``digits``, which trains its resnet20 teacher
+first (kept in ``<workdir>/teacher``).
+
+    python -m kdjax.main --config experiments/dkd.py:digits --workdir runs/dkd_digits
+"""
+
+from kdjax.config import distillation_config
+
+# DKD.BETA of mdistiller's configs/cifar100/dkd/*.yaml where it is not the default 8.
+BETA = {
+    'res56_res20': 2.0,
+    'res110_res32': 2.0,
+    'wrn40_2_wrn16_2': 6.0,
+    'wrn40_2_wrn40_1': 6.0,
+    'vgg13_vgg8': 6.0,
+    'vgg13_mv2': 6.0,
+}
+
+
+def get_config(arg=None):
+  config = distillation_config('dkd', arg)
+  config.dkd.beta = BETA.get(config.preset, config.dkd.beta)
+  return config

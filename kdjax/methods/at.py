@@ -1,0 +1,36 @@
+"""AT: attention transfer (Zagoruyko & Komodakis, ICLR 2017), as mdistiller's
+``mdistiller/distillers/AT.py``.
+
+    loss = ce_weight * CE(y, S) + feat_weight * sum_{i >= 1} AT_p(S.features[i], T.features[i])
+
+over the stage outputs after the stem (mdistiller's ``feats[1:]``; its ``feats`` do not
+include the pooled vector), with AT_p of :func:`kdjax.losses.at` (attention maps
+``normalize(mean_c f^p)``, the larger map pooled to the smaller). Defaults (``CFG.AT``):
+CE 1.0, feat 1000.0, p 2.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from kdjax import losses
+from kdjax.methods.base import Method, student_and_teacher
+from kdjax.methods.connectors import distillation_method
+
+
+def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
+          optimizer_factory) -> Method:
+  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+  c = config.at
+
+  def terms(run, out, batch, ctx):
+    del run, batch
+    return {'at': c.feat_weight * losses.at(out.features[1:], ctx.teacher.features[1:], p=c.p)}
+
+  return distillation_method('at', student, teacher, ce_weight=c.ce_weight, terms=terms,
+                             optimizer_factory=optimizer_factory)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.at``: mdistiller's ``CFG.AT``."""
+  return ml_collections.ConfigDict({'ce_weight': 1.0, 'feat_weight': 1000.0, 'p': 2})

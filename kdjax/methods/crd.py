@@ -1,0 +1,94 @@
+"""CRD: contrastive representation distillation (Tian et al., ICLR 2020), as mdistiller's
+``mdistiller/distillers/CRD.py`` with its CIFAR sampler (``CIFAR100InstanceSample``, mode
+``exact``).
+
+    v_s = E_s(S.embedding),  v_t = E_t(T.embedding)
+    loss = ce_weight * CE(y, S) + feat_weight * (NCE(v_s; M_t) + NCE(v_t; M_s))
+
+* ``E_s``, ``E_t``: learned embedding heads (Linear to ``feat_dim`` + L2 normalisation,
+  :class:`~kdjax.methods.connectors.Embed`; learning nets ``embed_s`` and ``embed_t``) on the
+  pooled pre-logit vectors (mdistiller's ``pooled_feat``);
+* ``M_s``, ``M_t``: memory banks of one embedding per training example, in
+  ``state.extra['crd']``; each view is scored against the other's bank at the example itself
+  and ``nce_k`` negatives, and the rows of the batch are then updated with momentum
+  ``nce_momentum`` (:func:`kdjax.losses.crd`, temperature ``nce_temperature``);
+* negatives are drawn, with replacement, uniformly among the training examples of *other*
+  classes than the example's (the ``exact`` mode of mdistiller's CRD data set); the banks are
+  indexed by ``Batch.indices``, the training-set indices.
+
+Defaults (``CFG.CRD``): CE 1.0, feat 0.8, feat_dim 128, 16384 negatives, momentum 0.5,
+temperature 0.07. The banks have one row per training example: the method reads the
+training set's labels once when it is built.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from kdjax import data, losses
+from kdjax.methods.base import Method, student_and_teacher
+from kdjax.methods.connectors import Embed, distillation_method, output_shapes
+
+
+def other_class_sampler(labels: np.ndarray, num_classes: int):
+  """``sample(key, idx, y, k) -> (B, k + 1)`` contrast indices: ``idx``, then ``k`` negatives.
+
+  Each negative is uniform over the training examples whose label is not ``y`` (with
+  replacement), as ``np.random.choice(cls_negative[y], k)`` in mdistiller's sampler: draw
+  ``r`` in ``[0, N - count[y])`` and skip class ``y``'s block of the class-sorted indices.
+  """
+  labels = np.asarray(labels, np.int64)
+  order = jnp.asarray(np.argsort(labels, kind='stable'), jnp.int32)
+  counts_np = np.bincount(labels, minlength=num_classes)
+  counts = jnp.asarray(counts_np, jnp.int32)
+  starts = jnp.asarray(np.cumsum(counts_np) - counts_np, jnp.int32)
+  size = len(labels)
+
+  def sample(key, idx, y, k):
+    count, start = counts[y][:, None], starts[y][:, None]
+    r = jax.random.randint(key, (y.shape[0], k), 0, size - count, dtype=jnp.int32)
+    neg = order[jnp.where(r >= start, r + count, r)]
+    return jnp.concatenate([jnp.asarray(idx, jnp.int32)[:, None], neg], axis=1)
+
+  return sample
+
+
+def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
+          optimizer_factory) -> Method:
+  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+  c = config.crd
+  labels = data.load(config.data.name, 'train', data_dir=config.data.data_dir,
+                     download=config.data.download).labels
+  num_data = len(labels)
+  sample = other_class_sampler(labels, num_classes)
+  s_emb = output_shapes(student, dtype).embedding
+  t_emb = output_shapes(teacher, dtype).embedding
+  embed_s = Embed(s_emb.shape[-1], c.feat_dim, dtype=dtype)
+  embed_t = Embed(t_emb.shape[-1], c.feat_dim, dtype=dtype)
+
+  def init_extra(key):
+    return {'crd': losses.crd_memory_init(key, num_data, c.feat_dim)._asdict()}
+
+  def terms(run, out, batch, ctx):
+    v_s = run('embed_s', out.embedding)
+    v_t = run('embed_t', ctx.teacher.embedding)
+    contrast_idx = sample(ctx.rng, batch.indices, batch.labels, c.nce_k)
+    crd, memory = losses.crd(v_s, v_t, losses.CRDMemory(**run.extra['crd']), batch.indices,
+                             contrast_idx, temperature=c.nce_temperature,
+                             momentum=c.nce_momentum)
+    run.extra['crd'] = memory._asdict()
+    return {'crd': c.feat_weight * crd}
+
+  return distillation_method('crd', student, teacher, ce_weight=c.ce_weight, terms=terms,
+                             optimizer_factory=optimizer_factory, init_extra=init_extra,
+                             connectors={'embed_s': (embed_s, s_emb), 'embed_t': (embed_t, t_emb)})
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.crd``: mdistiller's ``CFG.CRD``."""
+  return ml_collections.ConfigDict({'ce_weight': 1.0, 'feat_weight': 0.8, 'feat_dim': 128,
+                                    'nce_k': 16384, 'nce_momentum': 0.5,
+                                    'nce_temperature': 0.07})

@@ -1,0 +1,47 @@
+"""FitNet: hints for thin deep nets (Romero et al., ICLR 2015), as mdistiller's
+``mdistiller/distillers/FitNet.py``.
+
+    loss = ce_weight * CE(y, S) + feat_weight * MSE(R(S.features[h]), T.features[h])
+
+with ``h = hint_layer`` (a stage index into ``features``, as mdistiller's ``feats``) and R the
+learned regressor :class:`~kdjax.methods.connectors.ConvReg` (conv + BN + ReLU, sized from
+the two nets' hint shapes; learning net ``regressor`` with its own optimizer). Defaults
+(``CFG.FITNET``): CE 1.0, feat 100.0, hint layer 2.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from kdjax import losses
+from kdjax.errors import KdjaxError
+from kdjax.methods.base import Method, student_and_teacher
+from kdjax.methods.connectors import ConvReg, distillation_method, output_shapes
+
+
+def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
+          optimizer_factory) -> Method:
+  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+  c = config.fitnet
+  h = c.hint_layer
+  s_feats = output_shapes(student, dtype).features
+  t_feats = output_shapes(teacher, dtype).features
+  if not 0 <= h < min(len(s_feats), len(t_feats)):
+    raise KdjaxError(f'fitnet.hint_layer {h} is not a stage of both {config.model} '
+                     f'({len(s_feats)} stages) and {config.teacher.model} ({len(t_feats)})')
+  regressor = ConvReg(s_feats[h].shape[1:], t_feats[h].shape[1:], dtype=dtype,
+                      bn_groups=bn_groups)
+
+  def terms(run, out, batch, ctx):
+    del batch
+    hint = run('regressor', out.features[h])
+    return {'fitnet': c.feat_weight * losses.fitnet(hint, ctx.teacher.features[h])}
+
+  return distillation_method('fitnet', student, teacher, ce_weight=c.ce_weight, terms=terms,
+                             optimizer_factory=optimizer_factory,
+                             connectors={'regressor': (regressor, s_feats[h])})
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.fitnet``: mdistiller's ``CFG.FITNET``."""
+  return ml_collections.ConfigDict({'ce_weight': 1.0, 'feat_weight': 100.0, 'hint_layer': 2})
