@@ -3,7 +3,8 @@
 ``config.teacher.checkpoint`` may name
 
 * a kdjax workdir of a finished (or running) run, e.g. of ``experiments/vanilla.py``: the
-  newest checkpoint's trained net (``params['student']`` / ``batch_stats['student']``);
+  newest checkpoint's trained net (``params['student']`` / ``batch_stats['student']``; for an
+  SFTN run, ``experiments/sftn.py``, its ``teacher`` net without the student branches);
 * a teacher folder written by ``python -m kdjax.convert`` or :func:`save` (it holds
   ``teacher.json`` and the variables);
 * a PyTorch ``.pth`` of RepDistiller / mdistiller, converted on the fly
@@ -51,8 +52,9 @@ def _from_workdir(path: str) -> tuple[dict, dict]:
   if restored is None:
     raise KdjaxError(f'teacher workdir {path!r} holds no checkpoint yet')
   step, state = restored
-  variables = {'params': state['params']['student'],
-               'batch_stats': state['batch_stats']['student']}
+  from kdjax import methods  # pylint: disable=import-outside-toplevel
+  net = methods.trained_net(config.get('method', 'vanilla'))  # SFTN: 'teacher', no branches
+  variables = {'params': state['params'][net], 'batch_stats': state['batch_stats'][net]}
   meta = {'model': config.get('model'), 'dataset': config.get('data', {}).get('name'),
           'step': int(step)}
   return variables, meta

@@ -7,21 +7,32 @@ a :class:`~kdjax.methods.base.Method`.
 from __future__ import annotations
 
 from kdjax.errors import KdjaxError
-from kdjax.methods import kd, slkd, vanilla
+from kdjax.methods import (at, crd, dkd, fitnet, kd, ofd, pkt, reviewkd, rkd, sftn, slkd, sp,
+                           vanilla)
 from kdjax.methods.base import Batch, Method, NetRunner, StepContext
 
-_BUILDERS = {
-    'vanilla': vanilla.build,
-    'kd': kd.build,
-    'slkd': slkd.build,
+# name -> module with ``build(config, **kwargs)`` and, if it has hyper-parameters,
+# ``default_config()`` (the block ``config.<name>``).
+_METHODS = {
+    'vanilla': vanilla, 'kd': kd, 'slkd': slkd, 'sftn': sftn, 'dkd': dkd, 'fitnet': fitnet,
+    'at': at, 'sp': sp, 'rkd': rkd, 'pkt': pkt, 'crd': crd, 'reviewkd': reviewkd, 'ofd': ofd,
 }
 
+_WITHOUT_TEACHER = ('vanilla', 'sftn')
 
-_WITHOUT_TEACHER = ('vanilla',)
+# The learning net a finished run delivers as a teacher (kdjax.teachers reads it from the
+# run's workdir); 'student' unless listed.
+_TRAINED_NET = {'sftn': 'teacher'}
+
+
+def default_configs() -> dict:
+  """``{method: its config block}`` for every method that has hyper-parameters."""
+  return {name: module.default_config() for name, module in _METHODS.items()
+          if hasattr(module, 'default_config')}
 
 
 def names() -> list[str]:
-  return list(_BUILDERS)
+  return list(_METHODS)
 
 
 def uses_teacher(name: str) -> bool:
@@ -29,12 +40,18 @@ def uses_teacher(name: str) -> bool:
   return name not in _WITHOUT_TEACHER
 
 
+def trained_net(name: str) -> str:
+  """The net of a run of method ``name`` that serves as a teacher (``'student'``; SFTN's
+  ``'teacher'``)."""
+  return _TRAINED_NET.get(name, 'student')
+
+
 def build(config, **kwargs) -> Method:
   """Builds ``config.method``; raises :class:`KdjaxError` for an unknown name."""
-  if config.method not in _BUILDERS:
+  if config.method not in _METHODS:
     raise KdjaxError(f'unknown method {config.method!r} (config.method); expected one of: '
                      f'{", ".join(names())}')
-  return _BUILDERS[config.method](config, **kwargs)
+  return _METHODS[config.method].build(config, **kwargs)
 
 
 __all__ = ['Batch', 'Method', 'NetRunner', 'StepContext', 'build', 'names']

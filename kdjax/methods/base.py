@@ -24,6 +24,9 @@ A method is a small graph of networks and the loss terms that connect them:
   the step, for methods in which some nets must learn before others look at them (SLKD*).
 * ``eval_nets``: the nets evaluated on the test set each epoch; the first one's accuracy is
   the run's reported accuracy.
+* ``eval_logits(variables, x) -> {name: logits}`` (rarely): for eval nets that cannot run on
+  images alone (SFTN's student branches read the teacher's features): the test logits of
+  every eval net from the inference variables ``variables[name]`` of the eval nets.
 """
 
 from __future__ import annotations
@@ -62,11 +65,14 @@ class Method:
   eval_nets: tuple[str, ...] = ('student',)
   teacher: Optional[nn.Module] = None
   sample_inputs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  labels: Mapping[str, str] = dataclasses.field(default_factory=dict)  # eval nets' names in tables
   init_extra: Optional[Callable[[jax.Array], dict]] = None
   # Optional sequential stages ((net names, loss), ...): each stage's gradient is taken
   # with respect to its nets only, after the previous stages' updates were applied. Empty:
   # one stage, ``loss`` over all nets (the fused step of every method but SLKD*).
   stages: tuple = ()
+  # Optional: computes every eval net's test logits at once (see the module docstring).
+  eval_logits: Optional[Callable[..., Mapping[str, jax.Array]]] = None
 
   def update_stages(self) -> tuple:
     return self.stages or ((tuple(self.nets), self.loss),)

@@ -25,3 +25,8 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
 
   return Method('kd', {'student': student}, {'student': optimizer_factory()}, loss,
                 teacher=teacher)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.kd``: mdistiller's ``CFG.KD``."""
+  return ml_collections.ConfigDict({'ce_weight': 0.1, 'kd_weight': 0.9, 'temperature': 4.0})

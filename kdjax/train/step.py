@@ -101,8 +101,9 @@ def make_eval_step(method: Method, mesh: Mesh, *, mean, std, dtype=jnp.float32,
   """Jitted ``(variables, images, labels, idx, mask) -> {net: {loss, top1, top5} sums}``.
 
   ``variables[name]`` are the inference variables of each net in ``nets`` (default: the
-  method's eval nets).
+  method's eval nets, through ``method.eval_logits`` where the method has one).
   """
+  joint = method.eval_logits if nets is None else None
   nets = nets if nets is not None else {n: method.nets[n] for n in method.eval_nets}
 
   def eval_fn(variables, images, labels, idx, mask):
@@ -110,8 +111,10 @@ def make_eval_step(method: Method, mesh: Mesh, *, mean, std, dtype=jnp.float32,
     x = jax.lax.with_sharding_constraint(x, data_sharded(mesh))
     y = labels[idx]
     out = {}
-    for name, net in nets.items():
-      logits = net.apply(variables[name], x, train=False).logits.astype(jnp.float32)
+    all_logits = joint(variables, x) if joint is not None else {
+        name: net.apply(variables[name], x, train=False).logits for name, net in nets.items()}
+    for name, logits in all_logits.items():
+      logits = logits.astype(jnp.float32)
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
       top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
       out[name] = {
