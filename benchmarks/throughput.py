@@ -14,6 +14,7 @@ achieved FLOP/s. Results go to stdout as a table and to a JSON file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -48,10 +49,29 @@ def _peak_memory_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _separate(method):
+  """The method's nets as separate single-net steps (the PyTorch way: one backward per net).
+
+  A loss term named ``<net>_...`` belongs to that net, every other term to the student; the
+  monitors ``kl_*`` belong to none. Each step recomputes the forward passes it needs.
+  """
+  def loss_for(net):
+    def loss(run, batch, ctx):
+      _, terms = method.loss(run, batch, ctx)
+      own = [v for k, v in terms.items() if not k.startswith('kl_') and (
+          k.startswith(net + '_') if net != 'student' else
+          not any(k.startswith(n + '_') for n in method.nets if n != 'student'))]
+      return sum(own), {}
+    return loss
+  return [dataclasses.replace(method, stages=(((net,), loss_for(net)),)) for net in method.nets]
+
+
 def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: int,
                  dtype: str) -> dict:
   """Times the train step of ``method_name`` on ``pair``; returns one result row."""
   teacher, student = PAIRS[pair]
+  separate = method_name.endswith(':separate')
+  method_name = method_name.removesuffix(':separate')
   config = base_config()
   config.method = method_name
   config.model = student if method_name != 'vanilla_teacher' else teacher
@@ -74,28 +94,31 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
   rng = np.random.default_rng(0)
   images = jax.device_put(rng.integers(0, 256, (batch * 4, 32, 32, 3), dtype=np.uint8), rep)
   labels = jax.device_put(rng.integers(0, 100, (batch * 4,), dtype=np.int32), rep)
-  train_step = step_lib.make_train_step(method, mesh, mean=(0.5,) * 3, std=(0.25,) * 3,
-                                        crop_padding=4, flip=True,
-                                        steps_per_epoch=steps_per_epoch,
-                                        dtype=jnp.dtype(dtype))
   idx = [jax.device_put(np.arange(i * batch, (i + 1) * batch, dtype=np.int32) % (batch * 4),
                         step_lib.data_sharded(mesh)) for i in range(4)]
-  t0 = time.perf_counter()
-  compiled = train_step.lower(state, teacher_vars, images, labels, idx[0]).compile()
+  compiled_steps, flops, t0 = [], 0.0, time.perf_counter()
+  for variant in (_separate(method) if separate else [method]):
+    train_step = step_lib.make_train_step(variant, mesh, mean=(0.5,) * 3, std=(0.25,) * 3,
+                                          crop_padding=4, flip=True,
+                                          steps_per_epoch=steps_per_epoch,
+                                          dtype=jnp.dtype(dtype))
+    compiled = train_step.lower(state, teacher_vars, images, labels, idx[0]).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops += float(cost.get('flops', float('nan'))) if cost else float('nan')
+    compiled_steps.append(compiled)
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
   times = []
   for i in range(warmup + steps):
     t = time.perf_counter()
-    state, metrics = compiled(state, teacher_vars, images, labels, idx[i % 4])
+    for compiled in compiled_steps:  # separate steps: one after another, each net's own
+      state, metrics = compiled(state, teacher_vars, images, labels, idx[i % 4])
     jax.block_until_ready(metrics['loss'])
     if i >= warmup:
       times.append(time.perf_counter() - t)
   med = statistics.median(times)
   return {
-      'method': method_name, 'pair': pair, 'teacher': teacher, 'student': config.model,
+      'method': method_name + (' (separate steps)' if separate else ''), 'pair': pair, 'teacher': teacher, 'student': config.model,
       'batch': batch, 'dtype': dtype, 'devices': jax.device_count(),
       'platform': jax.devices()[0].platform, 'compile_s': compile_s,
       'images_per_s': batch / med, 'images_per_s_min': batch / max(times),
@@ -121,7 +144,9 @@ def _table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--method', default='kd',
-                      help="a method name, 'vanilla_teacher', or 'all'")
+                      help="method names joined by ',' ('vanilla_teacher' trains the "
+                           "teacher; '<method>:separate' runs each net's update as its own "
+                           "step), or 'all'")
   parser.add_argument('--pair', default='res32x4_res8x4', choices=sorted(PAIRS))
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--steps', type=int, default=10, help='timed steps')

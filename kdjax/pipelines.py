@@ -50,8 +50,63 @@ class Interrupted(Exception):
   """A signal stopped a stage of a pipeline; its checkpoint is saved."""
 
 
+def sftn_distill_config(config: ml_collections.ConfigDict,
+                        teacher_checkpoint) -> ml_collections.ConfigDict:
+  """The ``config.sftn.distill`` run of SFTN ``config``'s student from a teacher.
+
+  Same data and recipe; the student ``config.sftn.student`` with lr ``sftn.student_lr``.
+  Without ``teacher_checkpoint`` the teacher is a vanilla ``config.model`` trained first
+  for ``config.num_epochs`` (the standard teacher SFTN is compared with).
+  """
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.method, c.model = config.sftn.distill, config.sftn.student
+  c.optimizer.lr = config.sftn.student_lr
+  c.teacher.model, c.teacher.checkpoint = config.model, teacher_checkpoint
+  c.teacher.train_if_missing = teacher_checkpoint is None
+  c.teacher.num_epochs = config.num_epochs
+  return c
+
+
+def sftn_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """SFTN: the teacher into ``workdir``; with ``config.sftn.distill`` the student from it into
+  ``workdir/student``; with ``compare_standard`` the same from a vanilla teacher into
+  ``workdir/standard`` (its teacher in ``workdir/standard/teacher``). Prints one table of
+  last-epoch top-1 (the teachers' last epoch is what is distilled)."""
+  c = config.sftn
+  if c.distill:  # the distillation config's mistakes surface before any training
+    config_lib.validate(sftn_distill_config(config, workdir))
+  results = train_and_evaluate(config, workdir)
+  if 'stopped_by_signal' in results:
+    return results
+  last = results['last_epoch'] or {}
+  rows = [(label, config.model if net == 'teacher' else c.student, last[net]['top1'])
+          for net, label in results['net_labels'].items() if net in last]
+  if c.distill:
+    runs = [('SFTN', workdir, os.path.join(workdir, 'student'))]
+    if c.compare_standard:
+      runs.append(('standard', None, os.path.join(workdir, 'standard')))
+    for kind, checkpoint, student_dir in runs:
+      distill = sftn_distill_config(config, checkpoint)
+      try:
+        ensure_teacher(distill, student_dir)
+      except Interrupted:
+        return {'stopped_by_signal': True}
+      student = train_and_evaluate(distill, student_dir)
+      if 'stopped_by_signal' in student:
+        return student
+      if kind == 'standard':
+        rows.append(('standard teacher (vanilla)', config.model, student['teacher_top1']))
+      rows.append((f'{c.distill} student from the {kind} teacher', c.student,
+                   student['last_top1']))
+      results[f'{kind}_student'] = student
+  print(summary_table(rows))
+  return results
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` into ``workdir`` (its teacher first if needed) and prints a summary."""
+  if config.method == 'sftn':
+    return sftn_pipeline(config, workdir)
   try:
     ensure_teacher(config, workdir)
   except Interrupted:
@@ -61,8 +116,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows = []
     if results.get('teacher_top1') is not None:
       rows.append(('teacher', config.teacher.model, results['teacher_top1']))
-    rows += [(f'{config.method} (best epoch {results["best_epoch"]})', config.model,
+    for net, label in list(results['net_labels'].items())[1:] if results['last_epoch'] else []:
+      rows.append((label, '', results['last_epoch'][net]['top1']))
+    rows += [(f'{config.method} student (best epoch {results["best_epoch"]})', config.model,
               results['best_top1']),
-             (f'{config.method} (last epoch)', config.model, results['last_top1'])]
+             (f'{config.method} student (last epoch)', config.model, results['last_top1'])]
     print(summary_table(rows))
   return results

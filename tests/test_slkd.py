@@ -129,6 +129,11 @@ def test_fused_step_equals_three_separate_single_net_steps():
     for a, b in zip(jax.tree.leaves(fused.batch_stats[net]),
                     jax.tree.leaves(separate.batch_stats[net])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert set(fused.params) == {'student', 'slt1', 'slt2'}, 'the teacher is not a learning net'
+  teacher_before = jax.tree.map(np.array, teacher_vars)
+  jax.jit(lambda s: apply_update(method, s, teacher_vars, batch, key, steps_per_epoch=100))(state)
+  for a, b in zip(jax.tree.leaves(teacher_vars), jax.tree.leaves(teacher_before)):
+    np.testing.assert_array_equal(a, b)
   for net in groups:  # every net really moved
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(fused.params[net]),
                                                         jax.tree.leaves(state.params[net])))

@@ -42,16 +42,15 @@ def test_vanilla_learns_digits_and_reports_best_and_last(tmp_path):
   assert os.listdir(tmp_path / 'tb')
 
 
-@pytest.mark.slow
-def test_run_killed_mid_training_resumes_bit_identical(tmp_path):
-  steps = ['--config.max_steps=16', '--config.num_epochs=1']
+def _kill_and_resume(tmp_path, args):
+  """Runs ``args`` straight, and again killed (SIGKILL) after its step-8 checkpoint and
+  resumed; returns both final states."""
   straight = tmp_path / 'straight'
-  assert run_cli(TINY + steps + [f'--workdir={straight}']).returncode == 0
-
+  done = run_cli(args + [f'--workdir={straight}'])
+  assert done.returncode == 0, done.stderr[-2000:]
   killed = tmp_path / 'killed'
-  proc = subprocess.Popen([sys.executable, '-m', 'kdjax.main', *TINY, *steps,
-                           f'--workdir={killed}'], cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen([sys.executable, '-m', 'kdjax.main', *args, f'--workdir={killed}'],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while not (killed / 'checkpoints' / '8').exists():
     assert proc.poll() is None and time.time() < deadline, 'no checkpoint at step 8 appeared'
@@ -59,11 +58,30 @@ def test_run_killed_mid_training_resumes_bit_identical(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (killed / 'results.json').exists(), 'the run must have been killed before its end'
-  resumed = run_cli(TINY + steps + [f'--workdir={killed}'])
+  resumed = run_cli(args + [f'--workdir={killed}'])
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert 'resumed from the checkpoint at step' in resumed.stderr
-  a, b = restore_state(straight), restore_state(killed)
+  return restore_state(straight), restore_state(killed)
+
+
+@pytest.mark.slow
+def test_run_killed_mid_training_resumes_bit_identical(tmp_path):
+  a, b = _kill_and_resume(tmp_path, TINY + ['--config.max_steps=16', '--config.num_epochs=1'])
   assert int(a['step']) == int(b['step']) == 16
+  assert _leaves_equal(a, b)
+
+
+@pytest.mark.slow
+def test_slkd_run_killed_mid_training_resumes_bit_identical(tmp_path):
+  teacher = tmp_path / 'teacher'
+  assert run_cli(TINY + ['--config.max_steps=4', f'--workdir={teacher}']).returncode == 0
+  a, b = _kill_and_resume(tmp_path, [
+      '--config', 'experiments/slkd.py:digits', '--config.model=resnet8',
+      '--config.teacher.model=resnet8', f'--config.teacher.checkpoint={teacher}',
+      '--config.batch_size=32', '--config.checkpoint_every_steps=4', '--config.max_steps=12',
+      '--config.num_epochs=1'])
+  assert int(a['step']) == int(b['step']) == 12
+  assert set(a['params']) == {'student', 'slt1', 'slt2'}
   assert _leaves_equal(a, b)
 
 

@@ -101,7 +101,8 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   if c.mode == 'sequential':
     stages = ((SL_TEACHERS, sequential_sl_loss), (('student',), sequential_student_loss))
   return Method('slkd', nets, {name: optimizer_factory() for name in nets}, joint_loss,
-                eval_nets=('student',) + SL_TEACHERS, teacher=teacher, stages=stages)
+                eval_nets=('student',) + SL_TEACHERS, teacher=teacher, stages=stages,
+                labels={n: f'SL-teacher {n[-1]} ({config.teacher.model})' for n in SL_TEACHERS})
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -255,6 +255,7 @@ def _results(run: Run, progress: dict, step: int, images_per_second) -> dict:
       'last_top1': last[net]['top1'] if last else None,
       'last_top5': last[net]['top5'] if last else None,
       'last_epoch': {k: v for k, v in last.items() if k not in ('epoch', 'step')} if last else None,
+      'net_labels': {n: run.method.labels.get(n, n) for n in run.method.eval_nets},
       'images_per_second': images_per_second,
       'devices': jax.device_count(),
       'platform': jax.devices()[0].platform,
