@@ -28,17 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax import methods
+from kdjax import config as config_lib
 from kdjax.config import base_config
 from kdjax.train import optim, step as step_lib
 from kdjax.train.state import init_state
 
-PAIRS = {  # teacher, student
-    'res32x4_res8x4': ('resnet32x4', 'resnet8x4'),
-    'res56_res20': ('resnet56', 'resnet20'),
-    'wrn40_2_wrn16_2': ('wrn_40_2', 'wrn_16_2'),
-    'vgg13_vgg8': ('vgg13', 'vgg8'),
-    'res20_res8': ('resnet20', 'resnet8'),
-}
+# config.PAIRS (teacher, student, lr) plus the digits pair, a small one for quick runs.
+PAIRS = {**{name: pair[:2] for name, pair in config_lib.PAIRS.items()},
+         'res20_res8': (config_lib.DIGITS_TEACHER, config_lib.DIGITS_STUDENT)}
 
 
 def _peak_memory_bytes() -> int:

@@ -123,10 +123,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise
 
 
-def _put(array: np.ndarray, sharding):
-  return jax.device_put(array, sharding)
-
-
 def _write_json(path: str, obj: Any) -> None:
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -148,8 +144,8 @@ def _train(run: Run) -> dict:
     say(f'resumed from the checkpoint at step {int(state.step)} in {workdir}')
   start = int(state.step)
 
-  train_images, train_labels = _put(run.train.images, rep), _put(run.train.labels, rep)
-  test_images, test_labels = _put(run.test.images, rep), _put(run.test.labels, rep)
+  train_images, train_labels, test_images, test_labels = jax.device_put(
+      (run.train.images, run.train.labels, run.test.images, run.test.labels), rep)
   teacher_vars = jax.device_put(run.teacher_vars, rep)
   norm = dict(mean=run.train.mean, std=run.train.std, dtype=run.dtype)
   train_step = step_lib.make_train_step(
