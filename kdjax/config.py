@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from kdjax import platform_tuning
 from kdjax.errors import KdjaxError
 
 
@@ -30,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.download = True
   c.data.crop_padding = 4
   c.data.flip = True
+  # Training examples held out (stratified, fixed) as the quiz set of meta-learning
+  # methods (SKD); they are never trained on. 0: none.
+  c.data.holdout = 0
 
   c.batch_size = 64  # global, over all devices
   c.eval_batch_size = 256
@@ -52,6 +56,15 @@ def base_config() -> ml_collections.ConfigDict:
   # With no checkpoint, train the teacher first into <workdir>/teacher (digits presets).
   c.teacher.train_if_missing = False
   c.teacher.num_epochs = ml_collections.FieldReference(None, field_type=int)
+  # K > 0: the teacher trained first records its trajectory (SKD's snapshots), see below.
+  c.teacher.trajectory_stages = 0
+
+  # K > 0: record the trained net's variables at the end of each of K equal stages of the
+  # run into <workdir>/trajectory/stage_<j> (kdjax/trajectory.py; SKD's teacher snapshots).
+  c.trajectory = ml_collections.ConfigDict({'stages': 0})
+  # Methods also run on the same pair, teacher and data into <workdir>/<method>, printed
+  # next to this run in the summary (the digits SKD preset compares with ('kd',)).
+  c.baselines = ()
 
   # One block of hyper-parameters per method (config.kd, config.dkd, config.slkd, ...), with
   # each method module's defaults (mdistiller's CFG.<METHOD> for the baselines).
@@ -63,6 +76,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.max_steps = ml_collections.FieldReference(None, field_type=int)  # stop early (tests)
+  # Multi-process runs (kdjax/distributed.py, docs/scaling.md): 'auto' starts
+  # jax.distributed under srun / mpirun / a TPU pod slice / the KDJAX_* variables;
+  # 'true' insists, 'false' never starts it.
+  c.distributed = 'auto'
+  # Platform-specific speed settings (kdjax/platform_tuning.py): XLA:CPU's convolution
+  # library ('auto' = Eigen, 'ynnpack' = this jaxlib's default) and extra XLA_FLAGS.
+  c.platform = platform_tuning.default_config()
+  # Test and diagnosis hooks; None (the default) leaves the compiled step untouched.
+  c.debug = ml_collections.ConfigDict()
+  # Turn the images of update k (1-based, as logs and checkpoints count) into NaN, to see
+  # the run stop with the step and loss terms named and the last good checkpoint kept.
+  c.debug.nan_at_step = ml_collections.FieldReference(None, field_type=int)
+  # A published top-1 (%) of this preset (the SLKD paper, mdistiller's tables) that
+  # `python -m kdjax.report` sets the run's best-epoch top-1 against; None: no number.
+  c.reference_top1 = ml_collections.FieldReference(None, field_type=float)
   return c
 
 
@@ -166,9 +194,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'config.dtype must be float32 or bfloat16, got {config.dtype!r}')
   _require(config.bn_stats in ('global', 'per_device'),
            f'config.bn_stats must be global or per_device, got {config.bn_stats!r}')
+  for name in config.baselines:
+    _require(name in methods.names() and methods.uses_teacher(name),
+             f'unknown baseline {name!r} in config.baselines; expected distillation methods '
+             f'of: {", ".join(n for n in methods.names() if methods.uses_teacher(n))}')
+  _require(0 <= config.trajectory.stages <= config.num_epochs,
+           f'config.trajectory.stages must be between 0 and num_epochs ({config.num_epochs}), '
+           f'got {config.trajectory.stages}')
+  _require(config.data.holdout >= 0,
+           f'config.data.holdout must be >= 0, got {config.data.holdout}')
   _require(config.data.crop_padding >= 0,
            f'config.data.crop_padding must be >= 0, got {config.data.crop_padding}')
   _require(config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
            'config.log_every_steps and config.checkpoint_every_steps must be positive')
   _require(config.keep_checkpoints >= 1,
            f'config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
+  from kdjax import distributed  # pylint: disable=import-outside-toplevel
+  distributed.normalize_mode(config.get('distributed', 'auto'))
+  nan_at = config.get('debug', {}).get('nan_at_step')
+  _require(nan_at is None or nan_at >= 1,
+           f'config.debug.nan_at_step must be >= 1 (a 1-based step) or None, got {nan_at}')

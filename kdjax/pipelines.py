@@ -26,6 +26,7 @@ def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   teacher.model = config.teacher.model
   teacher.num_epochs = config.teacher.num_epochs or config.num_epochs
   teacher.teacher.train_if_missing = False
+  teacher.trajectory.stages = config.teacher.trajectory_stages
   return teacher
 
 
@@ -112,14 +113,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   except Interrupted:
     return {'stopped_by_signal': True}
   results = train_and_evaluate(config, workdir)
-  if 'stopped_by_signal' not in results:
-    rows = []
-    if results.get('teacher_top1') is not None:
-      rows.append(('teacher', config.teacher.model, results['teacher_top1']))
-    for net, label in list(results['net_labels'].items())[1:] if results['last_epoch'] else []:
-      rows.append((label, '', results['last_epoch'][net]['top1']))
-    rows += [(f'{config.method} student (best epoch {results["best_epoch"]})', config.model,
-              results['best_top1']),
-             (f'{config.method} student (last epoch)', config.model, results['last_top1'])]
-    print(summary_table(rows))
+  if 'stopped_by_signal' in results:
+    return results
+  rows = []
+  if results.get('teacher_top1') is not None:
+    rows.append(('teacher', config.teacher.model, results['teacher_top1']))
+  for net, label in list(results['net_labels'].items())[1:] if results['last_epoch'] else []:
+    rows.append((label, '', results['last_epoch'][net]['top1']))
+  runs = [(config.method, results)]
+  for name in config.baselines:
+    baseline = train_and_evaluate(baseline_config(config, name), os.path.join(workdir, name))
+    if 'stopped_by_signal' in baseline:
+      return baseline
+    results[f'{name}_baseline'] = baseline
+    runs.insert(-1, (name, baseline))
+  for method, r in runs:
+    rows += [(f'{method} student (best epoch {r["best_epoch"]})', config.model, r['best_top1']),
+             (f'{method} student (last epoch)', config.model, r['last_top1'])]
+  print(summary_table(rows))
   return results
+
+
+def baseline_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """``config`` with ``method`` instead: same pair, teacher, data (and held-out set), recipe."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.method, c.baselines = method, ()
+  return c

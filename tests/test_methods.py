@@ -62,7 +62,7 @@ def test_updates_lower_the_loss_and_leave_the_teacher_alone(name):
   @jax.jit
   def step(state, teacher_vars):
     def loss_of_teacher(tv):
-      new, metrics = apply_update(method, state, tv, batch, key, steps_per_epoch=100)
+      new, metrics = apply_update(method, state, {'teacher': tv}, batch, key, steps_per_epoch=100)
       return metrics['loss'], (new, metrics)
     (_, (new, metrics)), teacher_grad = jax.value_and_grad(loss_of_teacher, has_aux=True)(
         teacher_vars)
@@ -122,7 +122,7 @@ def test_crd_updates_the_memory_bank_rows_of_the_batch():
   expected = 0.5 * bank['student'][batch.indices] + 0.5 * v_s
   expected = expected / jnp.linalg.norm(expected, axis=1, keepdims=True)
   # Donated, as the train loop's step: every state leaf must be its own buffer.
-  step = jax.jit(lambda s: apply_update(method, s, _teacher_vars(method), batch,
+  step = jax.jit(lambda s: apply_update(method, s, {'teacher': _teacher_vars(method)}, batch,
                                         jax.random.PRNGKey(0), steps_per_epoch=100),
                  donate_argnums=(0,))
   updated = step(state)[0].extra['crd']

@@ -37,7 +37,7 @@ def test_two_kd_steps_equal_mdistiller():
                      {'student': method.optimizers['student'].init(student['params'])})
   batch = Batch(ref['input'].transpose(0, 2, 3, 1).astype(np.float32),
                 ref['target'].astype(np.int32))
-  update = jax.jit(lambda s: apply_update(method, s, teacher, batch, jax.random.PRNGKey(0),
+  update = jax.jit(lambda s: apply_update(method, s, {'teacher': teacher}, batch, jax.random.PRNGKey(0),
                                           steps_per_epoch=10**6))
   for step in (1, 2):
     state, metrics = update(state)

@@ -27,6 +27,18 @@ def batch_indices(seed: int, step: int, size: int, batch_size: int) -> np.ndarra
   return order[position * batch_size:(position + 1) * batch_size]
 
 
+def holdout_split(labels: np.ndarray, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(train, held_out)`` index arrays: ``holdout`` examples set aside, stratified by class.
+
+  The split is fixed (it does not depend on the run's seed), so runs with different seeds
+  train and meta-learn on the same examples; both arrays are sorted.
+  """
+  from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
+  train, held = train_test_split(np.arange(len(labels)), test_size=holdout,
+                                 stratify=labels, random_state=0)
+  return np.sort(train).astype(np.int32), np.sort(held).astype(np.int32)
+
+
 def eval_batches(size: int, batch_size: int):
   """Yields ``(indices, mask)`` covering ``range(size)``, the last batch padded and masked."""
   for start in range(0, size, batch_size):

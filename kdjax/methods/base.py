@@ -13,8 +13,14 @@ A method is a small graph of networks and the loss terms that connect them:
   with; nets absent from it are initialised on an image batch. Every net's ``__call__``
   takes ``train`` as a keyword.
 * ``init_extra(key) -> dict``: the method's own state besides the nets (CRD's memory
-  bank), kept in the train state and checkpointed; a loss reads ``run.extra`` and may
-  assign new values to its entries (never differentiated).
+  bank, SKD's self-learning trajectory), kept in the train state and checkpointed; a loss
+  reads ``run.extra`` and may assign new values to its entries (never differentiated).
+* ``frozen``: host arrays the method needs besides the teacher and never learns (SKD's
+  recorded teacher trajectory); they reach every step, replicated, as
+  ``ctx.frozen[name]`` next to ``ctx.frozen['teacher']`` (the teacher's variables).
+* ``needs_quiz``: the method meta-learns on a quiz batch held out from the training set
+  (``config.data.holdout`` examples, never trained on); each step then carries
+  ``batch.quiz``, a batch drawn from that held-out part.
 * ``loss(run, batch, ctx) -> (loss, terms)``: the scalar the step differentiates with
   respect to every learning net at once, and a dict of named terms to log (mdistiller's
   contract). ``run(name, x, **kwargs)`` applies learning net ``name`` in training mode and
@@ -45,6 +51,7 @@ class Batch(NamedTuple):
   images: jax.Array
   labels: jax.Array
   indices: Any = None
+  quiz: Any = None  # a Batch from the held-out quiz set, for methods with ``needs_quiz``
 
 
 class StepContext(NamedTuple):
@@ -53,6 +60,7 @@ class StepContext(NamedTuple):
   epoch: jax.Array  # 1-based epoch of this step, as mdistiller counts for warm-ups
   rng: jax.Array
   teacher: Any = None  # the frozen teacher's ModelOutput, or None
+  frozen: Any = None  # the frozen inputs: {'teacher': its variables, **method.frozen}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +81,8 @@ class Method:
   stages: tuple = ()
   # Optional: computes every eval net's test logits at once (see the module docstring).
   eval_logits: Optional[Callable[..., Mapping[str, jax.Array]]] = None
+  frozen: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  needs_quiz: bool = False
 
   def update_stages(self) -> tuple:
     return self.stages or ((tuple(self.nets), self.loss),)
@@ -92,13 +102,19 @@ class NetRunner:
     self.batch_stats = dict(batch_stats)
     self.extra = dict(extra or {})
 
-  def __call__(self, name: str, x: jax.Array, *, update_stats: bool = True, **kwargs):
+  def params(self, name: str):
+    """The parameters of net ``name`` this step differentiates (or holds fixed)."""
+    return self._params[name]
+
+  def __call__(self, name: str, x: jax.Array, *, update_stats: bool = True, params=None,
+               **kwargs):
     """Applies net ``name`` in training mode (batch statistics).
 
     With ``update_stats=False`` the net still normalises with the batch's statistics but
     its running estimates are left as they are (a second look at the same batch).
+    ``params`` replaces the net's parameters for this call (a virtual, look-ahead copy).
     """
-    variables = {'params': self._params[name]}
+    variables = {'params': self._params[name] if params is None else params}
     if self.batch_stats.get(name):
       variables['batch_stats'] = self.batch_stats[name]
       out, updates = self._nets[name].apply(variables, x, train=True, mutable=['batch_stats'],

@@ -44,6 +44,36 @@ def _ce_kd(logits, labels, target_logits, ce_weight, kd_weight, temperature):
           kd_weight * losses.kd(logits, target_logits, temperature=temperature))
 
 
+def sl_teacher_losses(run, batch, ctx, c: ml_collections.ConfigDict):
+  """``L_TSL1 + L_TSL2`` (eqs. 4, 5), their named terms, and the SL-teachers' logits."""
+  terms, logits = {}, []
+  for name in SL_TEACHERS:
+    out = run(name, batch.images).logits
+    terms[f'{name}_ce'], terms[f'{name}_kd'] = _ce_kd(
+        out, batch.labels, ctx.teacher.logits, c.ce_weight, c.kd_weight, c.temperature)
+    logits.append(out)
+  return sum(terms.values()), terms, logits
+
+
+def fuse(c: ml_collections.ConfigDict, sl1, sl2):
+  """``F = rho * SL1 + (1 - rho) * SL2`` (eq. 6)."""
+  return c.rho * sl1 + (1.0 - c.rho) * sl2
+
+
+def fused_terms(logits, labels, fused, c: ml_collections.ConfigDict) -> dict:
+  """``eta * L_SLTS`` (eq. 3), the student's terms towards the fused SL-teachers F."""
+  ce, kd = _ce_kd(logits, labels, fused, c.fused_ce_weight, c.fused_kd_weight, c.temperature)
+  return {'slts_ce': c.eta * ce, 'slts_kd': c.eta * kd}
+
+
+def monitors(logits, teacher_logits, fused, c: ml_collections.ConfigDict) -> dict:
+  """Not loss terms (the paper's Figure 2): KL(T || S) and KL(F || S) at tau, no gradient."""
+  return {name: jax.lax.stop_gradient(losses.kd(logits, target, temperature=c.temperature)
+                                      / c.temperature**2)
+          for name, target in (('kl_teacher_student', teacher_logits),
+                               ('kl_fused_student', fused))}
+
+
 def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
           optimizer_factory) -> Method:
   student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
@@ -51,58 +81,42 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   c = config.slkd
   nets = {'student': student, 'slt1': sl_net, 'slt2': sl_net}
 
-  def sl_teacher_losses(run, batch, ctx):
-    """L_TSL1 + L_TSL2 and the SL-teachers' logits."""
-    terms, logits = {}, []
-    for name in SL_TEACHERS:
-      out = run(name, batch.images).logits
-      ce, kd = _ce_kd(out, batch.labels, ctx.teacher.logits, c.ce_weight, c.kd_weight,
-                      c.temperature)
-      terms[f'{name}_ce'], terms[f'{name}_kd'] = ce, kd
-      logits.append(out)
-    return sum(terms.values()), terms, logits
-
   def student_losses(run, batch, ctx, fused):
     s = run('student', batch.images).logits
     ts_ce, ts_kd = _ce_kd(s, batch.labels, ctx.teacher.logits, c.ce_weight, c.kd_weight,
                           c.temperature)
-    slts_ce, slts_kd = _ce_kd(s, batch.labels, fused, c.fused_ce_weight, c.fused_kd_weight,
-                              c.temperature)
     terms = {'ts_ce': c.lambda_ts * ts_ce, 'ts_kd': c.lambda_ts * ts_kd,
-             'slts_ce': c.eta * slts_ce, 'slts_kd': c.eta * slts_kd}
-    loss = sum(terms.values())
-    # Monitors, not loss terms (the paper's Figure 2): KL(T || S) and KL(F || S) at tau.
-    for name, target in (('kl_teacher_student', ctx.teacher.logits), ('kl_fused_student', fused)):
-      terms[name] = jax.lax.stop_gradient(
-          losses.kd(s, target, temperature=c.temperature) / c.temperature**2)
-    return loss, terms
-
-  def fuse(sl1, sl2):
-    return c.rho * sl1 + (1.0 - c.rho) * sl2
+             **fused_terms(s, batch.labels, fused, c)}
+    return sum(terms.values()), {**terms, **monitors(s, ctx.teacher.logits, fused, c)}
 
   def joint_loss(run, batch, ctx):
-    sl_loss, sl_terms, (sl1, sl2) = sl_teacher_losses(run, batch, ctx)
-    fused = fuse(sl1, sl2)
+    sl_loss, sl_terms, (sl1, sl2) = sl_teacher_losses(run, batch, ctx, c)
+    fused = fuse(c, sl1, sl2)
     if not c.fused_target_grad:
       fused = jax.lax.stop_gradient(fused)
     s_loss, s_terms = student_losses(run, batch, ctx, fused)
     return s_loss + sl_loss, {**s_terms, **sl_terms}
 
   def sequential_sl_loss(run, batch, ctx):
-    loss, terms, _ = sl_teacher_losses(run, batch, ctx)
+    loss, terms, _ = sl_teacher_losses(run, batch, ctx, c)
     return loss, terms
 
   def sequential_student_loss(run, batch, ctx):
     sl1, sl2 = (jax.lax.stop_gradient(run(n, batch.images, update_stats=False).logits)
                 for n in SL_TEACHERS)
-    return student_losses(run, batch, ctx, fuse(sl1, sl2))
+    return student_losses(run, batch, ctx, fuse(c, sl1, sl2))
 
   stages = ()
   if c.mode == 'sequential':
     stages = ((SL_TEACHERS, sequential_sl_loss), (('student',), sequential_student_loss))
   return Method('slkd', nets, {name: optimizer_factory() for name in nets}, joint_loss,
                 eval_nets=('student',) + SL_TEACHERS, teacher=teacher, stages=stages,
-                labels={n: f'SL-teacher {n[-1]} ({config.teacher.model})' for n in SL_TEACHERS})
+                labels=sl_labels(config))
+
+
+def sl_labels(config) -> dict:
+  """The SL-teachers' names in tables."""
+  return {n: f'SL-teacher {n[-1]} ({config.teacher.model})' for n in SL_TEACHERS}
 
 
 def default_config() -> ml_collections.ConfigDict:

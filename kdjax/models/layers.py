@@ -69,6 +69,11 @@ def dense(features: int, *, in_features: int, kernel_init=None, bias_init=None,
                   name=name)
 
 
+def at_least_float32(x: jax.Array) -> jax.Array:
+  """``x`` in float32, or wider if it already is (statistics and pooling never in bf16)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 class BatchNorm(nn.Module):
   """``torch.nn.BatchNorm{1,2}d`` over the last axis (see the module docstring).
 
@@ -90,7 +95,7 @@ class BatchNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
-    x32 = x.astype(jnp.float32)
+    x32 = at_least_float32(x)
     if train:
       groups = self.batch_groups
       if x.shape[0] % groups:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from kdjax.models import register
 from kdjax.models.base import ModelOutput
-from kdjax.models.layers import BatchNorm, conv, dense, kaiming_normal_fan_out
+from kdjax.models.layers import BatchNorm, at_least_float32, conv, dense, kaiming_normal_fan_out
 
 # (expansion t, channels c, blocks n, stride s); t = None stands for the model's T.
 SETTING = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
@@ -93,7 +93,7 @@ class MobileNetV2(nn.Module):
     x = nn.relu(cb(x, last_channel, 1, prefix='conv2.'))
     # nn.AvgPool2d(2, ceil_mode=True): a partial last window averages its valid inputs only.
     pad = [(0, -d % 2) for d in x.shape[1:3]]
-    pooled = nn.avg_pool(x.astype(jnp.float32), (2, 2), strides=(2, 2), padding=pad,
+    pooled = nn.avg_pool(at_least_float32(x), (2, 2), strides=(2, 2), padding=pad,
                          count_include_pad=False).astype(self.dtype)
     pooled = pooled.reshape(pooled.shape[0], -1)
     logits = dense(self.num_classes, in_features=last_channel,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from kdjax.models import register
 from kdjax.models.base import ModelOutput
-from kdjax.models.layers import BatchNorm, conv, dense, kaiming_normal_fan_out
+from kdjax.models.layers import BatchNorm, at_least_float32, conv, dense, kaiming_normal_fan_out
 
 
 class _Block(nn.Module):
@@ -132,7 +132,7 @@ class ResNet(nn.Module):
       feats.append(x)
       preacts.append(preact)
     # nn.AvgPool2d(8), then flatten.
-    pooled = nn.avg_pool(x.astype(jnp.float32), (8, 8), strides=(8, 8)).astype(self.dtype)
+    pooled = nn.avg_pool(at_least_float32(x), (8, 8), strides=(8, 8)).astype(self.dtype)
     pooled = pooled.reshape(pooled.shape[0], -1)
     logits = dense(self.num_classes, in_features=self.num_filters[3] * block.expansion,
                    dtype=self.dtype, name='fc')(pooled)

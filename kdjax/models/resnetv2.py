@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from kdjax.models import register
 from kdjax.models.base import ModelOutput
-from kdjax.models.layers import BatchNorm, conv, dense, kaiming_normal_fan_out
+from kdjax.models.layers import BatchNorm, at_least_float32, conv, dense, kaiming_normal_fan_out
 from kdjax.models.resnet import BasicBlock, Bottleneck, make_layer, run_layer
 
 _PLANES = (64, 128, 256, 512)
@@ -52,7 +52,7 @@ class ResNetV2(nn.Module):
       feats.append(x)
       preacts.append(preact)
     # nn.AdaptiveAvgPool2d((1, 1)), then flatten.
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+    pooled = jnp.mean(at_least_float32(x), axis=(1, 2)).astype(self.dtype)
     logits = dense(self.num_classes, in_features=512 * block.expansion, dtype=self.dtype,
                    name='linear')(pooled)
     return ModelOutput(logits, feats, preacts, pooled)

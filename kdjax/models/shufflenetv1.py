@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from kdjax.models import register
 from kdjax.models.base import ModelOutput
-from kdjax.models.layers import BatchNorm, conv, dense
+from kdjax.models.layers import BatchNorm, at_least_float32, conv, dense
 
 
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
@@ -33,7 +33,7 @@ def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
 def avg_pool(x: jax.Array, size: int, stride: int | None = None, padding: int = 0):
   """``F.avg_pool2d(x, size, stride, padding)`` (zero padding counted, floor mode)."""
   stride = stride or size
-  out = nn.avg_pool(x.astype(jnp.float32), (size, size), strides=(stride, stride),
+  out = nn.avg_pool(at_least_float32(x), (size, size), strides=(stride, stride),
                     padding=((padding, padding), (padding, padding)), count_include_pad=True)
   return out.astype(x.dtype)
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from kdjax.models import register
 from kdjax.models.base import ModelOutput
-from kdjax.models.layers import BatchNorm, dense, kaiming_normal_fan_out
+from kdjax.models.layers import BatchNorm, at_least_float32, dense, kaiming_normal_fan_out
 
 CFGS = {
     'vgg8': ((64,), (128,), (256,), (512,), (512,)),
@@ -71,7 +71,7 @@ class VGG(nn.Module):
       feats.append(x)
       preacts.append(x if stage == 0 else preact)
     # pool4 = nn.AdaptiveAvgPool2d((1, 1)), then flatten.
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+    pooled = jnp.mean(at_least_float32(x), axis=(1, 2)).astype(self.dtype)
     logits = dense(self.num_classes, in_features=512, kernel_init=nn.initializers.normal(0.01),
                    bias_init=nn.initializers.zeros, dtype=self.dtype,
                    name='classifier')(pooled)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from kdjax.models import register
 from kdjax.models.base import ModelOutput
-from kdjax.models.layers import BatchNorm, conv, dense, kaiming_normal_fan_out
+from kdjax.models.layers import BatchNorm, at_least_float32, conv, dense, kaiming_normal_fan_out
 
 
 class WRNBlock(nn.Module):
@@ -87,7 +87,7 @@ class WideResNet(nn.Module):
       feats.append(x)
     out = nn.relu(bn1(x, train))
     # F.avg_pool2d(out, 8), then reshape(-1, nChannels).
-    pooled = nn.avg_pool(out.astype(jnp.float32), (8, 8), strides=(8, 8)).astype(self.dtype)
+    pooled = nn.avg_pool(at_least_float32(out), (8, 8), strides=(8, 8)).astype(self.dtype)
     pooled = pooled.reshape(-1, channels[3])
     logits = dense(self.num_classes, in_features=channels[3], bias_init=nn.initializers.zeros,
                    dtype=self.dtype, name='fc')(pooled)

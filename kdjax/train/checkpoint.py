@@ -6,6 +6,14 @@ history and the best epoch so far). Orbax writes each checkpoint into a temporar
 and renames it when complete, so a kill mid-write leaves the previous checkpoint as the
 latest valid one; a latest checkpoint that still fails to restore (a truncated or corrupted
 file) is skipped with a warning in favour of the one before.
+
+A checkpoint that cannot be written (disk full, permissions, a failing network filesystem)
+stops the run with one :class:`CheckpointWriteError` line naming the step and the cause;
+the previous checkpoint stays the latest valid one, and running the same command again
+resumes from it. Saves are asynchronous, so a failure in the background is reported at the
+next save or at the end of the run, still naming the step that failed. With several
+processes every process saves and restores together (Orbax coordinates them; process 0
+writes the metadata and the ``progress`` item, each process its own array shards).
 """
 
 from __future__ import annotations
@@ -20,6 +28,27 @@ import orbax.checkpoint as ocp
 from kdjax.errors import KdjaxError
 
 
+class _OrbaxTracebacks(logging.Filter):
+  """Drops Orbax's own error tracebacks: every failure they describe reaches
+  :class:`Checkpointer` as an exception and is reported there in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and record.exc_info
+                and f'{os.sep}orbax{os.sep}' in (record.pathname or ''))
+
+
+logging.getLogger('absl').addFilter(_OrbaxTracebacks())
+
+
+class CheckpointWriteError(KdjaxError):
+  """A checkpoint could not be written; the previous one is kept."""
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__
+
+
 class Checkpointer:
   """Saves every ``every_steps`` (and on demand), keeps the last ``keep``, restores newest."""
 
@@ -29,15 +58,52 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_names=('state', 'progress'))
+    self._pending: Optional[int] = None  # the step of a save that may still be writing
+    self._closed = False
+
+  def _write_error(self, step: int, error: BaseException) -> CheckpointWriteError:
+    try:
+      kept = max((s for s in self._manager.all_steps() if s != step), default=None)
+    except Exception:  # pylint: disable=broad-except
+      kept = None
+    kept = (f'the checkpoint of step {kept} is kept and running the same command again '
+            f'resumes from it' if kept is not None and kept != step else
+            'no earlier checkpoint exists')
+    return CheckpointWriteError(
+        f'could not write the checkpoint of step {step} to {self.directory} '
+        f'({_first_line(error)}); {kept}; free disk space or fix the folder, then rerun')
+
+  def _finish_pending(self) -> None:
+    """Waits for the save in flight; raises :class:`CheckpointWriteError` if it failed."""
+    step, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      error = self._write_error(step if step is not None else -1, e)
+      self._close_quietly()
+      raise error from None
 
   def save(self, step: int, state: Any, progress: dict, *, wait: bool = False) -> None:
-    """Writes checkpoint ``step`` (asynchronously unless ``wait``)."""
+    """Writes checkpoint ``step`` (asynchronously unless ``wait``).
+
+    Raises :class:`CheckpointWriteError` if this save, or the previous one still writing
+    in the background, failed.
+    """
+    if self._closed:
+      raise RuntimeError(f'checkpointer of {self.directory} is closed')
+    self._finish_pending()
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
+    except Exception as e:  # pylint: disable=broad-except
+      error = self._write_error(step, e)
+      self._close_quietly()
+      raise error from None
+    self._pending = step
     if wait:
-      self._manager.wait_until_finished()
+      self._finish_pending()
 
   def restore_latest(self, abstract_state: Any) -> Optional[tuple[Any, dict]]:
     """(state, progress) of the newest checkpoint that restores, or ``None`` if none."""
@@ -56,11 +122,35 @@ class Checkpointer:
                        f'(steps {steps}); move the folder away to start afresh')
     return None
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
+  def latest_step(self) -> Optional[int]:
+    """The newest checkpoint's step (``None`` if there is none)."""
+    return self._manager.latest_step()
 
-  def close(self) -> None:
-    self._manager.close()
+  def _close_quietly(self) -> None:
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self._manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('closing the checkpoint manager of %s failed (%s)', self.directory,
+                      _first_line(e))
+
+  def wait(self) -> None:
+    """Waits for the save in flight (see :meth:`save` for errors)."""
+    self._finish_pending()
+
+  def close(self, *, quiet: bool = False) -> None:
+    """Finishes the save in flight and closes; ``quiet`` drops its errors (the run is
+    already failing for another reason)."""
+    if self._closed:
+      return
+    try:
+      self._finish_pending()
+    except CheckpointWriteError:
+      if not quiet:
+        raise
+    self._close_quietly()
 
 
 def _manager(directory: str) -> ocp.CheckpointManager:

@@ -8,6 +8,12 @@ test set; ``results.json`` keeps the best-epoch and the last-epoch accuracy apar
 Checkpoints are written every ``config.checkpoint_every_steps`` steps, at each epoch end
 and when the run ends; SIGTERM / SIGINT stop the run after the current step with a
 checkpoint, and running the same command again continues exactly where it stopped.
+
+Each step's metrics (loss, loss terms, gradient norms) are checked before every checkpoint:
+a non-finite one stops the run naming the step and the terms, and the last good checkpoint
+stays the latest. A checkpoint that cannot be written stops the run too (the previous one
+stays valid). With several processes (:mod:`kdjax.distributed`) every process runs this
+loop in lockstep; only process 0 writes files and prints. See ``docs/scaling.md``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from kdjax import config as config_lib
-from kdjax import data, methods, teachers
+from kdjax import data, methods, teachers, trajectory
 from kdjax.errors import KdjaxError
 from kdjax.train import checkpoint, optim, step as step_lib
 from kdjax.train.state import TrainState, init_state
@@ -34,16 +40,25 @@ from kdjax.train.writers import MetricWriter, Progress
 
 
 class _StopFlag:
-  """Remembers a SIGTERM/SIGINT; the loop checks it between steps."""
+  """Remembers a SIGTERM/SIGINT; the loop asks :meth:`poll` once per step.
+
+  With several processes all must stop after the same step: a SIGTERM (a preemption
+  notice, to any one process or to all) goes through JAX's preemption sync manager, which
+  picks a step every process reaches, and a SIGINT is forwarded to it as a SIGTERM.
+  """
 
   def __init__(self):
     self.signum: Optional[int] = None
     self._previous = {}
+    self._sync = jax.process_count() > 1 and _preemption_sync_available()
+    if jax.process_count() > 1 and not self._sync:
+      say('warning: the JAX preemption service is off (jax_enable_preemption_service); '
+          'SIGTERM and SIGINT are not coordinated between processes')
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGINT,) if self._sync else (signal.SIGTERM, signal.SIGINT):
       try:
-        self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous[sig] = signal.signal(sig, self._forward if self._sync else self._handle)
       except ValueError:  # not the main thread: leave signals alone
         pass
     return self
@@ -52,9 +67,30 @@ class _StopFlag:
     del frame
     self.signum = signum
 
+  @staticmethod
+  def _forward(signum, frame):
+    del signum, frame
+    os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier
+
+  def poll(self, step: int) -> bool:
+    """Whether the run stops after update ``step``; called once per step, in order."""
+    if self._sync:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signum = signal.SIGTERM
+    return self.signum is not None
+
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+def _preemption_sync_available() -> bool:
+  try:
+    from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+    return jax_distributed.global_state.preemption_sync_manager is not None
+  except (ImportError, AttributeError):  # pragma: no cover - another JAX
+    return False
 
 
 def say(text: str) -> None:
@@ -87,10 +123,18 @@ class Run:
                            download=config.data.download)
     self.test = data.load(config.data.name, 'test', data_dir=config.data.data_dir,
                           download=config.data.download)
-    self.steps_per_epoch = len(self.train) // config.batch_size
+    # Training indices (None: the whole training set) and the held-out quiz indices.
+    self.train_indices, quiz_pool = None, None
+    if config.data.holdout:
+      if config.data.holdout >= len(self.train) - config.batch_size:
+        raise KdjaxError(f'config.data.holdout {config.data.holdout} leaves less than one '
+                         f'batch of the {len(self.train)} training images')
+      self.train_indices, quiz_pool = data.holdout_split(self.train.labels, config.data.holdout)
+    self.train_size = len(self.train) - config.data.holdout
+    self.steps_per_epoch = self.train_size // config.batch_size
     if self.steps_per_epoch == 0:
       raise KdjaxError(f'config.batch_size {config.batch_size} is larger than the training '
-                       f'set ({len(self.train)} images)')
+                       f'set ({self.train_size} images)')
     self.total_steps = config.num_epochs * self.steps_per_epoch
     self.dtype = jnp.dtype(config.dtype)
     self.mesh = step_lib.make_mesh()
@@ -99,13 +143,22 @@ class Run:
         bn_groups=n_dev if config.bn_stats == 'per_device' else 1,
         optimizer_factory=lambda opt=None: optim.sgd(opt or config.optimizer,
                                                      self.steps_per_epoch))
-    self.teacher_vars: Any = {}
+    if self.method.needs_quiz and quiz_pool is None:
+      raise KdjaxError(f'{config.method} meta-learns on a quiz set held out from the training '
+                       f'set: set config.data.holdout (e.g. 5000 for CIFAR, 144 for digits)')
+    teacher_vars = None
     if self.method.teacher is not None:
-      self.teacher_vars = teachers.load(config.teacher.checkpoint, config.teacher.model,
-                                        self.train.num_classes)
+      teacher_vars = teachers.load(config.teacher.checkpoint, config.teacher.model,
+                                   self.train.num_classes)
+    self.frozen: dict = step_lib.frozen_inputs(self.method, teacher_vars)
+    if self.method.needs_quiz:
+      self.frozen['quiz_pool'] = quiz_pool
     self.eval_batch = -(-config.eval_batch_size // n_dev) * n_dev
-    say(f'{config.method}: {config.model} on {config.data.name} ({len(self.train)} train / '
-        f'{len(self.test)} test images), {n_dev} {jax.devices()[0].platform} device(s), '
+    held_out = f' + {config.data.holdout} held out' if config.data.holdout else ''
+    say(f'{config.method}: {config.model} on {config.data.name} ({self.train_size} train'
+        f'{held_out} / '
+        f'{len(self.test)} test images), {n_dev} {jax.devices()[0].platform} device(s)'
+        f'{f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""}, '
         f'global batch {config.batch_size} = {config.batch_size // n_dev} per device, '
         f'{self.steps_per_epoch} steps per epoch')
 
@@ -118,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     return _train(run)
   except BaseException:
-    if created and not os.path.exists(os.path.join(workdir, 'checkpoints')):
+    if (created and jax.process_index() == 0
+        and not os.path.exists(os.path.join(workdir, 'checkpoints'))):
       shutil.rmtree(workdir, ignore_errors=True)
     raise
 
@@ -132,11 +186,13 @@ def _write_json(path: str, obj: Any) -> None:
 
 def _train(run: Run) -> dict:
   config, workdir, method, mesh = run.config, run.workdir, run.method, run.mesh
-  rep = step_lib.replicated(mesh)
-  _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+  primary = jax.process_index() == 0  # the one process that writes files and prints
+  if primary:
+    _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                  keep=config.keep_checkpoints)
-  state = jax.device_put(init_state(method, config.seed, run.train.images.shape[1:]), rep)
+  state = step_lib.put_replicated(init_state(method, config.seed, run.train.images.shape[1:]),
+                                  mesh)
   progress = {'history': [], 'best_top1': None, 'best_epoch': None}
   restored = ckpt.restore_latest(checkpoint.abstract_like(state))
   if restored is not None:
@@ -144,19 +200,19 @@ def _train(run: Run) -> dict:
     say(f'resumed from the checkpoint at step {int(state.step)} in {workdir}')
   start = int(state.step)
 
-  train_images, train_labels, test_images, test_labels = jax.device_put(
-      (run.train.images, run.train.labels, run.test.images, run.test.labels), rep)
-  teacher_vars = jax.device_put(run.teacher_vars, rep)
+  train_images, train_labels, test_images, test_labels = step_lib.put_replicated(
+      (run.train.images, run.train.labels, run.test.images, run.test.labels), mesh)
+  frozen = step_lib.put_replicated(run.frozen, mesh)
   norm = dict(mean=run.train.mean, std=run.train.std, dtype=run.dtype)
   train_step = step_lib.make_train_step(
       method, mesh, crop_padding=config.data.crop_padding, flip=config.data.flip,
-      steps_per_epoch=run.steps_per_epoch, **norm)
+      steps_per_epoch=run.steps_per_epoch, nan_at_step=_debug(config, 'nan_at_step'), **norm)
   eval_step = step_lib.make_eval_step(method, mesh, **norm)
   if method.teacher is not None:
     teacher_eval = step_lib.make_eval_step(method, mesh, nets={'teacher': method.teacher},
                                            **norm)
-    acc = step_lib.evaluate(teacher_eval, {'teacher': teacher_vars}, test_images, test_labels,
-                            batch_size=run.eval_batch, size=len(run.test))['teacher']
+    acc = step_lib.evaluate(teacher_eval, {'teacher': frozen['teacher']}, test_images, test_labels,
+                            batch_size=run.eval_batch, size=len(run.test), mesh=mesh)['teacher']
     progress.setdefault('teacher', acc)
     say(f'teacher {config.teacher.model} ({config.teacher.checkpoint}): top-1 '
         f'{acc["top1"]:.2f}%, top-5 {acc["top5"]:.2f}% on the {len(run.test)} test images')
@@ -164,46 +220,55 @@ def _train(run: Run) -> dict:
 
   last = run.total_steps if config.max_steps is None else min(run.total_steps, config.max_steps)
   writer = MetricWriter(workdir, resume_step=start, enabled=jax.process_index() == 0)
-  bar = Progress(last, start)
+  bar = Progress(last, start, enabled=primary)
   window, t_window, stopped_by = [], time.perf_counter(), None
   images_per_second = None
   with _StopFlag() as stop:
     for step in range(start, last):
-      idx = data.batch_indices(config.seed, step, len(run.train), config.batch_size)
-      state, metrics = train_step(state, teacher_vars, train_images, train_labels,
-                                  jax.device_put(idx, idx_sharding))
+      idx = data.batch_indices(config.seed, step, run.train_size, config.batch_size)
+      if run.train_indices is not None:
+        idx = run.train_indices[idx]
+      state, metrics = train_step(state, frozen, train_images, train_labels,
+                                  step_lib.put_rows(idx, idx_sharding))
       window.append(metrics)
       done = step + 1
       epoch_end = done % run.steps_per_epoch == 0
-      checkpoint_now = (done % config.checkpoint_every_steps == 0 or epoch_end
-                        or stop.signum is not None)
+      stopping = stop.poll(done)
+      checkpoint_now = done % config.checkpoint_every_steps == 0 or epoch_end or stopping
       # Metrics are fetched (and the loss checked) before every checkpoint, so a
       # non-finite state is never saved over a good one.
       if done % config.log_every_steps == 0 or checkpoint_now or done == last:
-        means = {k: float(v) for k, v in jax.device_get(
-            jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *window)).items()}
+        per_step = jax.device_get(window)  # each step's metrics: name the first bad step
+        means = {k: float(np.mean([m[k] for m in per_step], dtype=np.float64))
+                 for k in per_step[0]}
         seconds = time.perf_counter() - t_window
         images_per_second = len(window) * config.batch_size / seconds
         means['images_per_second'] = images_per_second
         writer.write(done, 'train', means)
         bar.update(done, (done - 1) // run.steps_per_epoch + 1, means['loss'])
-        if not np.isfinite(means['loss']):
-          raise KdjaxError(f'the loss became non-finite by step {done} '
-                           f'({ {k: v for k, v in means.items() if k.startswith("loss")} }); '
-                           f'the last good checkpoint is kept; lower config.optimizer.lr')
+        bad = _first_non_finite(per_step, first_step=done - len(per_step) + 1)
+        if bad is not None:
+          error = _non_finite_error(config, *bad, kept=ckpt.latest_step())
+          ckpt.close(quiet=True)  # the last good checkpoint finishes writing
+          raise error
         window, t_window = [], time.perf_counter()
       if epoch_end:
         epoch = done // run.steps_per_epoch
         result = step_lib.evaluate(eval_step, _eval_variables(state, method), test_images, test_labels,
-                                   batch_size=run.eval_batch, size=len(run.test))
+                                   batch_size=run.eval_batch, size=len(run.test), mesh=mesh)
         _record_epoch(progress, epoch, done, result, method.eval_nets)
         for name, r in result.items():
           writer.write(done, f'test/{name}', r)
         bar.message(f'epoch {epoch}: ' + ', '.join(
             f'{name} top-1 {r["top1"]:.2f}%' for name, r in result.items()))
+        if config.trajectory.stages and jax.process_index() == 0:
+          net = methods.trained_net(config.method)
+          trajectory.record(workdir, epoch, config.num_epochs, config.trajectory.stages,
+                            config.model, run.train.num_classes,
+                            jax.device_get(_eval_variables(state, method)[net]))
       if checkpoint_now:
         ckpt.save(done, state, progress)
-      if stop.signum is not None:
+      if stopping:
         stopped_by = stop.signum
         break
   final_step = int(state.step)
@@ -211,12 +276,47 @@ def _train(run: Run) -> dict:
   ckpt.close()
   writer.close()
   results = _results(run, progress, final_step, images_per_second)
-  _write_json(os.path.join(workdir, 'results.json'), results)
+  if primary:
+    _write_json(os.path.join(workdir, 'results.json'), results)
   if stopped_by is not None:
     bar.message(f'stopped by signal {stopped_by} at step {final_step}; checkpoint saved, run '
                 f'the same command again to resume')
     results['stopped_by_signal'] = stopped_by
   return results
+
+
+def _debug(config: ml_collections.ConfigDict, name: str):
+  """``config.debug.<name>``, or ``None`` for a config without the debug block."""
+  debug = config.get('debug')
+  return debug.get(name) if debug is not None else None
+
+
+def _guarded(name: str) -> bool:
+  return name == 'loss' or name.startswith(('loss/', 'grad_norm/'))
+
+
+def _first_non_finite(per_step: list, first_step: int) -> Optional[tuple[int, dict]]:
+  """``(step, {metric: value})`` of the first step whose loss, loss terms or gradient
+  norms are not all finite."""
+  for step, metrics in enumerate(per_step, first_step):
+    bad = {k: float(v) for k, v in metrics.items()
+           if _guarded(k) and not np.all(np.isfinite(v))}
+    if bad:
+      return step, bad
+  return None
+
+
+def _non_finite_error(config, step: int, bad: dict, *, kept: Optional[int]) -> KdjaxError:
+  """The one line that stops a run whose loss (or gradient) went NaN/inf at ``step``."""
+  injected = (' (NaN images injected by config.debug.nan_at_step)'
+              if _debug(config, 'nan_at_step') == step else '')
+  what = 'the loss' if any(not k.startswith('grad_norm/') for k in bad) else 'the gradients'
+  where = (f'the checkpoint of step {kept} is kept' if kept is not None
+           else 'no checkpoint was written')
+  return KdjaxError(
+      f'{what} became non-finite at step {step}{injected}: '
+      f'{", ".join(f"{k}={v}" for k, v in bad.items())}; stopped before saving it, {where}; '
+      f'lower config.optimizer.lr or look for bad inputs, then rerun to resume')
 
 
 def _eval_variables(state: TrainState, method) -> dict:

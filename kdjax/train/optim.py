@@ -10,6 +10,8 @@ decay epoch, as mdistiller's ``adjust_learning_rate`` does at each epoch start.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -18,6 +20,12 @@ def lr_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.S
   """Step-wise decay by ``opt.lr_decay_rate`` at each of ``opt.lr_decay_epochs``."""
   return optax.piecewise_constant_schedule(
       opt.lr, {int(e) * steps_per_epoch: opt.lr_decay_rate for e in opt.lr_decay_epochs})
+
+
+def lr_at_epoch(opt: ml_collections.ConfigDict, epoch) -> jax.Array:
+  """The learning rate :func:`lr_schedule` gives in (1-based, possibly traced) ``epoch``."""
+  passed = sum((jnp.asarray(epoch) > int(e)).astype(jnp.float32) for e in opt.lr_decay_epochs)
+  return opt.lr * jnp.asarray(opt.lr_decay_rate, jnp.float32) ** passed
 
 
 def sgd(opt: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:

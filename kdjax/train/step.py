@@ -1,12 +1,18 @@
 """The jit-compiled train and eval steps, sharded over a one-axis ``('data',)`` mesh.
 
-One train step is one pure function ``(state, teacher_vars, images, labels, idx) ->
+One train step is one pure function ``(state, frozen, images, labels, idx) ->
 (state, metrics)``: gather the batch ``idx`` from the on-device training set, augment it,
 run the frozen teacher (inference mode, outside differentiation), take ONE
 ``jax.value_and_grad`` of the method's loss over the dict of all learning nets' params,
 and apply each net's own optimizer. Parameters are replicated, the batch is split over
 the ``data`` axis; BatchNorm statistics of a batch are those of the global batch unless
 the nets were built with ``bn_groups = number of devices`` (per-device statistics).
+
+Mixed precision (``dtype = bfloat16``): images and activations are bfloat16, parameters,
+BatchNorm statistics, gradients and optimizer state float32; logits are cast to float32
+before any loss, so softmax, KL, cross-entropy and the loss sum run in float32. With
+several processes (:mod:`kdjax.distributed`) the mesh spans every process's devices and
+each process feeds only its own rows of a batch (:func:`put_rows`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from kdjax import data
 from kdjax.methods.base import Batch, Method, NetRunner, StepContext
+from kdjax.models.base import ModelOutput
 from kdjax.train.state import TrainState
 
 
@@ -37,34 +44,104 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
-def apply_update(method: Method, state: TrainState, teacher_vars, batch: Batch, key,
+def put_replicated(tree, mesh: Mesh):
+  """``tree`` copied to every device of ``mesh`` from this host's copy.
+
+  Every process must hold the same values (a dataset, a teacher, an initial state). The
+  leaves pass through host memory, so arrays committed to one local device (a restored
+  teacher) work with several processes too, where ``jax.device_put`` of such an array onto
+  another host's devices would fail.
+  """
+  return jax.device_put(jax.device_get(tree), replicated(mesh))
+
+
+def put_rows(array, sharding: NamedSharding) -> jax.Array:
+  """The global array ``array`` (identical on every process), split by rows as ``sharding``.
+
+  Each process contributes only the rows its own devices hold
+  (``jax.make_array_from_process_local_data``), so nothing crosses hosts; with one
+  process this is ``jax.device_put``.
+  """
+  array = np.asarray(array)
+  if jax.process_count() == 1:
+    return jax.device_put(array, sharding)
+  rows = sorted({(s[0].start or 0, len(array) if s[0].stop is None else s[0].stop)
+                 for s in sharding.addressable_devices_indices_map(array.shape).values()})
+  local = np.concatenate([array[start:stop] for start, stop in rows])
+  return jax.make_array_from_process_local_data(sharding, local, array.shape)
+
+
+class _Float32Logits:
+  """A net whose ``ModelOutput.logits`` come out in float32 (computed in bfloat16).
+
+  The losses compute softmax/KL/CE in float32 but return their scalar in the logits'
+  dtype; with float32 logits every loss term, their weighted sum and the logged metrics
+  stay float32 under ``config.dtype = 'bfloat16'``. A float32 net is left untouched.
+  """
+
+  def __init__(self, net):
+    self._net = net
+
+  def apply(self, *args, **kwargs):
+    out = self._net.apply(*args, **kwargs)
+    if kwargs.get('mutable'):
+      return _float32_logits(out[0]), out[1]
+    return _float32_logits(out)
+
+  def __getattr__(self, name):
+    return getattr(self._net, name)
+
+
+def _float32_logits(out):
+  if isinstance(out, ModelOutput) and jnp.issubdtype(out.logits.dtype, jnp.floating) and \
+      jnp.dtype(out.logits.dtype).itemsize < 4:
+    return out._replace(logits=out.logits.astype(jnp.float32))
+  return out
+
+
+def frozen_inputs(method: Method, teacher_vars=None) -> dict:
+  """What a step reads and never learns: ``{'teacher': teacher_vars, **method.frozen}``."""
+  frozen = dict(method.frozen)
+  if method.teacher is not None:
+    frozen['teacher'] = teacher_vars
+  return frozen
+
+
+def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
                  *, steps_per_epoch: int):
   """The fused update on a prepared batch: ONE gradient over all nets, each net's optimizer.
 
-  For a method with sequential ``stages`` (SLKD*), one gradient per stage over that stage's
-  nets, each stage seeing the nets already updated by the stages before it. Returns
-  ``(new_state, metrics)``; ``metrics`` holds ``loss`` and every named loss term.
+  ``frozen`` is :func:`frozen_inputs`: the teacher's variables and the method's frozen
+  arrays. For a method with sequential ``stages`` (SLKD*, SKD's meta step), one gradient
+  per stage over that stage's nets, each stage seeing the nets already updated by the
+  stages before it. Returns ``(new_state, metrics)``; ``metrics`` holds ``loss``, every
+  named loss term (``loss/<term>``) and each learning net's gradient norm
+  (``grad_norm/<net>``).
   """
   teacher_out = None
   if method.teacher is not None:
-    teacher_out = jax.lax.stop_gradient(method.teacher.apply(teacher_vars, batch.images,
-                                                             train=False))
+    teacher_out = jax.lax.stop_gradient(_float32_logits(
+        method.teacher.apply(frozen['teacher'], batch.images, train=False)))
   ctx = StepContext(step=state.step, epoch=state.step // steps_per_epoch + 1, rng=key,
-                    teacher=teacher_out)
+                    teacher=teacher_out, frozen=frozen)
   params, batch_stats, opt_state = dict(state.params), dict(state.batch_stats), dict(
       state.opt_state)
   extra = state.extra
+  nets = {name: _Float32Logits(net) for name, net in method.nets.items()}
   total, metrics = 0.0, {}
   for names, stage_loss in method.update_stages():
 
     def loss_fn(learning, stage_loss=stage_loss):
-      run = NetRunner(method.nets, {**params, **learning}, batch_stats, extra)
+      run = NetRunner(nets, {**params, **learning}, batch_stats, extra)
       loss, terms = stage_loss(run, batch, ctx)
       return loss, (run.batch_stats, jax.lax.stop_gradient(run.extra), terms)
 
     (loss, (batch_stats, extra, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         {name: params[name] for name in names})
     for name in names:
+      # Also the run's NaN guard: XLA on CPU may turn a NaN into 0 inside a fused ReLU, so
+      # a NaN model can show a finite loss, but never a finite gradient norm.
+      metrics[f'grad_norm/{name}'] = optax.tree.norm(grads[name])
       tx = method.optimizers[name]
       updates, opt_state[name] = tx.update(grads[name], opt_state[name], params[name])
       params[name] = optax.apply_updates(params[name], updates)
@@ -76,19 +153,35 @@ def apply_update(method: Method, state: TrainState, teacher_vars, batch: Batch, 
 
 
 def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int, flip: bool,
-                    steps_per_epoch: int, dtype=jnp.float32) -> Callable:
-  """The jitted ``(state, teacher_vars, images, labels, idx) -> (state, metrics)``.
+                    steps_per_epoch: int, dtype=jnp.float32,
+                    nan_at_step: int | None = None) -> Callable:
+  """The jitted ``(state, frozen, images, labels, idx) -> (state, metrics)``.
 
   Gathers batch ``idx`` from the on-device training set, augments it, and applies
-  :func:`apply_update`; ``state`` is donated, metrics stay on the device.
+  :func:`apply_update` (``frozen``: :func:`frozen_inputs`, plus ``quiz_pool``, the held-out
+  training indices, for a method that ``needs_quiz``); ``state`` is donated, metrics stay
+  on the device.
+  ``nan_at_step = k`` (``config.debug.nan_at_step``, a test and diagnosis hook) turns the
+  images of the k-th update (1-based, the step numbering of logs and checkpoints) into
+  NaN; with ``None`` nothing of it is in the compiled step.
   """
 
-  def step_fn(state: TrainState, teacher_vars, images, labels, idx):
+  def step_fn(state: TrainState, frozen, images, labels, idx):
     aug_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     x = data.train_transform(aug_key, images[idx], mean=mean, std=std,
                              crop_padding=crop_padding, flip=flip, dtype=dtype)
+    if nan_at_step is not None:
+      x = jnp.where(state.step + 1 == nan_at_step, jnp.asarray(jnp.nan, x.dtype), x)
     x = jax.lax.with_sharding_constraint(x, data_sharded(mesh))
-    return apply_update(method, state, teacher_vars, Batch(x, labels[idx], idx), loss_key,
+    quiz = None
+    if method.needs_quiz:  # drawn with replacement from the held-out training indices
+      pool = frozen['quiz_pool']
+      quiz_key = jax.random.fold_in(aug_key, 1)
+      qidx = pool[jax.random.randint(quiz_key, idx.shape, 0, pool.shape[0])]
+      qx = jax.lax.with_sharding_constraint(data.normalize(images[qidx], mean, std, dtype),
+                                            data_sharded(mesh))
+      quiz = Batch(qx, labels[qidx], qidx)
+    return apply_update(method, state, frozen, Batch(x, labels[idx], idx, quiz), loss_key,
                         steps_per_epoch=steps_per_epoch)
 
   rep = replicated(mesh)
@@ -129,11 +222,20 @@ def make_eval_step(method: Method, mesh: Mesh, *, mean, std, dtype=jnp.float32,
   return jax.jit(eval_fn, in_shardings=(rep, rep, rep, shard, shard), out_shardings=rep)
 
 
-def evaluate(eval_step, variables, images, labels, *, batch_size: int, size: int) -> dict:
-  """Top-1/top-5 accuracy (%) and mean loss of every eval net on the whole test set."""
+def evaluate(eval_step, variables, images, labels, *, batch_size: int, size: int,
+             mesh: Mesh | None = None) -> dict:
+  """Top-1/top-5 accuracy (%) and mean loss of every eval net on the whole test set.
+
+  With ``mesh`` (needed with several processes) each process feeds only its own rows of
+  every batch's indices and mask.
+  """
   totals = None
+  shard = data_sharded(mesh) if mesh is not None else None
   for idx, mask in data.eval_batches(size, batch_size):
-    sums = eval_step(variables, images, labels, idx, mask.astype(np.float32))
+    mask = mask.astype(np.float32)
+    if shard is not None:
+      idx, mask = put_rows(idx, shard), put_rows(mask, shard)
+    sums = eval_step(variables, images, labels, idx, mask)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   return {name: {'top1': 100.0 * float(v['top1']) / size, 'top5': 100.0 * float(v['top5']) / size,

@@ -9,10 +9,15 @@ appears as plain log lines at each logging point.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
 from typing import Mapping
+
+# A non-finite value is logged as is (the loop then stops with its own message naming it);
+# tensorboardX's own warning about it would only repeat that.
+logging.getLogger('tensorboardX.x2num').setLevel(logging.ERROR)
 
 
 class MetricWriter:
@@ -54,13 +59,16 @@ def _truncate_after(path: str, step: int) -> None:
 class Progress:
   """Step counter with steps/s and ETA; a live line on a TTY, log lines otherwise."""
 
-  def __init__(self, total_steps: int, first_step: int, stream=None):
+  def __init__(self, total_steps: int, first_step: int, stream=None, *, enabled: bool = True):
     self.total = total_steps
+    self.enabled = enabled  # False on every process but 0 of a multi-process run
     self.stream = stream or sys.stderr
     self.live = hasattr(self.stream, 'isatty') and self.stream.isatty()
     self._t0, self._s0 = time.perf_counter(), first_step
 
   def update(self, step: int, epoch: int, loss: float) -> None:
+    if not self.enabled:
+      return
     elapsed = time.perf_counter() - self._t0
     rate = (step - self._s0) / elapsed if elapsed > 0 else 0.0
     eta = (self.total - step) / rate if rate > 0 else float('nan')
@@ -75,6 +83,8 @@ class Progress:
 
   def message(self, text: str) -> None:
     """A line that stays (evaluation results, checkpoints)."""
+    if not self.enabled:
+      return
     if self.live:
       self.stream.write('\r' + ' ' * 100 + '\r')
     self.stream.write(text + '\n')

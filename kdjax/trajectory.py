@@ -1,0 +1,66 @@
+"""A network's learning trajectory: its variables at the end of each of K training stages.
+
+SKD (:mod:`kdjax.methods.skd`) shows the student how the teacher *learned*, so it needs the
+teacher's variables at stage boundaries. A kdjax run with ``config.trajectory.stages = K``
+divides its ``num_epochs`` into K stages and, at the end of stage j (epoch
+:func:`stage_end_epochs`\\ ``[j]``), writes the trained net's inference variables as a
+teacher folder ``<workdir>/trajectory/stage_<j>`` (the last one is the final net).
+:func:`load` reads them back, stacked on a leading axis of size K.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdjax import teachers
+from kdjax.errors import KdjaxError
+
+DIRECTORY = 'trajectory'
+
+
+def stage_end_epochs(num_epochs: int, stages: int) -> list[int]:
+  """The (1-based) epochs that end each of ``stages`` equal stages of ``num_epochs``."""
+  return [round((j + 1) * num_epochs / stages) for j in range(stages)]
+
+
+def stage_of(epoch, num_epochs: int, stages: int):
+  """The 0-based stage of (1-based) ``epoch``: ``min((epoch - 1) * K // E, K - 1)``."""
+  return jnp.minimum((jnp.asarray(epoch) - 1) * stages // num_epochs, stages - 1)
+
+
+def record(workdir: str, epoch: int, num_epochs: int, stages: int, model: str,
+           num_classes: int, variables: dict) -> None:
+  """Writes ``variables`` as stage j's snapshot if ``epoch`` ends stage j (else nothing)."""
+  ends = stage_end_epochs(num_epochs, stages)
+  if epoch in ends:
+    teachers.save(os.path.join(workdir, DIRECTORY, f'stage_{ends.index(epoch)}'), model,
+                  num_classes, variables, source=f'epoch {epoch} of {num_epochs}')
+
+
+def load(checkpoint, model: str, num_classes: int) -> dict:
+  """The recorded snapshots of the teacher at ``checkpoint``, stacked (leading axis K).
+
+  Raises :class:`KdjaxError` when the teacher comes without a trajectory (an imported
+  PyTorch checkpoint, or a kdjax teacher trained without ``trajectory.stages``).
+  """
+  root = os.path.join(str(checkpoint), DIRECTORY)
+  stages = 0
+  while os.path.isdir(os.path.join(root, f'stage_{stages}')):
+    stages += 1
+  if checkpoint is None or stages < 2:
+    raise KdjaxError(
+        f'teacher {checkpoint!r} has no recorded trajectory ({root}/stage_<j>, at least 2): '
+        f'train the teacher with kdjax and --config.trajectory.stages=K (the digits preset '
+        f'does this), or use --config.skd.trajectory=self_learning')
+  snapshots = [teachers.load(os.path.join(root, f'stage_{j}'), model, num_classes)
+               for j in range(stages)]
+  return jax.tree.map(lambda *xs: np.stack(xs), *snapshots)
+
+
+def snapshot(stacked: dict, j) -> dict:
+  """Snapshot ``j`` (may be traced) of stacked variables."""
+  return jax.tree.map(lambda a: jnp.asarray(a)[j], stacked)
