@@ -11,6 +11,17 @@ for ShuffleNet/MobileNetV2 students), each needing ``--config.teacher.checkpoint
 
 from kdjax.config import distillation_config
 
+# KD's CIFAR-100 top-1 (%) in mdistiller's README (its DKD and DOT tables), by preset:
+# config.reference_top1 for `python -m kdjax.report`.
+MDISTILLER_TOP1 = {
+    'res56_res20': 70.66, 'res110_res32': 73.08, 'res32x4_res8x4': 73.33,
+    'wrn40_2_wrn16_2': 74.92, 'wrn40_2_wrn40_1': 73.54, 'vgg13_vgg8': 72.98,
+    'res32x4_shuv1': 74.07, 'res32x4_shuv2': 74.45, 'wrn40_2_shuv1': 74.83,
+    'vgg13_mv2': 67.37, 'res50_mv2': 67.35,
+}
+
 
 def get_config(arg=None):
-  return distillation_config('kd', arg)
+  config = distillation_config('kd', arg)
+  config.reference_top1 = MDISTILLER_TOP1.get(config.preset)
+  return config

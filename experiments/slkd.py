@@ -9,7 +9,8 @@ Presets (``experiments/slkd.py:<preset>``; several joined with ``,``, e.g. ``:re
   same family (lr 0.05) ``res32x4_res8x4`` (default), ``res56_res8``, ``wrn40_2_wrn40_1``,
   ``wrn40_2_wrn16_2``, ``vgg13_vgg11``, ``vgg13_vgg8``; cross family (lr 0.01)
   ``res32x4_shuv2``, ``res32x4_shuv1``, ``res50_mv2``, ``vgg13_mv2``, ``wrn40_2_shuv1``.
-  The paper's SLKD top-1 on CIFAR-100 is in ``PAPER_TOP1`` (and in the README).
+  The paper's SLKD top-1 on CIFAR-100 is in ``PAPER_TOP1`` (and in the README), and in
+  ``config.reference_top1`` for ``python -m kdjax.report``.
 * ``official``: the authors' code (``Tech_KD``): CE/KD 1/1 in L_SLTS, eta = 1, the fused
   target not detached. ``sequential``: SLKD* (see ``kdjax/methods/slkd.py``).
 * ``digits``: the embedded data; trains a resnet20 teacher first (kept in
@@ -31,7 +32,8 @@ def get_config(arg=None):
   variants = [p for p in presets if p in ('official', 'sequential')]
   pair = [p for p in presets if p not in variants]
   config = distillation_config('slkd', pair[0] if pair else None)
-  config.published_top1 = PAPER_TOP1.get(config.preset, None) or 0.0
+  if 'sequential' not in variants:  # PAPER_TOP1 is SLKD's, not SLKD*'s
+    config.reference_top1 = PAPER_TOP1.get(config.preset)
   if 'official' in variants:
     config.slkd.fused_ce_weight, config.slkd.fused_kd_weight = 1.0, 1.0
     config.slkd.eta = 1.0

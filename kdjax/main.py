@@ -4,7 +4,8 @@
         --config.num_epochs=10
 
 ``--workdir`` defaults to ``runs/<config file>[_<preset>]``; running the same command again
-resumes from the workdir's newest checkpoint. A mistake in the config or the inputs prints
+resumes from the workdir's newest checkpoint. ``--seeds N`` runs seeds 0..N-1 into
+``WORKDIR/seed_<i>`` (see ``kdjax/seeds.py``). A mistake in the config or the inputs prints
 one line starting with ``kdjax: error:`` and exits with status 2.
 """
 
@@ -16,12 +17,15 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from kdjax import distributed, platform_tuning
 from kdjax.errors import KdjaxError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file, e.g. '
                                           'experiments/slkd.py:digits', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, '
                                'results.json); default runs/<config>[_<preset>]')
+_SEEDS = flags.DEFINE_integer('seeds', None, 'Run seeds 0..N-1 one after another into '
+                              'WORKDIR/seed_<i>, skipping finished ones (kdjax/seeds.py)')
 
 
 def default_workdir(config_arg: str) -> str:
@@ -44,7 +48,13 @@ def main(argv) -> None:
     sys.exit(2)
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
   try:
-    pipelines.run(config, workdir)
+    platform_tuning.apply(config)  # XLA reads its flags once, when the backend starts
+    distributed.initialize(config.get('distributed', 'auto'))  # before any device is used
+    if _SEEDS.value is None:
+      pipelines.run(config, workdir)
+    else:
+      from kdjax import seeds  # pylint: disable=import-outside-toplevel
+      seeds.run_seeds(config, workdir, _SEEDS.value)
   except KdjaxError as e:
     print(f'kdjax: error: {e}', file=sys.stderr)
     sys.exit(2)

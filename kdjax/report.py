@@ -1,0 +1,447 @@
+"""Tables and plots of finished or running runs.
+
+    python -m kdjax.report DIR [DIR ...] [--out OUTDIR]
+
+Every folder under the DIRs that holds a run (its ``config.json``; seeds in ``DIR/seed_<i>``
+and the digits teachers in ``DIR/teacher`` included) is read: ``results.json`` where the
+run wrote one (finished, or stopped by a signal), otherwise its ``metrics.jsonl`` (a run
+still going). Written to OUTDIR (default ``DIR/report`` of the first DIR):
+
+* ``table.md`` and ``table.csv``: one row per (dataset, teacher, student, method, epochs),
+  with, over its runs (seeds), mean +- std (ddof 1; blank for one run) of the best-epoch and
+  last-epoch top-1 of the trained net, the teacher's top-1, the epochs done and images/s
+  (each run's median over its logged training windows), and where the config names a
+  published top-1 (``config.reference_top1``) the best-epoch mean minus it. Rows of one
+  teacher/student pair are adjacent, vanilla first, so methods compare at a glance.
+* ``<dataset>_<teacher>_<student>.png``: test top-1 and training loss per epoch, one line
+  per run of the pair; ``..._slkd_kl.png``: SLKD's KL(T || S) and KL(F || S) (teacher and
+  fused SL-teachers against the student, the paper's Figure 2); ``..._sftn_branches.png``:
+  the top-1 of an SFTN teacher and of its student branches.
+
+As a library: ``kdjax.report.report([dirs], out)`` returns the paths it wrote;
+:func:`find_runs`, :func:`table_rows` and the ``*_figure`` functions are the pieces.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import statistics
+import sys
+from typing import Iterable, Optional, Sequence
+
+from kdjax.errors import KdjaxError
+
+# Methods in the order their rows and lines appear (others follow, by name).
+METHOD_ORDER = ('vanilla', 'kd', 'dkd', 'fitnet', 'at', 'sp', 'rkd', 'pkt', 'crd', 'reviewkd',
+                'ofd', 'sftn', 'slkd')
+_SKIP_DIRS = ('checkpoints', 'tb')  # a run's own sub-folders, never runs themselves
+_LINESTYLES = ('-', '--', ':', '-.')  # one per run of a method (seed) in the figures
+_SLKD_KL = (('loss/kl_teacher_student', 'KL(T || S)', '-'),
+            ('loss/kl_fused_student', 'KL(F || S), fused SL-teachers', '--'))
+
+
+@dataclasses.dataclass
+class Run:
+  """One workdir: its config, ``results.json`` (None while running) and metrics lines."""
+  workdir: str
+  config: dict
+  results: Optional[dict]
+  metrics: list
+
+  @property
+  def method(self) -> str:
+    return self.config['method']
+
+  @property
+  def seed(self) -> int:
+    return self.config.get('seed', 0)
+
+  @property
+  def main_net(self) -> str:
+    """The eval net whose accuracy the run reports (SFTN's teacher, else the student)."""
+    return 'teacher' if self.method == 'sftn' else 'student'
+
+  def test_rows(self, net: Optional[str] = None) -> list:
+    """The per-epoch test metrics of ``net`` (default: the main net), in order."""
+    split = f'test/{net or self.main_net}'
+    return [m for m in self.metrics if m['split'] == split]
+
+  def train_rows(self) -> list:
+    return [m for m in self.metrics if m['split'] == 'train']
+
+  def steps_per_epoch(self) -> Optional[int]:
+    tests = self.test_rows()
+    return tests[0]['step'] if tests else None
+
+
+def _read_json(path: str) -> Optional[dict]:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _read_jsonl(path: str) -> list:
+  rows = []
+  try:
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except ValueError:  # a line being written by a running run
+          pass
+  except OSError:
+    pass
+  return rows
+
+
+def load_run(workdir: str) -> Run:
+  """The run in ``workdir`` (which holds its ``config.json``)."""
+  config = _read_json(os.path.join(workdir, 'config.json'))
+  if config is None or 'method' not in config:
+    raise KdjaxError(f'{workdir} holds no readable kdjax config.json')
+  return Run(workdir, config, _read_json(os.path.join(workdir, 'results.json')),
+             _read_jsonl(os.path.join(workdir, 'metrics.jsonl')))
+
+
+def find_runs(dirs: Sequence[str]) -> list:
+  """Every run under ``dirs`` (recursively), each once, in path order."""
+  if not dirs:
+    raise KdjaxError('no run directories given')
+  found = set()
+  for top in dirs:
+    if not os.path.isdir(top):
+      raise KdjaxError(f'{top} is not a directory')
+    paths = []
+    for path, subdirs, files in os.walk(top):
+      subdirs[:] = sorted(d for d in subdirs if d not in _SKIP_DIRS)
+      if 'config.json' in files:
+        paths.append(os.path.realpath(path))
+    if not paths:
+      raise KdjaxError(f'{top} holds no kdjax run (no config.json under it)')
+    found.update(paths)
+  return [load_run(path) for path in sorted(found)]
+
+
+def _by_seed(runs: Iterable[Run]) -> list:
+  return sorted(runs, key=lambda r: (r.seed, r.workdir))
+
+
+# ------------------------------------------------------------------------------ numbers
+
+
+def mean_std(values: Iterable[float]) -> tuple:
+  """(mean, std with ddof 1) of the values that are not None; std None for fewer than two,
+  (None, None) for none."""
+  xs = [float(v) for v in values if v is not None]
+  if not xs:
+    return None, None
+  return statistics.fmean(xs), statistics.stdev(xs) if len(xs) >= 2 else None
+
+
+def _median_images_per_second(run: Run) -> Optional[float]:
+  rates = [m['images_per_second'] for m in run.train_rows() if 'images_per_second' in m]
+  if rates:
+    return statistics.median(rates)
+  return (run.results or {}).get('images_per_second')
+
+
+def run_summary(run: Run) -> dict:
+  """One run's numbers: from ``results.json`` when it has one, else from its metrics."""
+  r = run.results
+  tests = run.test_rows()
+  if r is not None and r.get('step', 0) >= (run.metrics[-1]['step'] if run.metrics else 0):
+    summary = {k: r.get(k) for k in ('best_top1', 'best_epoch', 'last_top1', 'epochs_done',
+                                     'finished', 'teacher_top1')}
+  else:  # still running: the epochs evaluated so far
+    top1 = [t['top1'] for t in tests]
+    best = max(range(len(top1)), key=top1.__getitem__) if top1 else None
+    summary = {'best_top1': top1[best] if top1 else None,
+               'best_epoch': best + 1 if top1 else None,
+               'last_top1': top1[-1] if top1 else None, 'epochs_done': len(top1),
+               'finished': False, 'teacher_top1': (r or {}).get('teacher_top1')}
+  summary['num_epochs'] = run.config.get('num_epochs')
+  summary['images_per_second'] = _median_images_per_second(run)
+  return summary
+
+
+def _teacher_name(config: dict) -> str:
+  """The teacher's model, with the method that trained it when that is not vanilla (an
+  SFTN teacher); '' for runs without a teacher."""
+  if config['method'] == 'sftn':  # the teacher is the net being trained
+    return config['model']
+  if config['method'] == 'vanilla':
+    return ''
+  teacher = config.get('teacher') or {}
+  checkpoint = teacher.get('checkpoint')
+  source = _read_json(os.path.join(checkpoint, 'config.json')) if checkpoint else None
+  kind = (source or {}).get('method', 'vanilla')
+  model = teacher.get('model', '')
+  return model if kind == 'vanilla' else f'{model} ({kind})'
+
+
+def _student_name(config: dict) -> str:
+  if config['method'] == 'sftn':
+    return (config.get('sftn') or {}).get('student', '')
+  return config['model']
+
+
+def pair_key(run: Run) -> tuple:
+  """(dataset, teacher, student) of a run: the runs one figure compares."""
+  return (run.config.get('data', {}).get('name', ''), _teacher_name(run.config),
+          _student_name(run.config))
+
+
+def _method_rank(method: str) -> tuple:
+  return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def row_key(run: Run) -> tuple:
+  """The table row of a run: its pair, method and number of epochs."""
+  return pair_key(run) + (run.method, run.config.get('num_epochs'))
+
+
+def _sort_key(key: tuple) -> tuple:
+  dataset, teacher, student, method, epochs = key
+  return (dataset, teacher or student, teacher, student, _method_rank(method), epochs or 0)
+
+
+def group_runs(runs: Sequence[Run], key=row_key) -> dict:
+  """``{key: [runs]}`` in table order (pairs together, methods in :data:`METHOD_ORDER`)."""
+  groups = {}
+  for run in runs:
+    groups.setdefault(key(run), []).append(run)
+  return {key: _by_seed(members) for key, members in groups.items()}
+
+
+def table_rows(runs: Sequence[Run]) -> list:
+  """One dict per table row (see the module docstring), in table order."""
+  groups = group_runs(runs)
+  rows = []
+  for key in sorted(groups, key=_sort_key):
+    members = groups[key]
+    summaries = [run_summary(r) for r in members]
+    dataset, teacher, student, method, num_epochs = key
+    row = {'dataset': dataset, 'teacher': teacher, 'student': student, 'method': method,
+           'runs': len(members), 'seeds': [r.seed for r in members],
+           'epochs_done': min(s['epochs_done'] or 0 for s in summaries),
+           'epochs_done_max': max(s['epochs_done'] or 0 for s in summaries),
+           'num_epochs': num_epochs,
+           'finished': sum(bool(s['finished']) for s in summaries)}
+    for field in ('best_top1', 'last_top1', 'teacher_top1', 'images_per_second'):
+      row[f'{field}_mean'], row[f'{field}_std'] = mean_std(s[field] for s in summaries)
+    references = {r.config.get('reference_top1') for r in members} - {None}
+    row['reference_top1'] = references.pop() if len(references) == 1 else None
+    row['gap'] = (row['best_top1_mean'] - row['reference_top1']
+                  if row['reference_top1'] is not None and row['best_top1_mean'] is not None
+                  else None)
+    rows.append(row)
+  return rows
+
+
+# ------------------------------------------------------------------------------- tables
+
+CSV_FIELDS = ('dataset', 'teacher', 'student', 'method', 'runs', 'seeds', 'finished',
+              'epochs_done', 'epochs_done_max', 'num_epochs', 'best_top1_mean',
+              'best_top1_std', 'last_top1_mean', 'last_top1_std', 'teacher_top1_mean',
+              'images_per_second_mean', 'reference_top1', 'gap')
+
+
+def _num(x, digits: int = 2) -> str:
+  return '' if x is None else f'{x:.{digits}f}'
+
+
+def _pm(mean, std, digits: int = 2) -> str:
+  if mean is None:
+    return ''
+  return _num(mean, digits) + (f' ± {std:.{digits}f}' if std is not None else '')
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+  """The rows as a Markdown table (top-1 in %, mean ± std over the runs)."""
+  head = ('dataset', 'teacher', 'student', 'method', 'seeds', 'epochs', 'best top-1',
+          'last top-1', 'teacher top-1', 'img/s', 'published', 'best - published')
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    done = sorted({r['epochs_done'], r['epochs_done_max']})
+    epochs = '-'.join(map(str, done)) + f'/{r["num_epochs"]}'
+    cells = (r['dataset'], r['teacher'] or '-', r['student'], r['method'],
+             f'{r["runs"]} ({",".join(map(str, r["seeds"]))})', epochs,
+             _pm(r['best_top1_mean'], r['best_top1_std']),
+             _pm(r['last_top1_mean'], r['last_top1_std']), _num(r['teacher_top1_mean']),
+             _num(r['images_per_second_mean'], 1), _num(r['reference_top1']),
+             '' if r['gap'] is None else f'{r["gap"]:+.2f}')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def csv_table(rows: Sequence[dict]) -> str:
+  """The rows as CSV, numbers unrounded, an empty cell for a missing value."""
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction='ignore', lineterminator='\n')
+  writer.writeheader()
+  for r in rows:
+    writer.writerow({k: ('' if r[k] is None else
+                         ' '.join(map(str, r[k])) if isinstance(r[k], list) else r[k])
+                     for k in CSV_FIELDS})
+  return out.getvalue()
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def _new_figure(ncols: int = 1):
+  """A Figure on the Agg canvas (no pyplot, no global state) and its axes."""
+  # pylint: disable=import-outside-toplevel
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(5.5 * ncols, 4.0), dpi=80, layout='constrained')
+  FigureCanvasAgg(fig)
+  return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+
+
+def _run_label(run: Run) -> str:
+  return f'{run.method} seed {run.seed}'
+
+
+def _styles(runs: Sequence[Run]) -> dict:
+  """A colour per method, a line style per run of it: ``{workdir: plot kwargs}``."""
+  methods = sorted({r.method for r in runs}, key=_method_rank)
+  styles = {}
+  for method in methods:
+    for i, r in enumerate(_by_seed(r for r in runs if r.method == method)):
+      styles[r.workdir] = {'color': f'C{methods.index(method) % 10}',
+                           'linestyle': _LINESTYLES[i % len(_LINESTYLES)]}
+  return styles
+
+
+def _title(key: tuple) -> str:
+  dataset, teacher, student = key
+  return f'{dataset}: {teacher} -> {student}' if teacher else f'{dataset}: {student}'
+
+
+def pair_figure(runs: Sequence[Run]):
+  """Test top-1 of the trained net (left) and training loss (right, log scale) per epoch;
+  one line per run in each."""
+  fig, (acc, loss) = _new_figure(2)
+  styles = _styles(runs)
+  for run in sorted(runs, key=lambda r: (_method_rank(r.method), r.seed, r.workdir)):
+    tests, spe = run.test_rows(), run.steps_per_epoch()
+    acc.plot([i + 1 for i in range(len(tests))], [t['top1'] for t in tests], marker='o',
+             markersize=3, label=_run_label(run), **styles[run.workdir])
+    train = run.train_rows() if spe else []
+    loss.plot([t['step'] / spe for t in train], [t['loss'] for t in train], linewidth=1,
+              label=_run_label(run), **styles[run.workdir])
+  acc.set(xlabel='epoch', ylabel='test top-1 (%)', title=_title(pair_key(runs[0])))
+  loss.set(xlabel='epoch', ylabel='training loss (all terms)', yscale='log',
+           title='training loss')
+  acc.legend(fontsize='small')
+  loss.legend(fontsize='small')
+  return fig
+
+
+def slkd_kl_figure(runs: Sequence[Run]):
+  """SLKD's monitors per logged step: KL(T || S) solid, KL(F || S) dashed, per run."""
+  fig, (ax,) = _new_figure(1)
+  for i, run in enumerate(_by_seed(runs)):
+    spe = run.steps_per_epoch() or 1
+    for key, name, linestyle in _SLKD_KL:
+      rows = [t for t in run.train_rows() if key in t]
+      ax.plot([t['step'] / spe for t in rows], [t[key] for t in rows], linestyle=linestyle,
+              color=f'C{i % 10}', linewidth=1, label=f'{name}, seed {run.seed}')
+  ax.set(xlabel='epoch', ylabel='KL at temperature tau (per image)',
+         title=f'SLKD {_title(pair_key(runs[0]))}')
+  ax.legend(fontsize='small')
+  return fig
+
+
+def sftn_figure(runs: Sequence[Run]):
+  """An SFTN run's teacher and student branches: test top-1 per epoch, one line per net
+  and run."""
+  fig, (ax,) = _new_figure(1)
+  for i, run in enumerate(_by_seed(runs)):
+    labels = (run.results or {}).get('net_labels') or {}
+    nets = sorted({m['split'][len('test/'):] for m in run.metrics
+                   if m['split'].startswith('test/')}, key=lambda n: (n != 'teacher', n))
+    for j, net in enumerate(nets):
+      tests = run.test_rows(net)
+      ax.plot([k + 1 for k in range(len(tests))], [t['top1'] for t in tests],
+              color=f'C{j % 10}', linestyle=_LINESTYLES[i % len(_LINESTYLES)],
+              label=f'{labels.get(net, net)}, seed {run.seed}')
+  ax.set(xlabel='epoch', ylabel='test top-1 (%)', title=f'SFTN {_title(pair_key(runs[0]))}')
+  ax.legend(fontsize='small')
+  return fig
+
+
+def _slug(*parts: str) -> str:
+  text = '_'.join(p for p in parts if p)
+  return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in text).strip('_')
+
+
+def figures(runs: Sequence[Run]) -> dict:
+  """``{file name: Figure}``: one pair figure per (dataset, teacher, student), an SLKD KL
+  figure and an SFTN branch figure per pair that has such runs."""
+  out = {}
+  for key, members in sorted(group_runs(runs, pair_key).items()):
+    logged = [r for r in members if r.metrics]  # a run that just started has no lines yet
+    if not logged:
+      continue
+    out[_slug(*key) + '.png'] = pair_figure(logged)
+    slkd = [r for r in logged if r.method == 'slkd']
+    if slkd:
+      out[_slug(*key, 'slkd_kl') + '.png'] = slkd_kl_figure(slkd)
+    sftn = [r for r in logged if r.method == 'sftn']
+    if sftn:
+      out[_slug(*key, 'sftn_branches') + '.png'] = sftn_figure(sftn)
+  return out
+
+
+# -------------------------------------------------------------------------------- entry
+
+
+def report(dirs: Sequence[str], out: Optional[str] = None) -> list:
+  """Writes ``table.md``, ``table.csv`` and the figures of the runs under ``dirs`` into
+  ``out`` (default ``<dirs[0]>/report``); returns the paths written."""
+  runs = find_runs(dirs)
+  out = out or os.path.join(dirs[0], 'report')
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise KdjaxError(f'cannot create the report folder {out!r}: {e.strerror}') from e
+  rows = table_rows(runs)
+  written = []
+  for name, text in (('table.md', markdown_table(rows)), ('table.csv', csv_table(rows))):
+    written.append(os.path.join(out, name))
+    with open(written[-1], 'w') as f:
+      f.write(text)
+  for name, fig in figures(runs).items():
+    written.append(os.path.join(out, name))
+    fig.savefig(written[-1])
+  return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  import argparse  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(prog='python -m kdjax.report', description=(
+      'Table (Markdown, CSV) and plots of the kdjax runs under the given folders.'))
+  parser.add_argument('dirs', nargs='+', metavar='DIR', help='run folders (searched recursively)')
+  parser.add_argument('--out', help='output folder (default: DIR/report of the first DIR)')
+  args = parser.parse_args(argv)
+  try:
+    written = report(args.dirs, args.out)
+  except KdjaxError as e:
+    print(f'kdjax: error: {e}', file=sys.stderr)
+    return 2
+  with open(written[0]) as f:
+    print(f.read(), end='')
+  print(f'wrote {", ".join(written)}', file=sys.stderr)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
