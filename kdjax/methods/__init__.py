@@ -7,8 +7,8 @@ a :class:`~kdjax.methods.base.Method`.
 from __future__ import annotations
 
 from kdjax.errors import KdjaxError
-from kdjax.methods import (at, crd, dkd, fitnet, kd, ofd, pkt, reviewkd, rkd, sftn, slkd, sp,
-                           vanilla)
+from kdjax.methods import (at, crd, dkd, fitnet, kd, ofd, pkt, reviewkd, rkd, sftn, skd, slkd,
+                           sp, vanilla)
 from kdjax.methods.base import Batch, Method, NetRunner, StepContext
 
 # name -> module with ``build(config, **kwargs)`` and, if it has hyper-parameters,
@@ -16,6 +16,7 @@ from kdjax.methods.base import Batch, Method, NetRunner, StepContext
 _METHODS = {
     'vanilla': vanilla, 'kd': kd, 'slkd': slkd, 'sftn': sftn, 'dkd': dkd, 'fitnet': fitnet,
     'at': at, 'sp': sp, 'rkd': rkd, 'pkt': pkt, 'crd': crd, 'reviewkd': reviewkd, 'ofd': ofd,
+    'skd': skd,
 }
 
 _WITHOUT_TEACHER = ('vanilla', 'sftn')

@@ -1,0 +1,338 @@
+"""SKD: skill-transferring KD (Yang, Xu, Zhou, Yang, Yang, Huang, IEEE TCSVT 33(11), 2023).
+
+Only the paper's abstract is available (``../shared/papers/``); this is kdjax's reading of
+it, documented with every choice in ``docs/skd.md``. The student is shown how the teacher
+*learned*: its trajectory, K stages of a network of the teacher's architecture, from one of
+
+* ``snapshots``: the teacher's own variables at the end of each of K training stages,
+  recorded by kdjax when it trained the teacher (:mod:`kdjax.trajectory`); student stage k
+  (of K equal stages of the run) is paired with snapshot k;
+* ``self_learning``: SLKD's two self-learning teachers (:mod:`kdjax.methods.slkd`) learn
+  from the teacher during the run; SL-teacher 1's variables at the last three stage
+  boundaries are kept in the train state (``extra['trajectory']``).
+
+Two meta-networks teach from it. With ``f_j`` the trajectory's hidden-layer behaviour (its
+stage ``hint_layer`` feature map on the batch) at stage j, ``z_j`` its logits and ``z_T``
+the final teacher's logits:
+
+* **TBT** (behaviour teaching) ``B_phi(f_{k-1}, f_k)`` predicts ``f_{k+1}``
+  (:class:`BehaviourTeacher`). It is fitted to the trajectory (regression to the real next
+  behaviour: ``f_{k+1}`` for snapshots, one stage late for self-learning teachers) and, by
+  the meta-gradient below, to what helps the student, whose hint layer (through a FitNet
+  connector R) is pulled towards the *predicted next* behaviour.
+* **TET** (experience teaching) ``E_psi(z_k, z_T, k)`` is the target the student is
+  distilled towards in stage k (:class:`ExperienceTeacher`).
+
+Student loss (stage 2 of the step, nets student and connector, + SL-teachers):
+
+    L_S(theta) = a_ce CE(y, S) + a_kd KD_tau(S, E_psi) + beta MSE(R(S_h), B_phi(f_{k-1}, f_k))
+                 [+ eta L_SLTS(S, F) + L_TSL1 + L_TSL2   with ``slkd_terms`` (the full system)]
+
+Meta step (stage 1, nets TBT and TET; MetaDistil's look-ahead, Zhou et al., ACL 2022): a
+virtual SGD step of the student on its loss, ``theta' = theta - lr * grad_theta L_S(theta;
+phi, psi)``, then the cross-entropy of the virtually updated student on a quiz batch held
+out from the training set, differentiated with respect to (phi, psi) through the virtual
+step (``jax.grad`` inside ``jax.value_and_grad``):
+
+    L_meta(phi, psi) = CE(y_q, S_theta'(x_q)) + gamma * MSE(B_phi(f_{k-2|k-1}, ...), f_next)
+
+Both stages run in ONE jitted step (:func:`kdjax.train.step.apply_update`); stage 2 sees the
+meta-networks stage 1 just updated. The virtual step is plain SGD at the student's current
+learning rate (no momentum, no weight decay) and never changes the real student.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kdjax import losses, models, trajectory
+from kdjax.errors import KdjaxError
+from kdjax.methods import slkd
+from kdjax.methods.base import Method, student_and_teacher
+from kdjax.methods.connectors import ConvReg, output_shapes
+from kdjax.train import optim
+
+SOURCES = ('snapshots', 'self_learning')
+
+
+class BehaviourTeacher(nn.Module):
+  """``B_phi(f_{k-1}, f_k) = f_k + D_phi([f_{k-1}, f_k, f_k - f_{k-1}])``.
+
+  ``D`` is conv3x3 -> ReLU -> conv3x3, its last conv zero-initialised, so an untrained
+  B predicts "no further change" (``f_k``).
+  """
+  channels: int
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, behaviour, *, train: bool):
+    """``behaviour = (f_{k-1}, f_k)`` -> predicted ``f_{k+1}``."""
+    del train
+    prev, cur = behaviour
+    x = jnp.concatenate([prev, cur, cur - prev], axis=-1)
+    x = nn.relu(nn.Conv(self.hidden, (3, 3), padding=1, dtype=self.dtype, name='conv1')(x))
+    delta = nn.Conv(self.channels, (3, 3), padding=1, kernel_init=nn.initializers.zeros,
+                    dtype=self.dtype, name='conv2')(x)
+    return cur + delta
+
+
+class ExperienceTeacher(nn.Module):
+  """``E_psi(z_k, z_T, k) = z_T + sigmoid(a_k) (z_k - z_T) + M_psi(...)``: target logits.
+
+  ``a_k`` is a learned per-stage mix (initially ``logit(mix_init)``: the student of stage k
+  starts by learning from a blend of the stage-k and the final teacher); ``M`` is an MLP on
+  ``[log_softmax(z_k / tau), log_softmax(z_T / tau), embedding(k)]`` with a zero-initialised
+  output layer.
+  """
+  num_classes: int
+  num_stages: int
+  hidden: int
+  mix_init: float
+  temperature: float
+
+  @nn.compact
+  def __call__(self, knowledge, *, train: bool):
+    """``knowledge = (z_k, z_T, k)`` -> target logits."""
+    del train
+    stage_logits, teacher_logits, stage = knowledge
+    dtype = jnp.promote_types(teacher_logits.dtype, jnp.float32)  # softmax in >= float32
+    stage_logits, teacher_logits = stage_logits.astype(dtype), teacher_logits.astype(dtype)
+    mix_logit = float(np.log(self.mix_init / (1.0 - self.mix_init)))
+    mix = jax.nn.sigmoid(self.param('stage_mix', nn.initializers.constant(mix_logit),
+                                    (self.num_stages,))[stage])
+    embedding = nn.Embed(self.num_stages, 16, name='stage_embedding')(stage)
+    h = jnp.concatenate([
+        jax.nn.log_softmax(stage_logits / self.temperature),
+        jax.nn.log_softmax(teacher_logits / self.temperature),
+        jnp.broadcast_to(embedding, stage_logits.shape[:1] + embedding.shape)], axis=-1)
+    h = nn.relu(nn.Dense(self.hidden, name='dense1')(h))
+    delta = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='dense2')(h)
+    return teacher_logits + mix * (stage_logits - teacher_logits) + delta
+
+
+class TrajectoryView(NamedTuple):
+  """What the meta-networks read from the trajectory on the current batch."""
+  stage: jax.Array  # the student's stage k (0-based)
+  prev: jax.Array  # f_{k-1}: input of the prediction shown to the student
+  cur: jax.Array  # f_k
+  stage_logits: jax.Array  # z_k
+  regression: tuple  # (f_a, f_b, f_c): B(f_a, f_b) should predict f_c
+  pull_weight: jax.Array  # 0 while the trajectory has too few stages to predict from
+  regression_weight: jax.Array
+
+
+def virtual_step(params, grads, lr):
+  """``theta' = theta - lr * g``: the look-ahead SGD step the meta-gradient goes through."""
+  return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads)
+
+
+def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
+          optimizer_factory) -> Method:
+  c = config.skd
+  if c.trajectory not in SOURCES:
+    raise KdjaxError(f'unknown skd.trajectory {c.trajectory!r}; expected one of: '
+                     f'{", ".join(SOURCES)}')
+  if not 0.0 < c.tet_mix_init < 1.0:
+    raise KdjaxError(f'skd.tet_mix_init must be in (0, 1), got {c.tet_mix_init}')
+  self_learning = c.trajectory == 'self_learning'
+  if c.slkd_terms and not self_learning:
+    raise KdjaxError('skd.slkd_terms needs the self-learning teachers: set '
+                     'skd.trajectory=self_learning')
+  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+  h = c.hint_layer
+  s_feats = output_shapes(student, dtype).features
+  t_feats = output_shapes(teacher, dtype).features
+  if not 0 <= h < min(len(s_feats), len(t_feats)):
+    raise KdjaxError(f'skd.hint_layer {h} is not a stage of both {config.model} '
+                     f'({len(s_feats)} stages) and {config.teacher.model} ({len(t_feats)})')
+  t_hint = t_feats[h]
+
+  frozen, init_extra = {}, None
+  if self_learning:
+    num_stages = c.stages
+    sl_net = models.create(config.teacher.model, num_classes, dtype=dtype, bn_groups=bn_groups)
+  else:
+    frozen['trajectory'] = trajectory.load(config.teacher.checkpoint, config.teacher.model,
+                                           num_classes)
+    num_stages = jax.tree.leaves(frozen['trajectory'])[0].shape[0]
+  if num_stages < 2:
+    raise KdjaxError(f'skd needs a trajectory of at least 2 stages, got {num_stages}')
+
+  if not (c.use_tbt or c.use_tet):
+    raise KdjaxError('skd needs at least one of skd.use_tbt and skd.use_tet')
+  nets, sample_inputs = {'student': student}, {}
+  if c.use_tbt:  # the student's connector and the behaviour teacher
+    hint_input = jax.ShapeDtypeStruct(t_hint.shape, dtype)
+    nets['connector'] = ConvReg(s_feats[h].shape[1:], t_hint.shape[1:], dtype=dtype,
+                                bn_groups=bn_groups)
+    nets['tbt'] = BehaviourTeacher(t_hint.shape[-1], c.tbt_hidden or t_hint.shape[-1],
+                                   dtype=dtype)
+    sample_inputs.update(connector=jax.ShapeDtypeStruct(s_feats[h].shape, dtype),
+                         tbt=(hint_input, hint_input))
+  if c.use_tet:
+    nets['tet'] = ExperienceTeacher(num_classes, num_stages, c.tet_hidden, c.tet_mix_init,
+                                    c.temperature)
+    logits_input = jax.ShapeDtypeStruct((2, num_classes), jnp.float32)
+    sample_inputs['tet'] = (logits_input, logits_input, jax.ShapeDtypeStruct((), jnp.int32))
+  meta_nets = tuple(n for n in ('tbt', 'tet') if n in nets)
+  if self_learning:
+    nets.update({name: sl_net for name in slkd.SL_TEACHERS})
+    sl_shapes = jax.eval_shape(
+        lambda: sl_net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+
+    def init_extra(key):  # slots [s_{k-2}, s_{k-1}, s_k], filled at stage boundaries
+      del key
+      slots = jax.tree.map(lambda s: jnp.zeros((3,) + s.shape, s.dtype), sl_shapes)
+      return {'trajectory': slots, 'trajectory_count': jnp.zeros((), jnp.int32),
+              'trajectory_stage': jnp.full((), -1, jnp.int32)}
+
+  def hint_of(model, variables, x, train=False):
+    """Stage ``h`` of ``model`` on ``x``; ``train``: normalised with the batch's statistics
+    (a self-learning teacher's snapshot, whose running estimates still lag behind)."""
+    if train:
+      out, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+      return out.features[h]
+    return model.apply(variables, x, train=False).features[h]
+
+  def stage_of(ctx):
+    return trajectory.stage_of(ctx.epoch, config.num_epochs, num_stages).astype(jnp.int32)
+
+  def snapshot_view(batch, ctx) -> TrajectoryView:
+    stacked, k = ctx.frozen['trajectory'], stage_of(ctx)
+    last = num_stages - 1
+    prev_v, cur_v, next_v = (trajectory.snapshot(stacked, j) for j in (
+        jnp.maximum(k - 1, 0), k, jnp.minimum(k + 1, last)))
+    prev, next_ = (hint_of(teacher, v, batch.images) for v in (prev_v, next_v))
+    cur_out = teacher.apply(cur_v, batch.images, train=False)
+    cur = cur_out.features[h]
+    one = jnp.ones((), jnp.float32)
+    return TrajectoryView(k, prev, cur, cur_out.logits, (prev, cur, next_), one, one)
+
+  def self_learning_view(run, batch, ctx, stage_logits) -> TrajectoryView:
+    k = stage_of(ctx)
+    extra = dict(run.extra)
+    boundary = k != extra['trajectory_stage']
+    current = {'params': run.params('slt1'), 'batch_stats': run.batch_stats['slt1']}
+    shifted = jax.tree.map(lambda slots, now: jnp.concatenate([slots[1:], now[None]]),
+                           extra['trajectory'], current)
+    slots = jax.tree.map(lambda a, b: jnp.where(boundary, a, b), shifted, extra['trajectory'])
+    count = extra['trajectory_count'] + boundary.astype(jnp.int32)
+    run.extra.update(trajectory=slots, trajectory_count=jnp.minimum(count, 3),
+                     trajectory_stage=k)
+    slots = jax.lax.stop_gradient(slots)
+    f = [hint_of(sl_net, trajectory.snapshot(slots, j), batch.images, train=True)
+         for j in range(3)]
+    return TrajectoryView(k, f[1], f[2], stage_logits, (f[0], f[1], f[2]),
+                          (count >= 2).astype(jnp.float32), (count >= 3).astype(jnp.float32))
+
+  def sl_teachers(run, batch, ctx, update_stats):
+    """The SL-teachers' logits (their own losses only where they learn: stage 2)."""
+    if update_stats:
+      return slkd.sl_teacher_losses(run, batch, ctx, config.slkd)
+    logits = [run(n, batch.images, update_stats=False).logits for n in slkd.SL_TEACHERS]
+    return None, {}, logits
+
+  def view_of(run, batch, ctx, sl_logits):
+    if self_learning:
+      fused = jax.lax.stop_gradient(slkd.fuse(config.slkd, *sl_logits))
+      return self_learning_view(run, batch, ctx, fused)
+    return snapshot_view(batch, ctx)
+
+  def student_terms(run, batch, ctx, view, params=None, update_stats=True):
+    """The student's SKD terms (a_ce CE + a_kd KD to E + beta behaviour) and its logits.
+
+    Without TET the KD target is the teacher's logits; without TBT there is no behaviour term.
+    """
+    out = run('student', batch.images, params=params, update_stats=update_stats)
+    target = ctx.teacher.logits
+    if c.use_tet:
+      target = run('tet', (view.stage_logits, ctx.teacher.logits, view.stage))
+    terms = {
+        'ce': c.ce_weight * losses.cross_entropy(out.logits, batch.labels),
+        'kd': c.kd_weight * losses.kd(out.logits, target, temperature=c.temperature),
+    }
+    if c.use_tbt:
+      hint = run('connector', out.features[h], update_stats=update_stats)
+      predicted = run('tbt', (view.prev, view.cur))
+      terms['behaviour'] = (c.behaviour_weight * view.pull_weight
+                            * losses.fitnet(hint, predicted))
+    return terms, out.logits
+
+  def meta_loss(run, batch, ctx):
+    """Stage 1: quiz CE after the student's virtual step, + TBT's regression (phi, psi)."""
+    _, _, sl_logits = sl_teachers(run, batch, ctx, update_stats=False) if self_learning else (
+        None, None, None)
+    view = view_of(run, batch, ctx, sl_logits)
+    view = view._replace(**{f: jax.lax.stop_gradient(getattr(view, f))
+                            for f in ('prev', 'cur', 'stage_logits', 'regression')})
+
+    def inner(theta):
+      terms, _ = student_terms(run, batch, ctx, view, params=theta, update_stats=False)
+      return sum(terms.values())
+
+    theta = run.params('student')
+    lr = optim.lr_at_epoch(config.optimizer, ctx.epoch) * c.virtual_lr_scale
+    looked_ahead = virtual_step(theta, jax.grad(inner)(theta), lr)
+    quiz_logits = run('student', batch.quiz.images, params=looked_ahead,
+                      update_stats=False).logits
+    quiz = losses.cross_entropy(quiz_logits, batch.quiz.labels)
+    terms = {'meta_quiz': c.meta_weight * quiz}
+    if c.use_tbt:
+      a, b, target = view.regression
+      terms['tbt_regression'] = c.regression_weight * view.regression_weight * losses.fitnet(
+          run('tbt', (a, b)), target)
+    return sum(terms.values()), terms
+
+  def student_loss(run, batch, ctx):
+    """Stage 2: the student (+ connector, + SL-teachers) with the just-updated TBT/TET."""
+    sl_loss, sl_terms, sl_logits = sl_teachers(run, batch, ctx, update_stats=True) if (
+        self_learning) else (0.0, {}, None)
+    view = view_of(run, batch, ctx, sl_logits)
+    terms, logits = student_terms(run, batch, ctx, view)
+    if c.slkd_terms:
+      fused = jax.lax.stop_gradient(slkd.fuse(config.slkd, *sl_logits))
+      terms.update(slkd.fused_terms(logits, batch.labels, fused, config.slkd))
+    loss = sum(terms.values()) + sl_loss
+    monitors = {'stage': view.stage.astype(jnp.float32),
+                'kl_teacher_student': jax.lax.stop_gradient(
+                    losses.kd(logits, ctx.teacher.logits, temperature=c.temperature)
+                    / c.temperature**2)}
+    return loss, {**terms, **sl_terms, **monitors}
+
+  learners = tuple(n for n in nets if n not in meta_nets)
+  optimizers = {name: optimizer_factory() for name in learners}
+  optimizers.update({name: optax.adam(c.meta_lr) for name in meta_nets})
+  return Method('skd', nets, optimizers, student_loss,
+                eval_nets=('student',) + (slkd.SL_TEACHERS if self_learning else ()),
+                teacher=teacher, sample_inputs=sample_inputs, init_extra=init_extra,
+                stages=((meta_nets, meta_loss), (learners, student_loss)),
+                labels=slkd.sl_labels(config) if self_learning else {},
+                frozen=frozen, needs_quiz=True)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.skd``: kdjax's reading of SKD (docs/skd.md); KD's weights and temperature."""
+  return ml_collections.ConfigDict({
+      'trajectory': 'snapshots',  # or 'self_learning' (SLKD's teachers; any teacher)
+      'stages': 4,  # K for self_learning; snapshots: as many as were recorded
+      'slkd_terms': False,  # + SLKD's losses (needs self_learning): the full system
+      'use_tbt': True, 'use_tet': True,  # the ablations tbt_only / tet_only switch one off
+      'ce_weight': 0.1, 'kd_weight': 0.9, 'temperature': 4.0,  # a_ce, a_kd, tau
+      'behaviour_weight': 10.0,  # beta (FitNet's 100 was worse on digits: docs/skd.md)
+      'hint_layer': 2,  # the hidden layer whose behaviour TBT predicts (FitNet's)
+      'regression_weight': 1.0,  # gamma
+      'meta_weight': 1.0,  # weight of the quiz loss in the meta objective
+      'virtual_lr_scale': 1.0,  # virtual step lr = this x the student's current lr
+      'meta_lr': 1e-3,  # Adam, for TBT and TET
+      'tbt_hidden': 0,  # 0: the hint layer's channels
+      'tet_hidden': 128,
+      'tet_mix_init': 0.5,  # initial weight of the stage-k logits in E's target
+  })
