@@ -1,41 +1,77 @@
-"""Throughput and memory of kdjax's train step, per method (a benchmark, not a test).
+"""Throughput and memory of kdjax's train step and training loop, per method (a benchmark,
+not a test).
 
     python benchmarks/throughput.py --method kd --pair res32x4_res8x4 --batch 64
-    python benchmarks/throughput.py --method all --out benchmarks/results/cpu.json
+    python benchmarks/throughput.py --method all --out benchmarks/results/throughput.json
+    python benchmarks/throughput.py --tiny --out /tmp/tiny.json   # seconds: what the test runs
 
-For each method it builds the real train step (the same jitted function the training loop
-runs: gather, augmentation, teacher forward, one fused gradient, every net's optimizer) on
-random CIFAR-shaped uint8 data, and reports: compile time, steady-state images/second
-(median over timed steps after warm-up, with min and max), peak memory (host RSS on CPU,
-the allocator's peak on accelerators), the step's FLOPs from XLA's cost analysis, and the
-achieved FLOP/s. Results go to stdout as a table and to a JSON file.
+**The step.** For each method it builds the real train step (the same jitted function the
+training loop runs: gather, augmentation, teacher forward, one fused gradient, every net's
+optimizer) on synthetic CIFAR-shaped uint8 data (random pixels and labels, 100 classes), and
+reports: compile time, steady-state images/second (median over the timed steps after warm-up,
+with min and max), peak memory (host RSS on CPU, the allocator's peak on accelerators), the
+step's FLOPs from XLA's cost analysis, the achieved FLOP/s, and that as a fraction of the
+matrix-multiply peak measured on the same device in the same run (a jitted square matmul of
+``--dtype``, best of several; measured before every method, the run's best is the peak).
+
+**The loop.** For ``--loop-method`` it then runs the real training loop,
+:func:`kdjax.train.loop.train_and_evaluate`, on the embedded digits data set (32x32x3, the
+CIFAR shape) for ``--loop-steps`` steps into a temporary workdir (metrics every
+``--loop-log-every`` steps, per-epoch evaluation and checkpoint as in any run), and reads
+the loop's own per-window ``images_per_second`` from its ``metrics.jsonl``. The windows that
+contain compilation (the first) or an epoch end's evaluation and checkpoint (those right
+after an epoch end) are left out; the median of the others is set against the bare step's
+images/second on the same input (same config, data and step function, timed step by step
+before and after the loop). ``loop / step >= 0.95`` means the host never stalls the device.
+Distillation methods get a randomly initialised teacher there (speed does not depend on its
+values).
+
+Builders that read files get SYNTHETIC stand-ins in the step benchmark (timing only): CRD
+(its memory bank has one row per training example) a label set of CIFAR-100's size (50,000
+examples, 500 per class), which sizes the bank as on CIFAR-100; SKD a recorded teacher
+trajectory of ``config.skd.stages`` randomly initialised snapshots, and its quiz batches are
+drawn from the benchmark's images. A method that fails is reported (``failed`` in the JSON,
+exit status 1) and the others still run.
+
+XLA:CPU's convolutions run on Eigen unless ``--cpu-conv ynnpack`` (``config.platform``,
+:mod:`kdjax.platform_tuning`, applied before JAX starts its backend, as ``kdjax.main`` does);
+``XLA_FLAGS`` from the environment are kept and recorded in the JSON.
+
+Results go to stdout as tables and to a JSON file (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import methods
 from kdjax import config as config_lib
-from kdjax.config import base_config
+from kdjax import data, methods, platform_tuning, teachers
+from kdjax.config import base_config, digits_preset
+from kdjax.train import loop as loop_lib
 from kdjax.train import optim, step as step_lib
 from kdjax.train.state import init_state
 
 # config.PAIRS (teacher, student, lr) plus the digits pair, a small one for quick runs.
 PAIRS = {**{name: pair[:2] for name, pair in config_lib.PAIRS.items()},
          'res20_res8': (config_lib.DIGITS_TEACHER, config_lib.DIGITS_STUDENT)}
+SYNTHETIC_TRAIN_SIZE = 50000  # CIFAR-100's training set (sizes CRD's memory bank)
+SYNTHETIC_CLASSES = 100
 
 
 def _peak_memory_bytes() -> int:
@@ -44,6 +80,57 @@ def _peak_memory_bytes() -> int:
   if stats and 'peak_bytes_in_use' in stats:
     return int(stats['peak_bytes_in_use'])
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _load_average() -> list[float]:
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:  # pragma: no cover - no load average on this OS
+    return []
+
+
+def matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> float:
+  """FLOP/s of a jitted ``n x n`` matmul in ``dtype`` on the first device, best of ``reps``."""
+  dt = jnp.dtype(dtype)
+  keys = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(keys[0], (n, n), jnp.float32).astype(dt)
+  b = jax.random.normal(keys[1], (n, n), jnp.float32).astype(dt)
+  mm = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=dt))
+  jax.block_until_ready(mm(a, b))
+  best = math.inf
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(mm(a, b))
+    best = min(best, time.perf_counter() - t)
+  return 2.0 * n ** 3 / best
+
+
+@contextlib.contextmanager
+def _synthetic_inputs(config):
+  """SYNTHETIC benchmark inputs for builders that read files; only for timing, never training.
+
+  * ``kdjax.data.load`` answers with a label set of CIFAR-100's size and class count (500
+    examples per class, no images: a zero-size broadcast), for builders that read the
+    training labels (CRD: one memory-bank row per example, negatives of other classes);
+  * ``kdjax.trajectory.load`` (SKD's recorded teacher trajectory) answers with
+    ``config.skd.stages`` randomly initialised snapshots of the teacher.
+  """
+  from kdjax import models, trajectory  # pylint: disable=import-outside-toplevel
+  labels = (np.arange(SYNTHETIC_TRAIN_SIZE) % SYNTHETIC_CLASSES).astype(np.int32)
+  images = np.broadcast_to(np.zeros((1, 32, 32, 3), np.uint8), (SYNTHETIC_TRAIN_SIZE, 32, 32, 3))
+  fake = data.Dataset(images, labels, SYNTHETIC_CLASSES, (0.5,) * 3, (0.25,) * 3)
+
+  def fake_trajectory(checkpoint, model, num_classes):
+    del checkpoint
+    net = models.create(model, num_classes)
+    stages = max(2, int(config.get('skd', {}).get('stages', 4)))
+    snaps = [jax.device_get(net.init(jax.random.PRNGKey(10 + j), jnp.zeros((1, 32, 32, 3)),
+                                     train=False)) for j in range(stages)]
+    return jax.tree.map(lambda *xs: np.stack(xs), *snaps)
+
+  with mock.patch.object(data, 'load', lambda *args, **kwargs: fake), \
+      mock.patch.object(trajectory, 'load', fake_trajectory):
+    yield
 
 
 def _separate(method):
@@ -63,34 +150,55 @@ def _separate(method):
   return [dataclasses.replace(method, stages=(((net,), loss_for(net)),)) for net in method.nets]
 
 
+def _config(method_name: str, pair: str, batch: int, dtype: str):
+  """The method's config on ``pair``.
+
+  ``vanilla_teacher`` trains the pair's teacher with ``vanilla``; ``sftn`` trains the teacher
+  (``config.model``) with student branches of the pair's student (``config.sftn.student``).
+  """
+  teacher, student = PAIRS[pair]
+  config = base_config()
+  config.method = 'vanilla' if method_name == 'vanilla_teacher' else method_name
+  config.model = teacher if method_name in ('vanilla_teacher', 'sftn') else student
+  config.teacher.model = teacher
+  config.sftn.student = student
+  config.batch_size = batch
+  config.dtype = dtype
+  return config
+
+
+def _cost_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
 def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: int,
                  dtype: str) -> dict:
   """Times the train step of ``method_name`` on ``pair``; returns one result row."""
-  teacher, student = PAIRS[pair]
   separate = method_name.endswith(':separate')
   method_name = method_name.removesuffix(':separate')
-  config = base_config()
-  config.method = method_name
-  config.model = student if method_name != 'vanilla_teacher' else teacher
-  if method_name == 'vanilla_teacher':
-    config.method = 'vanilla'
-  config.teacher.model = teacher
-  config.batch_size = batch
-  config.dtype = dtype
-  steps_per_epoch = 50000 // batch
-  method = methods.build(config, num_classes=100, dtype=jnp.dtype(dtype), bn_groups=1,
-                         optimizer_factory=lambda opt=None: optim.sgd(opt or config.optimizer,
-                                                                      steps_per_epoch))
+  config = _config(method_name, pair, batch, dtype)
+  steps_per_epoch = SYNTHETIC_TRAIN_SIZE // batch
+  with _synthetic_inputs(config):
+    method = methods.build(config, num_classes=SYNTHETIC_CLASSES, dtype=jnp.dtype(dtype),
+                           bn_groups=1,
+                           optimizer_factory=lambda opt=None: optim.sgd(opt or config.optimizer,
+                                                                        steps_per_epoch))
   mesh = step_lib.make_mesh()
   rep = step_lib.replicated(mesh)
   state = jax.device_put(init_state(method, 0, (32, 32, 3)), rep)
-  teacher_vars = {}
+  teacher_vars = None
   if method.teacher is not None:
-    teacher_vars = jax.device_put(method.teacher.init(
-        jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), train=False), rep)
+    teacher_vars = method.teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)),
+                                       train=False)
+  frozen = step_lib.frozen_inputs(method, teacher_vars)
+  if method.needs_quiz:  # the quiz batches' pool: synthetic, like the training images
+    frozen['quiz_pool'] = np.arange(batch * 4, dtype=np.int32)
+  teacher_vars = jax.device_put(frozen, rep)
   rng = np.random.default_rng(0)
   images = jax.device_put(rng.integers(0, 256, (batch * 4, 32, 32, 3), dtype=np.uint8), rep)
-  labels = jax.device_put(rng.integers(0, 100, (batch * 4,), dtype=np.int32), rep)
+  labels = jax.device_put(rng.integers(0, SYNTHETIC_CLASSES, (batch * 4,), dtype=np.int32), rep)
   idx = [jax.device_put(np.arange(i * batch, (i + 1) * batch, dtype=np.int32) % (batch * 4),
                         step_lib.data_sharded(mesh)) for i in range(4)]
   compiled_steps, flops, t0 = [], 0.0, time.perf_counter()
@@ -100,9 +208,7 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
                                           steps_per_epoch=steps_per_epoch,
                                           dtype=jnp.dtype(dtype))
     compiled = train_step.lower(state, teacher_vars, images, labels, idx[0]).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops += float(cost.get('flops', float('nan'))) if cost else float('nan')
+    flops += _cost_flops(compiled)
     compiled_steps.append(compiled)
   compile_s = time.perf_counter() - t0
   times = []
@@ -114,8 +220,10 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
     if i >= warmup:
       times.append(time.perf_counter() - t)
   med = statistics.median(times)
+  label = 'vanilla (teacher)' if method_name == 'vanilla_teacher' else method_name
   return {
-      'method': method_name + (' (separate steps)' if separate else ''), 'pair': pair, 'teacher': teacher, 'student': config.model,
+      'method': label + (' (separate steps)' if separate else ''), 'pair': pair,
+      'teacher': config.teacher.model, 'net': config.model,
       'batch': batch, 'dtype': dtype, 'devices': jax.device_count(),
       'platform': jax.devices()[0].platform, 'compile_s': compile_s,
       'images_per_s': batch / med, 'images_per_s_min': batch / max(times),
@@ -125,12 +233,129 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
   }
 
 
-def _table(rows: list[dict]) -> str:
-  cols = [('method', 'method', '{}'), ('pair', 'pair', '{}'), ('student', 'net', '{}'),
-          ('images_per_s', 'img/s', '{:.1f}'), ('images_per_s_min', 'min', '{:.1f}'),
-          ('images_per_s_max', 'max', '{:.1f}'), ('compile_s', 'compile s', '{:.1f}'),
-          ('peak_memory_mb', 'peak MiB', '{:.0f}'), ('step_gflops', 'GFLOP/step', '{:.1f}'),
-          ('achieved_gflops_per_s', 'GFLOP/s', '{:.1f}')]
+# --------------------------------------------------------------------------- the loop
+
+
+def _loop_config(method_name: str, pair: str, batch: int, dtype: str, steps: int,
+                 log_every: int, teacher_dir: str):
+  config = _config(method_name, pair, batch, dtype)
+  digits_preset(config)
+  config.log_every_steps = log_every
+  config.checkpoint_every_steps = 10 ** 9  # only the per-epoch (and final) checkpoints
+  config.max_steps = steps
+  if methods.uses_teacher(config.method):
+    config.teacher.checkpoint = teacher_dir
+  train_size = len(data.load('digits', 'train').labels)
+  config.num_epochs = max(1, -(-steps // (train_size // batch)))
+  return config
+
+
+def _random_teacher(config, directory: str, num_classes: int) -> None:
+  """A randomly initialised teacher folder (the loop needs one; speed ignores its values)."""
+  from kdjax import models  # pylint: disable=import-outside-toplevel
+  net = models.create(config.teacher.model, num_classes)
+  variables = net.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), train=False)
+  teachers.save(directory, config.teacher.model, num_classes, variables,
+                source='random init (throughput benchmark)')
+
+
+class _BareStep:
+  """The loop's own step function on the loop's inputs, compiled once, timed step by step."""
+
+  def __init__(self, run: loop_lib.Run, warmup: int):
+    config, method, mesh = run.config, run.method, run.mesh
+    self.state = step_lib.put_replicated(
+        init_state(method, config.seed, run.train.images.shape[1:]), mesh)
+    self.images, self.labels = step_lib.put_replicated((run.train.images, run.train.labels),
+                                                       mesh)
+    self.frozen = step_lib.put_replicated(run.frozen, mesh)
+    self.train_step = step_lib.make_train_step(
+        method, mesh, crop_padding=config.data.crop_padding, flip=config.data.flip,
+        steps_per_epoch=run.steps_per_epoch, mean=run.train.mean, std=run.train.std,
+        dtype=run.dtype)
+    shard = step_lib.data_sharded(mesh)
+    self.idx = [step_lib.put_rows(data.batch_indices(config.seed, s, run.train_size,
+                                                     config.batch_size), shard)
+                for s in range(min(8, run.steps_per_epoch))]
+    self.warmup = warmup
+
+  def times(self, steps: int, warmup: int | None = None) -> list[float]:
+    """Seconds of each of ``steps`` steps after ``warmup`` untimed ones."""
+    warmup = self.warmup if warmup is None else warmup
+    times = []
+    for i in range(warmup + steps):
+      t = time.perf_counter()
+      self.state, metrics = self.train_step(self.state, self.frozen, self.images, self.labels,
+                                            self.idx[i % len(self.idx)])
+      jax.block_until_ready(metrics['loss'])
+      if i >= warmup:
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _loop_windows(metrics_path: str, steps_per_epoch: int, batch: int) -> tuple[list, list]:
+  """``(clean, excluded)`` training windows ``(first_step, last_step, images_per_second)``."""
+  clean, excluded, previous = [], [], 0
+  with open(metrics_path) as f:
+    for line in f:
+      row = json.loads(line)
+      if row.get('split') != 'train':
+        continue
+      window = (previous + 1, row['step'], row['images_per_second'])
+      # The first window holds the compilation; one that starts right after an epoch end
+      # holds that epoch's evaluation and checkpoint.
+      dirty = previous == 0 or previous % steps_per_epoch == 0
+      (excluded if dirty else clean).append(window)
+      previous = row['step']
+  del batch
+  return clean, excluded
+
+
+def bench_loop(method_name: str, pair: str, batch: int, dtype: str, steps: int,
+               log_every: int, bare_steps: int, warmup: int) -> dict:
+  """The training loop's images/second against the bare step's, on the digits data."""
+  with tempfile.TemporaryDirectory(prefix='kdjax_bench_loop_') as tmp:
+    teacher_dir = os.path.join(tmp, 'teacher')
+    config = _loop_config(method_name, pair, batch, dtype, steps, log_every, teacher_dir)
+    if methods.uses_teacher(config.method):
+      _random_teacher(config, teacher_dir, data.load('digits', 'train').num_classes)
+    run = loop_lib.Run(config, os.path.join(tmp, 'bare'))
+    # Bare step before and after the loop (A/B/A): the machine's load drifts.
+    bare_step = _BareStep(run, warmup)
+    bare = bare_step.times(bare_steps)
+    workdir = os.path.join(tmp, 'loop')
+    t0 = time.perf_counter()
+    results = loop_lib.train_and_evaluate(config, workdir)
+    loop_s = time.perf_counter() - t0
+    bare += bare_step.times(bare_steps, warmup=1)
+    clean, excluded = _loop_windows(os.path.join(workdir, 'metrics.jsonl'), run.steps_per_epoch,
+                                    batch)
+  bare_ips = batch / statistics.median(bare)
+  loop_ips = statistics.median(w[2] for w in clean) if clean else float('nan')
+  clean_steps = sum(w[1] - w[0] + 1 for w in clean)
+  clean_seconds = sum((w[1] - w[0] + 1) * batch / w[2] for w in clean)
+  label = 'vanilla (teacher)' if method_name == 'vanilla_teacher' else method_name
+  return {
+      'method': label, 'pair': pair, 'net': config.model, 'dataset': 'digits',
+      'batch': batch, 'dtype': dtype, 'steps': results['step'],
+      'steps_per_epoch': run.steps_per_epoch, 'log_every_steps': log_every,
+      'loop_wall_s': loop_s,
+      'windows_used': len(clean), 'windows_excluded': len(excluded),
+      'loop_images_per_s': loop_ips,
+      'loop_images_per_s_min': min((w[2] for w in clean), default=float('nan')),
+      'loop_images_per_s_max': max((w[2] for w in clean), default=float('nan')),
+      'loop_images_per_s_pooled': clean_steps * batch / clean_seconds if clean else float('nan'),
+      'step_images_per_s': bare_ips,
+      'step_images_per_s_min': batch / max(bare), 'step_images_per_s_max': batch / min(bare),
+      'step_timed_steps': len(bare),
+      'loop_over_step': loop_ips / bare_ips,
+  }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _format_table(rows: list[dict], cols) -> str:
   lines = ['| ' + ' | '.join(h for _, h, _ in cols) + ' |',
            '|' + '|'.join('---' for _ in cols) + '|']
   for r in rows:
@@ -138,33 +363,116 @@ def _table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+STEP_COLUMNS = [
+    ('method', 'method', '{}'), ('net', 'net', '{}'),
+    ('images_per_s', 'img/s', '{:.1f}'), ('images_per_s_min', 'min', '{:.1f}'),
+    ('images_per_s_max', 'max', '{:.1f}'), ('compile_s', 'compile s', '{:.1f}'),
+    ('peak_memory_mb', 'peak MiB', '{:.0f}'), ('step_gflops', 'GFLOP/step', '{:.1f}'),
+    ('achieved_gflops_per_s', 'GFLOP/s', '{:.1f}'),
+    ('fraction_of_matmul_peak', 'of matmul peak', '{:.2f}')]
+LOOP_COLUMNS = [
+    ('method', 'method', '{}'), ('net', 'net', '{}'), ('steps', 'steps', '{}'),
+    ('windows_used', 'windows', '{}'), ('loop_images_per_s', 'loop img/s', '{:.1f}'),
+    ('step_images_per_s', 'bare step img/s', '{:.1f}'), ('loop_over_step', 'loop/step', '{:.3f}')]
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--method', default='kd',
                       help="method names joined by ',' ('vanilla_teacher' trains the "
                            "teacher; '<method>:separate' runs each net's update as its own "
-                           "step), or 'all'")
+                           "step), or 'all' (every method of kdjax.methods.names())")
   parser.add_argument('--pair', default='res32x4_res8x4', choices=sorted(PAIRS))
   parser.add_argument('--batch', type=int, default=64)
-  parser.add_argument('--steps', type=int, default=10, help='timed steps')
+  parser.add_argument('--steps', type=int, default=10, help='timed steps per method')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  parser.add_argument('--matmul-size', type=int, default=2048)
+  parser.add_argument('--cpu-conv', default='auto', choices=platform_tuning.CPU_CONV,
+                      help="XLA:CPU's convolution library (config.platform.cpu_conv; "
+                           "kdjax.platform_tuning): auto = eigen")
+  parser.add_argument('--loop-method', default='vanilla',
+                      help="methods whose training loop is measured (',' separated); "
+                           "'none' skips the loop")
+  parser.add_argument('--loop-steps', type=int, default=200)
+  parser.add_argument('--loop-log-every', type=int, default=10)
+  parser.add_argument('--loop-bare-steps', type=int, default=10,
+                      help='bare steps timed before and after the loop each')
+  parser.add_argument('--tiny', action='store_true',
+                      help='seconds, for the test: vanilla resnet8, batch 16: 2 timed steps, '
+                           'the loop for 12 steps; a 512x512 matmul')
   parser.add_argument('--out', default='benchmarks/results/throughput.json')
   args = parser.parse_args(argv)
+  if args.tiny:
+    args.pair, args.batch, args.steps, args.warmup = 'res20_res8', 16, 2, 1
+    args.matmul_size = 512
+    args.loop_steps, args.loop_log_every, args.loop_bare_steps = 12, 4, 2
+    args.method = args.loop_method = 'vanilla'
+  # Before anything starts JAX's backend: XLA reads its flags once.
+  tuning = base_config()
+  tuning.platform.cpu_conv = args.cpu_conv
+  platform_tuning.apply(tuning)
   names = (['vanilla', 'vanilla_teacher'] + [m for m in methods.names() if m != 'vanilla']
            if args.method == 'all' else args.method.split(','))
-  rows = []
+  loop_names = [] if args.loop_method == 'none' else args.loop_method.split(',')
+  load_before = _load_average()
+  t_start = time.perf_counter()
+  peaks, rows = [], []
+  failed = []
   for name in names:
-    rows.append(bench_method(name, args.pair, args.batch, args.steps, args.warmup, args.dtype))
-    print(_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-  print(_table(rows))
+    peaks.append(matmul_peak(args.dtype, args.matmul_size))
+    try:
+      row = bench_method(name, args.pair, args.batch, args.steps, args.warmup, args.dtype)
+    except Exception as e:  # pylint: disable=broad-except  # one broken method: go on
+      failed.append({'method': name, 'error': f'{type(e).__name__}: {e}'[:500]})
+      print(f'{name}: FAILED {failed[-1]["error"]}', file=sys.stderr, flush=True)
+      continue
+    row['matmul_peak_gflops_here'] = peaks[-1] / 1e9
+    rows.append(row)
+    print(f'{row["method"]}: {row["images_per_s"]:.1f} img/s, '
+          f'{row["achieved_gflops_per_s"]:.1f} GFLOP/s (matmul {peaks[-1] / 1e9:.1f} GFLOP/s '
+          f'just before)', file=sys.stderr, flush=True)
+  peak = max(peaks)
+  for row in rows:
+    row['matmul_peak_gflops'] = peak / 1e9
+    row['fraction_of_matmul_peak'] = row['achieved_gflops_per_s'] * 1e9 / peak
+  loops = []
+  for name in loop_names:
+    try:
+      loops.append(bench_loop(name, args.pair, args.batch, args.dtype, args.loop_steps,
+                              args.loop_log_every, args.loop_bare_steps, args.warmup))
+    except Exception as e:  # pylint: disable=broad-except
+      failed.append({'method': f'loop {name}', 'error': f'{type(e).__name__}: {e}'[:500]})
+      print(f'loop {name}: FAILED {failed[-1]["error"]}', file=sys.stderr, flush=True)
+      continue
+    print(f'loop {name}: {loops[-1]["loop_images_per_s"]:.1f} img/s, bare step '
+          f'{loops[-1]["step_images_per_s"]:.1f}: ratio {loops[-1]["loop_over_step"]:.3f}',
+          file=sys.stderr, flush=True)
+  machine = {'platform': platform.platform(), 'processor': platform.processor(),
+             'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+             'jaxlib': getattr(__import__('jaxlib'), '__version__', None),
+             'devices': [str(d) for d in jax.devices()],
+             'device_kind': jax.devices()[0].device_kind,
+             'load_average_before': load_before, 'load_average_after': _load_average(),
+             'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_conv': args.cpu_conv,
+             'wall_s': time.perf_counter() - t_start}
+  print(f'matmul peak ({args.matmul_size}x{args.matmul_size} {args.dtype}, best of the run): '
+        f'{peak / 1e9:.1f} GFLOP/s; load average before {load_before}, after '
+        f'{machine["load_average_after"]}; XLA_FLAGS={machine["xla_flags"]!r}')
+  print(_format_table(rows, STEP_COLUMNS))
+  if loops:
+    print()
+    print(_format_table(loops, LOOP_COLUMNS))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, 'w') as f:
-    json.dump({'machine': {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
-                           'jax': jax.__version__, 'devices': [str(d) for d in jax.devices()]},
-               'results': rows}, f, indent=2)
+    json.dump({'machine': machine, 'args': vars(args),
+               'matmul_peak': {'gflops_per_s': peak / 1e9, 'size': args.matmul_size,
+                               'dtype': args.dtype, 'measurements': [p / 1e9 for p in peaks]},
+               'results': rows, 'loop': loops, 'failed': failed}, f, indent=2)
   print(f'wrote {args.out}', file=sys.stderr)
-  return 0
+  for fail in failed:
+    print(f'FAILED {fail["method"]}: {fail["error"]}', file=sys.stderr)
+  return 1 if failed else 0
 
 
 if __name__ == '__main__':

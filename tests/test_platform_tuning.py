@@ -1,0 +1,80 @@
+"""config.platform: the XLA:CPU convolution library and extra XLA flags (kdjax.platform_tuning)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from kdjax import platform_tuning
+from kdjax.errors import KdjaxError
+
+EIGEN = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+
+
+def _config(**platform):
+  c = ml_collections.ConfigDict()
+  c.platform = platform_tuning.default_config()
+  c.platform.update(platform)
+  return c
+
+
+def test_flags_chosen_by_the_config():
+  assert platform_tuning.xla_flags(None) == [EIGEN]  # no block: the defaults
+  assert platform_tuning.xla_flags(_config()) == [EIGEN]
+  assert platform_tuning.xla_flags(_config(cpu_conv='eigen')) == [EIGEN]
+  assert platform_tuning.xla_flags(_config(cpu_conv='ynnpack')) == []
+  assert platform_tuning.xla_flags(_config(cpu_conv='ynnpack', xla_flags='--a=1 --b')) == [
+      '--a=1', '--b']
+  with pytest.raises(KdjaxError, match='cpu_conv'):
+    platform_tuning.xla_flags(_config(cpu_conv='mkl'))
+
+
+def test_apply_appends_once_and_keeps_the_users_flags(monkeypatch):
+  monkeypatch.setattr(platform_tuning, '_backend_started', lambda: False)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  assert platform_tuning.apply(_config()) == [EIGEN]
+  assert platform_tuning.apply(_config()) == []
+  assert os.environ['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=2', EIGEN]
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=individual_dot')
+  assert platform_tuning.apply(_config()) == []  # the user's own setting wins
+  monkeypatch.setattr(platform_tuning, '_backend_started', lambda: True)
+  monkeypatch.setenv('XLA_FLAGS', '')
+  with pytest.raises(KdjaxError, match='before JAX starts'):
+    platform_tuning.apply(_config())
+
+
+_GRADS = """
+import json, sys
+from kdjax import platform_tuning
+import ml_collections
+c = ml_collections.ConfigDict({'platform': platform_tuning.default_config()})
+c.platform.cpu_conv = sys.argv[1]
+platform_tuning.apply(c)
+import jax, jax.numpy as jnp, numpy as np
+from kdjax import models
+net = models.create('resnet8', 10)
+x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 32, 32, 3)), jnp.float32)
+v = net.init(jax.random.PRNGKey(0), x, train=False)
+def loss(p):
+  out, _ = net.apply({**v, 'params': p}, x, train=True, mutable=['batch_stats'])
+  return jnp.sum(jnp.sin(out.logits))
+value, grads = jax.jit(jax.value_and_grad(loss))(v['params'])
+print(json.dumps({'value': float(value), 'grads': [np.asarray(g).ravel().tolist() for g in jax.tree.leaves(grads)]}))
+"""
+
+
+def test_eigen_and_ynnpack_convolutions_agree():
+  runs = {}
+  for impl in ('eigen', 'ynnpack'):
+    proc = subprocess.run([sys.executable, '-c', _GRADS, impl], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, 'XLA_FLAGS': ''})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+  np.testing.assert_allclose(runs['eigen']['value'], runs['ynnpack']['value'], rtol=1e-5)
+  for a, b in zip(runs['eigen']['grads'], runs['ynnpack']['grads']):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * max(1.0, np.max(np.abs(b))))
