@@ -9,7 +9,9 @@ not a test).
 training loop runs: gather, augmentation, teacher forward, one fused gradient, every net's
 optimizer) on synthetic CIFAR-shaped uint8 data (random pixels and labels, 100 classes), and
 reports: compile time, steady-state images/second (median over the timed steps after warm-up,
-with min and max), peak memory (host RSS on CPU, the allocator's peak on accelerators), the
+with min and max), the step's memory (XLA's buffers of the compiled step: arguments, outputs
+and temporaries less donated aliases; also the process's high-water mark so far, host RSS
+on CPU or the allocator's peak on accelerators, which covers every method run before), the
 step's FLOPs from XLA's cost analysis, the achieved FLOP/s, and that as a fraction of the
 matrix-multiply peak measured on the same device in the same run (a jitted square matmul of
 ``--dtype``, best of several; measured before every method, the run's best is the peak).
@@ -80,6 +82,20 @@ def _peak_memory_bytes() -> int:
   if stats and 'peak_bytes_in_use' in stats:
     return int(stats['peak_bytes_in_use'])
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _step_memory_bytes(compiled) -> float:
+  """The step's own buffers on one device, from XLA's memory analysis of the compiled step.
+
+  Arguments (state, frozen inputs, data) + outputs + temporaries, minus what donation
+  aliases (outputs written into argument buffers): the step's peak footprint, per method,
+  which the process's high-water mark (every method of the run so far) cannot give.
+  """
+  mem = compiled.memory_analysis()
+  if mem is None:  # pragma: no cover - a backend without the analysis
+    return float('nan')
+  return float(mem.argument_size_in_bytes + mem.output_size_in_bytes
+               + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
 
 
 def _load_average() -> list[float]:
@@ -154,11 +170,16 @@ def _config(method_name: str, pair: str, batch: int, dtype: str):
   """The method's config on ``pair``.
 
   ``vanilla_teacher`` trains the pair's teacher with ``vanilla``; ``sftn`` trains the teacher
-  (``config.model``) with student branches of the pair's student (``config.sftn.student``).
+  (``config.model``) with student branches of the pair's student (``config.sftn.student``);
+  ``skd+slkd`` is SKD on top of SLKD (``experiments/skd.py:slkd``: the self-learning
+  trajectory and SLKD's terms, all six learners in one step).
   """
   teacher, student = PAIRS[pair]
   config = base_config()
-  config.method = 'vanilla' if method_name == 'vanilla_teacher' else method_name
+  config.method = {'vanilla_teacher': 'vanilla', 'skd+slkd': 'skd'}.get(method_name, method_name)
+  if method_name == 'skd+slkd':
+    config.skd.trajectory = 'self_learning'
+    config.skd.slkd_terms = True
   config.model = teacher if method_name in ('vanilla_teacher', 'sftn') else student
   config.teacher.model = teacher
   config.sftn.student = student
@@ -201,7 +222,7 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
   labels = jax.device_put(rng.integers(0, SYNTHETIC_CLASSES, (batch * 4,), dtype=np.int32), rep)
   idx = [jax.device_put(np.arange(i * batch, (i + 1) * batch, dtype=np.int32) % (batch * 4),
                         step_lib.data_sharded(mesh)) for i in range(4)]
-  compiled_steps, flops, t0 = [], 0.0, time.perf_counter()
+  compiled_steps, flops, step_memory, t0 = [], 0.0, 0.0, time.perf_counter()
   for variant in (_separate(method) if separate else [method]):
     train_step = step_lib.make_train_step(variant, mesh, mean=(0.5,) * 3, std=(0.25,) * 3,
                                           crop_padding=4, flip=True,
@@ -209,6 +230,7 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
                                           dtype=jnp.dtype(dtype))
     compiled = train_step.lower(state, teacher_vars, images, labels, idx[0]).compile()
     flops += _cost_flops(compiled)
+    step_memory = max(step_memory, _step_memory_bytes(compiled))
     compiled_steps.append(compiled)
   compile_s = time.perf_counter() - t0
   times = []
@@ -228,7 +250,8 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
       'platform': jax.devices()[0].platform, 'compile_s': compile_s,
       'images_per_s': batch / med, 'images_per_s_min': batch / max(times),
       'images_per_s_max': batch / min(times), 'step_ms_median': 1000 * med,
-      'timed_steps': len(times), 'peak_memory_mb': _peak_memory_bytes() / 2**20,
+      'timed_steps': len(times), 'step_memory_mb': step_memory / 2**20,
+      'process_peak_memory_mb': _peak_memory_bytes() / 2**20,
       'step_gflops': flops / 1e9, 'achieved_gflops_per_s': flops / med / 1e9,
   }
 
@@ -367,7 +390,7 @@ STEP_COLUMNS = [
     ('method', 'method', '{}'), ('net', 'net', '{}'),
     ('images_per_s', 'img/s', '{:.1f}'), ('images_per_s_min', 'min', '{:.1f}'),
     ('images_per_s_max', 'max', '{:.1f}'), ('compile_s', 'compile s', '{:.1f}'),
-    ('peak_memory_mb', 'peak MiB', '{:.0f}'), ('step_gflops', 'GFLOP/step', '{:.1f}'),
+    ('step_memory_mb', 'step MiB', '{:.0f}'), ('step_gflops', 'GFLOP/step', '{:.1f}'),
     ('achieved_gflops_per_s', 'GFLOP/s', '{:.1f}'),
     ('fraction_of_matmul_peak', 'of matmul peak', '{:.2f}')]
 LOOP_COLUMNS = [
@@ -381,7 +404,8 @@ def main(argv=None) -> int:
   parser.add_argument('--method', default='kd',
                       help="method names joined by ',' ('vanilla_teacher' trains the "
                            "teacher; '<method>:separate' runs each net's update as its own "
-                           "step), or 'all' (every method of kdjax.methods.names())")
+                           "step; 'skd+slkd' is SKD on SLKD), or 'all' (every method of "
+                           "kdjax.methods.names(), the teacher and skd+slkd)")
   parser.add_argument('--pair', default='res32x4_res8x4', choices=sorted(PAIRS))
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--steps', type=int, default=10, help='timed steps per method')
@@ -413,6 +437,7 @@ def main(argv=None) -> int:
   tuning.platform.cpu_conv = args.cpu_conv
   platform_tuning.apply(tuning)
   names = (['vanilla', 'vanilla_teacher'] + [m for m in methods.names() if m != 'vanilla']
+           + ['skd+slkd']
            if args.method == 'all' else args.method.split(','))
   loop_names = [] if args.loop_method == 'none' else args.loop_method.split(',')
   load_before = _load_average()

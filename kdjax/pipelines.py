@@ -128,6 +128,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results[f'{name}_baseline'] = baseline
     runs.insert(-1, (name, baseline))
   for method, r in runs:
+    if r['best_epoch'] is None:  # stopped (config.max_steps) before the first evaluation
+      rows.append((f'{method} student (no epoch finished)', config.model, '-'))
+      continue
     rows += [(f'{method} student (best epoch {r["best_epoch"]})', config.model, r['best_top1']),
              (f'{method} student (last epoch)', config.model, r['last_top1'])]
   print(summary_table(rows))

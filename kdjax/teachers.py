@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import flax
 import jax

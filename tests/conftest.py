@@ -1,10 +1,16 @@
-"""Shared test helpers: where the PyTorch reference fixtures live."""
+"""Shared test helpers: where the PyTorch reference fixtures live; the platform's XLA flags."""
 
 import os
 import pathlib
 
 import numpy as np
 import pytest
+
+from kdjax import platform_tuning
+
+# In-process tests compute with what `python -m kdjax.main` uses (config.platform's
+# defaults); this must run before anything starts JAX's backend.
+platform_tuning.apply()
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get('KDJAX_FIXTURES', ROOT.parent / 'shared' / 'fixtures'))

@@ -23,7 +23,7 @@ def test_throughput_benchmark_tiny_mode(tmp_path):
   (row,) = report['results']
   assert row['method'] == 'vanilla' and row['net'] == 'resnet8'
   for key in ('images_per_s', 'images_per_s_min', 'images_per_s_max', 'compile_s',
-              'peak_memory_mb', 'step_gflops', 'achieved_gflops_per_s'):
+              'step_memory_mb', 'process_peak_memory_mb', 'step_gflops', 'achieved_gflops_per_s'):
     assert math.isfinite(row[key]) and row[key] > 0, (key, row[key])
   assert row['images_per_s_min'] <= row['images_per_s'] <= row['images_per_s_max']
   assert 0 < row['fraction_of_matmul_peak'] < 1.5, row['fraction_of_matmul_peak']

@@ -48,6 +48,20 @@ def output_shapes(model: nn.Module, dtype=jnp.float32, batch: int = 2,
   return jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
 
 
+def hint_shapes(config, student: nn.Module, teacher: nn.Module, dtype, block: str,
+                hint_layer: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+  """Student's and teacher's feature shapes at stage ``hint_layer`` (FitNet's hint layer).
+
+  A :class:`KdjaxError` naming ``config.<block>.hint_layer`` if it is not a stage of both.
+  """
+  s_feats = output_shapes(student, dtype).features
+  t_feats = output_shapes(teacher, dtype).features
+  if not 0 <= hint_layer < min(len(s_feats), len(t_feats)):
+    raise KdjaxError(f'{block}.hint_layer {hint_layer} is not a stage of both {config.model} '
+                     f'({len(s_feats)} stages) and {config.teacher.model} ({len(t_feats)})')
+  return s_feats[hint_layer], t_feats[hint_layer]
+
+
 def warmup(epoch, epochs: float):
   """``min(epoch / epochs, 1)``: mdistiller's linear warm-up of a loss weight (epoch 1-based)."""
   return jnp.minimum(jnp.asarray(epoch, jnp.float32) / epochs, 1.0)

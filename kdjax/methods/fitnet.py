@@ -14,9 +14,8 @@ from __future__ import annotations
 import ml_collections
 
 from kdjax import losses
-from kdjax.errors import KdjaxError
 from kdjax.methods.base import Method, student_and_teacher
-from kdjax.methods.connectors import ConvReg, distillation_method, output_shapes
+from kdjax.methods.connectors import ConvReg, distillation_method, hint_shapes
 
 
 def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
@@ -24,13 +23,8 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
   c = config.fitnet
   h = c.hint_layer
-  s_feats = output_shapes(student, dtype).features
-  t_feats = output_shapes(teacher, dtype).features
-  if not 0 <= h < min(len(s_feats), len(t_feats)):
-    raise KdjaxError(f'fitnet.hint_layer {h} is not a stage of both {config.model} '
-                     f'({len(s_feats)} stages) and {config.teacher.model} ({len(t_feats)})')
-  regressor = ConvReg(s_feats[h].shape[1:], t_feats[h].shape[1:], dtype=dtype,
-                      bn_groups=bn_groups)
+  s_hint, t_hint = hint_shapes(config, student, teacher, dtype, 'fitnet', h)
+  regressor = ConvReg(s_hint.shape[1:], t_hint.shape[1:], dtype=dtype, bn_groups=bn_groups)
 
   def terms(run, out, batch, ctx):
     del batch
@@ -39,7 +33,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
 
   return distillation_method('fitnet', student, teacher, ce_weight=c.ce_weight, terms=terms,
                              optimizer_factory=optimizer_factory,
-                             connectors={'regressor': (regressor, s_feats[h])})
+                             connectors={'regressor': (regressor, s_hint)})
 
 
 def default_config() -> ml_collections.ConfigDict:

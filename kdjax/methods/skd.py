@@ -56,7 +56,7 @@ from kdjax import losses, models, trajectory
 from kdjax.errors import KdjaxError
 from kdjax.methods import slkd
 from kdjax.methods.base import Method, student_and_teacher
-from kdjax.methods.connectors import ConvReg, output_shapes
+from kdjax.methods.connectors import ConvReg, hint_shapes
 from kdjax.train import optim
 
 SOURCES = ('snapshots', 'self_learning')
@@ -148,14 +148,9 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
                      'skd.trajectory=self_learning')
   student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
   h = c.hint_layer
-  s_feats = output_shapes(student, dtype).features
-  t_feats = output_shapes(teacher, dtype).features
-  if not 0 <= h < min(len(s_feats), len(t_feats)):
-    raise KdjaxError(f'skd.hint_layer {h} is not a stage of both {config.model} '
-                     f'({len(s_feats)} stages) and {config.teacher.model} ({len(t_feats)})')
-  t_hint = t_feats[h]
+  s_hint, t_hint = hint_shapes(config, student, teacher, dtype, 'skd', h)
 
-  frozen, init_extra = {}, None
+  frozen = {}
   if self_learning:
     num_stages = c.stages
     sl_net = models.create(config.teacher.model, num_classes, dtype=dtype, bn_groups=bn_groups)
@@ -171,11 +166,11 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   nets, sample_inputs = {'student': student}, {}
   if c.use_tbt:  # the student's connector and the behaviour teacher
     hint_input = jax.ShapeDtypeStruct(t_hint.shape, dtype)
-    nets['connector'] = ConvReg(s_feats[h].shape[1:], t_hint.shape[1:], dtype=dtype,
+    nets['connector'] = ConvReg(s_hint.shape[1:], t_hint.shape[1:], dtype=dtype,
                                 bn_groups=bn_groups)
     nets['tbt'] = BehaviourTeacher(t_hint.shape[-1], c.tbt_hidden or t_hint.shape[-1],
                                    dtype=dtype)
-    sample_inputs.update(connector=jax.ShapeDtypeStruct(s_feats[h].shape, dtype),
+    sample_inputs.update(connector=jax.ShapeDtypeStruct(s_hint.shape, dtype),
                          tbt=(hint_input, hint_input))
   if c.use_tet:
     nets['tet'] = ExperienceTeacher(num_classes, num_stages, c.tet_hidden, c.tet_mix_init,
@@ -193,6 +188,8 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
       slots = jax.tree.map(lambda s: jnp.zeros((3,) + s.shape, s.dtype), sl_shapes)
       return {'trajectory': slots, 'trajectory_count': jnp.zeros((), jnp.int32),
               'trajectory_stage': jnp.full((), -1, jnp.int32)}
+  else:
+    init_extra = None
 
   def hint_of(model, variables, x, train=False):
     """Stage ``h`` of ``model`` on ``x``; ``train``: normalised with the batch's statistics
