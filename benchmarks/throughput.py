@@ -142,7 +142,7 @@ def _synthetic_inputs(config):
     stages = max(2, int(config.get('skd', {}).get('stages', 4)))
     snaps = [jax.device_get(net.init(jax.random.PRNGKey(10 + j), jnp.zeros((1, 32, 32, 3)),
                                      train=False)) for j in range(stages)]
-    return jax.tree.map(lambda *xs: np.stack(xs), *snaps)
+    return trajectory.stack(snaps)
 
   with mock.patch.object(data, 'load', lambda *args, **kwargs: fake), \
       mock.patch.object(trajectory, 'load', fake_trajectory):
@@ -316,7 +316,7 @@ class _BareStep:
     return times
 
 
-def _loop_windows(metrics_path: str, steps_per_epoch: int, batch: int) -> tuple[list, list]:
+def _loop_windows(metrics_path: str, steps_per_epoch: int) -> tuple[list, list]:
   """``(clean, excluded)`` training windows ``(first_step, last_step, images_per_second)``."""
   clean, excluded, previous = [], [], 0
   with open(metrics_path) as f:
@@ -330,7 +330,6 @@ def _loop_windows(metrics_path: str, steps_per_epoch: int, batch: int) -> tuple[
       dirty = previous == 0 or previous % steps_per_epoch == 0
       (excluded if dirty else clean).append(window)
       previous = row['step']
-  del batch
   return clean, excluded
 
 
@@ -351,8 +350,7 @@ def bench_loop(method_name: str, pair: str, batch: int, dtype: str, steps: int,
     results = loop_lib.train_and_evaluate(config, workdir)
     loop_s = time.perf_counter() - t0
     bare += bare_step.times(bare_steps, warmup=1)
-    clean, excluded = _loop_windows(os.path.join(workdir, 'metrics.jsonl'), run.steps_per_epoch,
-                                    batch)
+    clean, excluded = _loop_windows(os.path.join(workdir, 'metrics.jsonl'), run.steps_per_epoch)
   bare_ips = batch / statistics.median(bare)
   loop_ips = statistics.median(w[2] for w in clean) if clean else float('nan')
   clean_steps = sum(w[1] - w[0] + 1 for w in clean)

@@ -56,8 +56,12 @@ def load(checkpoint, model: str, num_classes: int) -> dict:
         f'teacher {checkpoint!r} has no recorded trajectory ({root}/stage_<j>, at least 2): '
         f'train the teacher with kdjax and --config.trajectory.stages=K (the digits preset '
         f'does this), or use --config.skd.trajectory=self_learning')
-  snapshots = [teachers.load(os.path.join(root, f'stage_{j}'), model, num_classes)
-               for j in range(stages)]
+  return stack([teachers.load(os.path.join(root, f'stage_{j}'), model, num_classes)
+                for j in range(stages)])
+
+
+def stack(snapshots: list) -> dict:
+  """Variables of the same net, stacked on a new leading (stage) axis, on the host."""
   return jax.tree.map(lambda *xs: np.stack(xs), *snapshots)
 
 

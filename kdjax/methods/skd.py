@@ -230,17 +230,13 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
     return TrajectoryView(k, f[1], f[2], stage_logits, (f[0], f[1], f[2]),
                           (count >= 2).astype(jnp.float32), (count >= 3).astype(jnp.float32))
 
-  def sl_teachers(run, batch, ctx, update_stats):
-    """The SL-teachers' logits (their own losses only where they learn: stage 2)."""
-    if update_stats:
-      return slkd.sl_teacher_losses(run, batch, ctx, config.slkd)
-    logits = [run(n, batch.images, update_stats=False).logits for n in slkd.SL_TEACHERS]
-    return None, {}, logits
+  def fused(sl_logits):
+    """The fused SL-teachers' logits F (eq. 6), a target: no gradient."""
+    return jax.lax.stop_gradient(slkd.fuse(config.slkd, *sl_logits))
 
-  def view_of(run, batch, ctx, sl_logits):
+  def view_of(run, batch, ctx, fused_logits):
     if self_learning:
-      fused = jax.lax.stop_gradient(slkd.fuse(config.slkd, *sl_logits))
-      return self_learning_view(run, batch, ctx, fused)
+      return self_learning_view(run, batch, ctx, fused_logits)
     return snapshot_view(batch, ctx)
 
   def student_terms(run, batch, ctx, view, params=None, update_stats=True):
@@ -265,9 +261,11 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
 
   def meta_loss(run, batch, ctx):
     """Stage 1: quiz CE after the student's virtual step, + TBT's regression (phi, psi)."""
-    _, _, sl_logits = sl_teachers(run, batch, ctx, update_stats=False) if self_learning else (
-        None, None, None)
-    view = view_of(run, batch, ctx, sl_logits)
+    fused_logits = None
+    if self_learning:  # the SL-teachers learn in stage 2: only their logits here
+      fused_logits = fused([run(n, batch.images, update_stats=False).logits
+                            for n in slkd.SL_TEACHERS])
+    view = view_of(run, batch, ctx, fused_logits)
     view = view._replace(**{f: jax.lax.stop_gradient(getattr(view, f))
                             for f in ('prev', 'cur', 'stage_logits', 'regression')})
 
@@ -290,18 +288,18 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
 
   def student_loss(run, batch, ctx):
     """Stage 2: the student (+ connector, + SL-teachers) with the just-updated TBT/TET."""
-    sl_loss, sl_terms, sl_logits = sl_teachers(run, batch, ctx, update_stats=True) if (
-        self_learning) else (0.0, {}, None)
-    view = view_of(run, batch, ctx, sl_logits)
+    sl_loss, sl_terms, fused_logits = 0.0, {}, None
+    if self_learning:
+      sl_loss, sl_terms, sl_logits = slkd.sl_teacher_losses(run, batch, ctx, config.slkd)
+      fused_logits = fused(sl_logits)
+    view = view_of(run, batch, ctx, fused_logits)
     terms, logits = student_terms(run, batch, ctx, view)
     if c.slkd_terms:
-      fused = jax.lax.stop_gradient(slkd.fuse(config.slkd, *sl_logits))
-      terms.update(slkd.fused_terms(logits, batch.labels, fused, config.slkd))
+      terms.update(slkd.fused_terms(logits, batch.labels, fused_logits, config.slkd))
     loss = sum(terms.values()) + sl_loss
     monitors = {'stage': view.stage.astype(jnp.float32),
-                'kl_teacher_student': jax.lax.stop_gradient(
-                    losses.kd(logits, ctx.teacher.logits, temperature=c.temperature)
-                    / c.temperature**2)}
+                'kl_teacher_student': slkd.kl_monitor(logits, ctx.teacher.logits,
+                                                      c.temperature)}
     return loss, {**terms, **sl_terms, **monitors}
 
   learners = tuple(n for n in nets if n not in meta_nets)

@@ -66,10 +66,15 @@ def fused_terms(logits, labels, fused, c: ml_collections.ConfigDict) -> dict:
   return {'slts_ce': c.eta * ce, 'slts_kd': c.eta * kd}
 
 
+def kl_monitor(logits, target_logits, temperature: float) -> jax.Array:
+  """``KL(softmax(target / tau) || softmax(logits / tau))``, logged only (no gradient)."""
+  return jax.lax.stop_gradient(losses.kd(logits, target_logits, temperature=temperature)
+                               / temperature**2)
+
+
 def monitors(logits, teacher_logits, fused, c: ml_collections.ConfigDict) -> dict:
   """Not loss terms (the paper's Figure 2): KL(T || S) and KL(F || S) at tau, no gradient."""
-  return {name: jax.lax.stop_gradient(losses.kd(logits, target, temperature=c.temperature)
-                                      / c.temperature**2)
+  return {name: kl_monitor(logits, target, c.temperature)
           for name, target in (('kl_teacher_student', teacher_logits),
                                ('kl_fused_student', fused))}
 

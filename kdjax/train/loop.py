@@ -219,7 +219,7 @@ def _train(run: Run) -> dict:
   idx_sharding = step_lib.data_sharded(mesh)
 
   last = run.total_steps if config.max_steps is None else min(run.total_steps, config.max_steps)
-  writer = MetricWriter(workdir, resume_step=start, enabled=jax.process_index() == 0)
+  writer = MetricWriter(workdir, resume_step=start, enabled=primary)
   bar = Progress(last, start, enabled=primary)
   window, t_window, stopped_by = [], time.perf_counter(), None
   images_per_second = None
@@ -261,7 +261,7 @@ def _train(run: Run) -> dict:
           writer.write(done, f'test/{name}', r)
         bar.message(f'epoch {epoch}: ' + ', '.join(
             f'{name} top-1 {r["top1"]:.2f}%' for name, r in result.items()))
-        if config.trajectory.stages and jax.process_index() == 0:
+        if config.trajectory.stages and primary:
           net = methods.trained_net(config.method)
           trajectory.record(workdir, epoch, config.num_epochs, config.trajectory.stages,
                             config.model, run.train.num_classes,
