@@ -35,7 +35,8 @@ trajectory of ``config.skd.stages`` randomly initialised snapshots, and its quiz
 drawn from the benchmark's images. A method that fails is reported (``failed`` in the JSON,
 exit status 1) and the others still run.
 
-XLA:CPU's convolutions run on Eigen unless ``--cpu-conv ynnpack`` (``config.platform``,
+XLA:CPU's convolutions run on Eigen unless ``--cpu-conv ynnpack``, and residual blocks store
+their outputs on the CPU unless ``--residual-outputs fuse`` (``config.platform``,
 :mod:`kdjax.platform_tuning`, applied before JAX starts its backend, as ``kdjax.main`` does);
 ``XLA_FLAGS`` from the environment are kept and recorded in the JSON.
 
@@ -413,6 +414,10 @@ def main(argv=None) -> int:
   parser.add_argument('--cpu-conv', default='auto', choices=platform_tuning.CPU_CONV,
                       help="XLA:CPU's convolution library (config.platform.cpu_conv; "
                            "kdjax.platform_tuning): auto = eigen")
+  parser.add_argument('--residual-outputs', default='auto',
+                      choices=platform_tuning.RESIDUAL_OUTPUTS,
+                      help='stored or fused residual block outputs '
+                           '(config.platform.residual_outputs): auto = materialize on CPU')
   parser.add_argument('--loop-method', default='vanilla',
                       help="methods whose training loop is measured (',' separated); "
                            "'none' skips the loop")
@@ -433,6 +438,7 @@ def main(argv=None) -> int:
   # Before anything starts JAX's backend: XLA reads its flags once.
   tuning = base_config()
   tuning.platform.cpu_conv = args.cpu_conv
+  tuning.platform.residual_outputs = args.residual_outputs
   platform_tuning.apply(tuning)
   names = (['vanilla', 'vanilla_teacher'] + [m for m in methods.names() if m != 'vanilla']
            + ['skd+slkd']
@@ -478,6 +484,7 @@ def main(argv=None) -> int:
              'device_kind': jax.devices()[0].device_kind,
              'load_average_before': load_before, 'load_average_after': _load_average(),
              'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_conv': args.cpu_conv,
+             'residual_outputs': args.residual_outputs,
              'wall_s': time.perf_counter() - t_start}
   print(f'matmul peak ({args.matmul_size}x{args.matmul_size} {args.dtype}, best of the run): '
         f'{peak / 1e9:.1f} GFLOP/s; load average before {load_before}, after '

@@ -81,7 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 'true' insists, 'false' never starts it.
   c.distributed = 'auto'
   # Platform-specific speed settings (kdjax/platform_tuning.py): XLA:CPU's convolution
-  # library ('auto' = Eigen, 'ynnpack' = this jaxlib's default) and extra XLA_FLAGS.
+  # library ('auto' = Eigen, 'ynnpack' = this jaxlib's default), residual block outputs
+  # stored rather than fused on the CPU ('auto' = 'materialize' there, 'fuse' elsewhere),
+  # and extra XLA_FLAGS.
   c.platform = platform_tuning.default_config()
   # Test and diagnosis hooks; None (the default) leaves the compiled step untouched.
   c.debug = ml_collections.ConfigDict()

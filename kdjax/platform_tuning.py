@@ -10,12 +10,23 @@
   agree to float rounding (another summation order), not bit for bit. The flag is an
   ``xla_cpu_*`` flag: it changes nothing on GPUs and TPUs. It is only set for a jaxlib that
   knows it (>= 0.10; older ones use Eigen anyway).
+* ``residual_outputs``: ``'auto'`` (default) is ``'materialize'`` when JAX computes on the
+  CPU and ``'fuse'`` elsewhere. XLA:CPU computes the weight gradient of a convolution from a
+  transposed copy of its input, and fuses into that copy every cheap elementwise op that made
+  the input: through the identity shortcuts of a ResNet stage that is BatchNorm, add and ReLU
+  of *every earlier block*, re-read in transposed (cache-hostile) order for each copy. On a
+  2-core x86 CPU this was 40% of resnet32x4's train step. ``'materialize'`` ends each
+  residual block with :func:`kdjax.models.layers.materialize`, which XLA cannot fuse
+  through, so the copy reads one stored tensor: resnet32x4's step went from 16.8 to 22
+  images/s (``benchmarks/throughput.py``). Outputs are the same bit for bit, gradients to
+  float rounding. ``'fuse'`` leaves XLA's fusion alone; on GPUs and TPUs there is nothing to
+  gain.
 * ``xla_flags``: extra ``XLA_FLAGS``, appended to the environment's.
 
 XLA reads ``XLA_FLAGS`` once, when JAX starts its backend, so :func:`apply` must run before
 anything touches a device: ``kdjax.main`` calls it right after reading the config. Flags
 already in the environment win (a user's ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=...``
-is left alone).
+is left alone). ``residual_outputs`` is read when a model is traced; :func:`apply` sets it.
 """
 
 from __future__ import annotations
@@ -27,13 +38,34 @@ import ml_collections
 from kdjax.errors import KdjaxError
 
 CPU_CONV = ('auto', 'eigen', 'ynnpack')
+RESIDUAL_OUTPUTS = ('auto', 'materialize', 'fuse')
 _YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 _EIGEN_CONV = f'{_YNN_FLAG}=-individual_convolution'
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """``config.platform``: Eigen for CPU convolutions, no extra XLA flags."""
-  return ml_collections.ConfigDict({'cpu_conv': 'auto', 'xla_flags': ''})
+  """``config.platform``: Eigen convolutions and stored residual outputs on CPU."""
+  return ml_collections.ConfigDict({'cpu_conv': 'auto', 'residual_outputs': 'auto',
+                                    'xla_flags': ''})
+
+
+_residual_outputs = 'auto'  # set by apply(); read when a model is traced
+
+
+def materializes_residual_outputs() -> bool:
+  """Whether residual blocks end in :func:`kdjax.models.layers.materialize` (see above)."""
+  if _residual_outputs == 'auto':
+    import jax  # pylint: disable=import-outside-toplevel
+    return jax.default_backend() == 'cpu'
+  return _residual_outputs == 'materialize'
+
+
+def _choice(block: ml_collections.ConfigDict, name: str, choices: tuple[str, ...]) -> str:
+  value = block.get(name, 'auto')
+  if value not in choices:
+    raise KdjaxError(f'config.platform.{name} must be one of {", ".join(choices)}, '
+                     f'got {value!r}')
+  return value
 
 
 def _jaxlib_knows_ynn_convolution() -> bool:
@@ -53,14 +85,15 @@ def _backend_started() -> bool:
     return False
 
 
+def _block(config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+  block = config.get('platform') if config is not None else None
+  return block if block is not None else default_config()
+
+
 def xla_flags(config: ml_collections.ConfigDict | None = None) -> list[str]:
   """The XLA flags ``config.platform`` asks for (defaults without the block)."""
-  block = config.get('platform') if config is not None else None
-  block = block if block is not None else default_config()
-  cpu_conv = block.get('cpu_conv', 'auto')
-  if cpu_conv not in CPU_CONV:
-    raise KdjaxError(f'config.platform.cpu_conv must be one of {", ".join(CPU_CONV)}, '
-                     f'got {cpu_conv!r}')
+  block = _block(config)
+  cpu_conv = _choice(block, 'cpu_conv', CPU_CONV)
   flags = []
   if cpu_conv in ('auto', 'eigen') and _jaxlib_knows_ynn_convolution():
     flags.append(_EIGEN_CONV)
@@ -69,11 +102,14 @@ def xla_flags(config: ml_collections.ConfigDict | None = None) -> list[str]:
 
 
 def apply(config: ml_collections.ConfigDict | None = None) -> list[str]:
-  """Appends :func:`xla_flags` to ``XLA_FLAGS`` (before the backend starts); returns them.
+  """Sets ``residual_outputs``; appends :func:`xla_flags` to ``XLA_FLAGS``; returns those.
 
-  A flag whose name is already in ``XLA_FLAGS`` is not added again. After the backend has
-  started, wanting a flag that is not there yet is a :class:`KdjaxError`.
+  The flags must go in before the backend starts. A flag whose name is already in
+  ``XLA_FLAGS`` is not added again. After the backend has started, wanting a flag that is
+  not there yet is a :class:`KdjaxError`.
   """
+  global _residual_outputs  # pylint: disable=global-statement
+  _residual_outputs = _choice(_block(config), 'residual_outputs', RESIDUAL_OUTPUTS)
   current = os.environ.get('XLA_FLAGS', '').split()
   names = {f.split('=', 1)[0] for f in current}
   added = [f for f in xla_flags(config) if f.split('=', 1)[0] not in names]

@@ -78,3 +78,60 @@ def test_eigen_and_ynnpack_convolutions_agree():
   np.testing.assert_allclose(runs['eigen']['value'], runs['ynnpack']['value'], rtol=1e-5)
   for a, b in zip(runs['eigen']['grads'], runs['ynnpack']['grads']):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * max(1.0, np.max(np.abs(b))))
+
+
+def test_residual_outputs_chosen_by_the_config(monkeypatch):
+  monkeypatch.setattr(platform_tuning, '_residual_outputs', 'auto')
+  assert platform_tuning.materializes_residual_outputs()  # the tests compute on the CPU
+  for value, materializes in (('fuse', False), ('materialize', True)):
+    platform_tuning.apply(_config(residual_outputs=value))
+    assert platform_tuning.materializes_residual_outputs() is materializes
+  with pytest.raises(KdjaxError, match='residual_outputs must be one of'):
+    platform_tuning.apply(_config(residual_outputs='always'))
+
+
+def _train_grads(name):
+  """Logits and parameter gradients of a train-mode step, and the step's compiled HLO."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from kdjax import models  # pylint: disable=import-outside-toplevel
+  net = models.create(name, 10)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+  v = net.init(jax.random.PRNGKey(0), x, train=False)
+
+  def loss(p):
+    out, _ = net.apply({**v, 'params': p}, x, train=True, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(out.logits)), out.logits
+
+  step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  (_, logits), grads = step(v['params'])
+  return logits, grads, step.lower(v['params']).compile().as_text()
+
+
+@pytest.mark.parametrize('name', ['resnet8', 'wrn_16_1', 'MobileNetV2'])
+def test_materialized_residual_outputs_change_no_result(monkeypatch, name):
+  import jax  # pylint: disable=import-outside-toplevel
+  runs = {}
+  for value in ('fuse', 'materialize'):
+    monkeypatch.setattr(platform_tuning, '_residual_outputs', value)
+    runs[value] = _train_grads(name)
+  np.testing.assert_array_equal(runs['fuse'][0], runs['materialize'][0])
+  for a, b in zip(jax.tree.leaves(runs['fuse'][1]), jax.tree.leaves(runs['materialize'][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(1.0, np.max(np.abs(b))))
+  # The speed-up rests on XLA keeping the conditionals: if a new XLA folds them away, this
+  # says so (and benchmarks/throughput.py will show the slower step).
+  assert 'conditional(' not in runs['fuse'][2]
+  assert 'conditional(' in runs['materialize'][2]
+
+
+def test_materialize_returns_its_input_for_any_first_element(monkeypatch):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from kdjax.models import layers  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(platform_tuning, '_residual_outputs', 'materialize')
+  materialize = jax.jit(layers.materialize)
+  for first in (1.5, -0.0, np.nan, np.inf):  # the predicate reads the first element
+    x = jnp.asarray([[first, 2.0], [-3.0, 4.0]], jnp.float32)
+    np.testing.assert_array_equal(materialize(x), x)
+    assert np.signbit(materialize(x)[0, 0]) == np.signbit(x[0, 0])
+  assert 'conditional(' in materialize.lower(x).compile().as_text()

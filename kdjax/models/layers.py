@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdjax import platform_tuning
+
 
 def torch_default_init(fan_in: int):
   """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default Conv/Linear weight and bias init."""
@@ -67,6 +69,25 @@ def dense(features: int, *, in_features: int, kernel_init=None, bias_init=None,
   return nn.Dense(features, kernel_init=kernel_init or torch_default_init(in_features),
                   bias_init=bias_init or torch_default_init(in_features), dtype=dtype,
                   name=name)
+
+
+def materialize(x: jax.Array) -> jax.Array:
+  """``x``, stored once on XLA:CPU instead of recomputed inside the fusions that read it.
+
+  Residual blocks end with this. With ``config.platform.residual_outputs`` at ``'fuse'``
+  (or ``'auto'`` off the CPU) it returns ``x`` itself; otherwise ``x`` passes through a
+  ``lax.cond`` (when traced, as under ``jit``) whose predicate XLA cannot know at compile time and whose branches both
+  return ``x``. XLA does not fuse across a conditional, so the transposed copy that a
+  weight-gradient convolution reads is made from the stored ``x``, not by recomputing
+  BatchNorm, add and ReLU of every block since the stage began (:mod:`kdjax.platform_tuning`
+  has the measurement). One branch is ``x * 1``, not ``x``: JAX drops a ``cond`` output that
+  every branch forwards unchanged, and with one non-empty branch XLA's conditional
+  simplifier keeps the conditional (an empty branch runs faster than a select).
+  """
+  if not isinstance(x, jax.core.Tracer) or not platform_tuning.materializes_residual_outputs():
+    return x  # eager (op by op) computation fuses nothing
+  unknown = jnp.isfinite(x.reshape(-1)[0])
+  return jax.lax.cond(unknown, lambda t: t, lambda t: t * 1, x)
 
 
 def at_least_float32(x: jax.Array) -> jax.Array:

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 from kdjax.models import register
 from kdjax.models.base import ModelOutput
-from kdjax.models.layers import BatchNorm, at_least_float32, conv, dense, kaiming_normal_fan_out
+from kdjax.models.layers import (BatchNorm, at_least_float32, conv, dense,
+                                 kaiming_normal_fan_out, materialize)
 
 # (expansion t, channels c, blocks n, stride s); t = None stands for the model's T.
 SETTING = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
@@ -42,7 +43,8 @@ class InvertedResidual(nn.Module):
   """``InvertedResidual``: 1x1 expand, 3x3 depthwise (strided), 1x1 linear projection.
 
   The layers are the torch Sequential ``conv`` (indices 0..7); the input is added back when
-  ``stride == 1`` and the channel count is unchanged.
+  ``stride == 1`` and the channel count is unchanged (that sum through
+  :func:`layers.materialize`).
   """
   oup: int
   stride: int
@@ -58,7 +60,7 @@ class InvertedResidual(nn.Module):
     out = nn.relu(cb(x, hidden, 1, index=0))
     out = nn.relu(cb(out, hidden, 3, index=3, stride=self.stride, groups=hidden))
     out = cb(out, self.oup, 1, index=6)
-    return x + out if self.stride == 1 and x.shape[-1] == self.oup else out
+    return materialize(x + out) if self.stride == 1 and x.shape[-1] == self.oup else out
 
 
 class MobileNetV2(nn.Module):

@@ -21,11 +21,15 @@ import jax.numpy as jnp
 
 from kdjax.models import register
 from kdjax.models.base import ModelOutput
-from kdjax.models.layers import BatchNorm, at_least_float32, conv, dense, kaiming_normal_fan_out
+from kdjax.models.layers import (BatchNorm, at_least_float32, conv, dense,
+                                 kaiming_normal_fan_out, materialize)
 
 
 class _Block(nn.Module):
-  """Common fields of the residual blocks; ``__call__`` returns ``(relu(out), out)``."""
+  """Common fields of the residual blocks; ``__call__`` returns ``(relu(out), out)``.
+
+  The ``relu(out)`` that the next block reads goes through :func:`layers.materialize`.
+  """
   in_planes: int
   planes: int
   stride: int = 1
@@ -60,7 +64,7 @@ class BasicBlock(_Block):
     out = nn.relu(self._bn('bn1')(out, train))
     out = self._bn('bn2')(self._conv(self.planes, 3, self.planes, 'conv2')(out), train)
     preact = out + self._residual(x, train)
-    return nn.relu(preact), preact
+    return materialize(nn.relu(preact)), preact
 
 
 class Bottleneck(_Block):
@@ -75,7 +79,7 @@ class Bottleneck(_Block):
     out = nn.relu(self._bn('bn2')(out, train))
     out = self._conv(self.planes * 4, 1, self.planes, 'conv3')(out)
     preact = self._bn('bn3')(out, train) + self._residual(x, train)
-    return nn.relu(preact), preact
+    return materialize(nn.relu(preact)), preact
 
 
 def make_layer(block: type[_Block], name: str, in_planes: int, planes: int, num_blocks: int,

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 
 from kdjax.models import register
 from kdjax.models.base import ModelOutput
-from kdjax.models.layers import BatchNorm, at_least_float32, conv, dense, kaiming_normal_fan_out
+from kdjax.models.layers import (BatchNorm, at_least_float32, conv, dense,
+                                 kaiming_normal_fan_out, materialize)
 
 
 class WRNBlock(nn.Module):
@@ -30,7 +31,8 @@ class WRNBlock(nn.Module):
 
   When the channel count changes, the residual is ``convShortcut`` (1x1, strided) of the
   *activated* input ``relu(bn1(x))``, as in PyTorch. With ``bn1_only`` the call returns just
-  ``bn1(x)`` (the same BatchNorm, so its statistics update again in train mode).
+  ``bn1(x)`` (the same BatchNorm, so its statistics update again in train mode). The sum
+  goes through :func:`layers.materialize`.
   """
   in_planes: int
   out_planes: int
@@ -53,9 +55,9 @@ class WRNBlock(nn.Module):
         out, train))
     out = self._conv(self.out_planes, 3, self.out_planes, 'conv2')(out)
     if self.in_planes == self.out_planes:
-      return x + out
-    return self._conv(self.out_planes, 1, self.in_planes, 'convShortcut',
-                      stride=self.stride)(act) + out
+      return materialize(x + out)
+    return materialize(self._conv(self.out_planes, 1, self.in_planes, 'convShortcut',
+                                  stride=self.stride)(act) + out)
 
 
 class WideResNet(nn.Module):
