@@ -111,3 +111,39 @@ def test_suffix_from_any_stage_reproduces_the_full_forward(name):
     part = model.apply(variables, full.features[start - 1], train=False, start=start)
     np.testing.assert_allclose(part.logits, full.logits, atol=1e-5, rtol=1e-5)
     assert len(part.features) == len(full.features) - start
+
+
+def test_batchnorm_closed_form_gradient_equals_autodiff():
+  """layers.normalize's hand-written VJP against JAX's autodiff of the same formula (float64,
+  two BN groups, cotangents on y, the mean and the variance), and once more under grad."""
+  from kdjax.models import layers  # pylint: disable=import-outside-toplevel
+
+  def plain(xg, scale, bias, eps=1e-5):
+    axes = tuple(range(1, xg.ndim - 1))
+    mean = jnp.mean(xg, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+    return (xg - mean) * jax.lax.rsqrt(var + eps) * scale + bias, mean, var
+
+  with jax.enable_x64():
+    rng = np.random.default_rng(0)
+    xg = jnp.asarray(rng.normal(2.0, 3.0, (2, 3, 4, 4, 5)))
+    scale, bias = jnp.asarray(rng.normal(size=5)), jnp.asarray(rng.normal(size=5))
+    weights = [jnp.asarray(rng.normal(size=s)) for s in ((2, 3, 4, 4, 5), (2, 1, 1, 1, 5),
+                                                         (2, 1, 1, 1, 5))]
+
+    def objective(fn):
+      def f(xg, scale, bias):
+        return sum(jnp.sum(jnp.sin(w * o)) for w, o in zip(weights, fn(xg, scale, bias)))
+      return f
+
+    for a, b in zip(layers.normalize(xg, scale, bias, 1e-5), plain(xg, scale, bias)):
+      np.testing.assert_allclose(a, b, rtol=1e-12)
+    ours = objective(lambda *a: layers.normalize(*a, 1e-5))
+    grads = jax.grad(ours, argnums=(0, 1, 2))(xg, scale, bias)
+    expected = jax.grad(objective(plain), argnums=(0, 1, 2))(xg, scale, bias)
+    for a, b in zip(grads, expected):
+      np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    # Reverse over reverse (SKD's meta-gradient): the gradient of a gradient's norm.
+    second = [jax.grad(lambda s, fn=fn: jnp.sum(jax.grad(fn)(xg, s, bias) ** 2))(scale)
+              for fn in (ours, objective(plain))]
+    np.testing.assert_allclose(second[0], second[1], rtol=1e-9)
