@@ -33,6 +33,7 @@ import statistics
 import sys
 from typing import Iterable, Optional, Sequence
 
+from kdjax import jsonio
 from kdjax.errors import KdjaxError
 
 # Methods in the order their rows and lines appear (others follow, by name).
@@ -78,14 +79,6 @@ class Run:
     return tests[0]['step'] if tests else None
 
 
-def _read_json(path: str) -> Optional[dict]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def _read_jsonl(path: str) -> list:
   rows = []
   try:
@@ -102,10 +95,10 @@ def _read_jsonl(path: str) -> list:
 
 def load_run(workdir: str) -> Run:
   """The run in ``workdir`` (which holds its ``config.json``)."""
-  config = _read_json(os.path.join(workdir, 'config.json'))
+  config = jsonio.read_json(os.path.join(workdir, 'config.json'))
   if config is None or 'method' not in config:
     raise KdjaxError(f'{workdir} holds no readable kdjax config.json')
-  return Run(workdir, config, _read_json(os.path.join(workdir, 'results.json')),
+  return Run(workdir, config, jsonio.read_json(os.path.join(workdir, 'results.json')),
              _read_jsonl(os.path.join(workdir, 'metrics.jsonl')))
 
 
@@ -179,7 +172,7 @@ def _teacher_name(config: dict) -> str:
     return ''
   teacher = config.get('teacher') or {}
   checkpoint = teacher.get('checkpoint')
-  source = _read_json(os.path.join(checkpoint, 'config.json')) if checkpoint else None
+  source = jsonio.read_json(os.path.join(checkpoint, 'config.json')) if checkpoint else None
   kind = (source or {}).get('method', 'vanilla')
   model = teacher.get('model', '')
   return model if kind == 'vanilla' else f'{model} ({kind})'

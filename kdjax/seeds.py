@@ -11,14 +11,13 @@ presets) is trained once into ``runs/kd/teacher`` and shared by every seed.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Callable, Optional
 
 import ml_collections
 
-from kdjax import pipelines
+from kdjax import jsonio, pipelines
 from kdjax.errors import KdjaxError
 
 
@@ -29,11 +28,7 @@ def seed_workdir(workdir: str, seed: int) -> str:
 
 def read_results(workdir: str) -> Optional[dict]:
   """``workdir/results.json``, or None when there is none (or it cannot be read)."""
-  try:
-    with open(os.path.join(workdir, 'results.json')) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
+  return jsonio.read_json(os.path.join(workdir, 'results.json'))
 
 
 def is_finished(workdir: str) -> bool:

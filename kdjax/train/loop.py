@@ -24,7 +24,7 @@ import shutil
 import signal
 import sys
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from kdjax import config as config_lib
-from kdjax import data, methods, teachers, trajectory
+from kdjax import data, jsonio, methods, teachers, trajectory
 from kdjax.errors import KdjaxError
 from kdjax.train import checkpoint, optim, step as step_lib
 from kdjax.train.state import TrainState, init_state
@@ -177,18 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def _train(run: Run) -> dict:
   config, workdir, method, mesh = run.config, run.workdir, run.method, run.mesh
   primary = jax.process_index() == 0  # the one process that writes files and prints
   if primary:
-    _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+    jsonio.write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                  keep=config.keep_checkpoints)
   state = step_lib.put_replicated(init_state(method, config.seed, run.train.images.shape[1:]),
@@ -277,7 +270,7 @@ def _train(run: Run) -> dict:
   writer.close()
   results = _results(run, progress, final_step, images_per_second)
   if primary:
-    _write_json(os.path.join(workdir, 'results.json'), results)
+    jsonio.write_json(os.path.join(workdir, 'results.json'), results)
   if stopped_by is not None:
     bar.message(f'stopped by signal {stopped_by} at step {final_step}; checkpoint saved, run '
                 f'the same command again to resume')
