@@ -77,14 +77,15 @@ def materialize(x: jax.Array) -> jax.Array:
   """``x``, stored once on XLA:CPU instead of recomputed inside the fusions that read it.
 
   Residual blocks end with this. With ``config.platform.residual_outputs`` at ``'fuse'``
-  (or ``'auto'`` off the CPU) it returns ``x`` itself; otherwise ``x`` passes through a
-  ``lax.cond`` (when traced, as under ``jit``) whose predicate XLA cannot know at compile time and whose branches both
-  return ``x``. XLA does not fuse across a conditional, so the transposed copy that a
-  weight-gradient convolution reads is made from the stored ``x``, not by recomputing
-  BatchNorm, add and ReLU of every block since the stage began (:mod:`kdjax.platform_tuning`
-  has the measurement). One branch is ``x * 1``, not ``x``: JAX drops a ``cond`` output that
-  every branch forwards unchanged, and with one non-empty branch XLA's conditional
-  simplifier keeps the conditional (an empty branch runs faster than a select).
+  (or ``'auto'`` off the CPU), or outside a trace, it returns ``x`` itself; under ``jit``
+  ``x`` passes through a ``lax.cond`` whose predicate XLA cannot know at compile time and
+  whose branches both return ``x``. XLA does not fuse across a conditional, so the
+  transposed copy that a weight-gradient convolution reads is made from the stored ``x``,
+  not by recomputing BatchNorm, add and ReLU of every block since the stage began
+  (:mod:`kdjax.platform_tuning` has the measurement). One branch is ``x * 1``, not ``x``:
+  JAX drops a ``cond`` output that every branch forwards unchanged, and with one non-empty
+  branch XLA's conditional simplifier keeps the conditional (an empty branch runs faster
+  than a select).
   """
   if not isinstance(x, jax.core.Tracer) or not platform_tuning.materializes_residual_outputs():
     return x  # eager (op by op) computation fuses nothing
@@ -102,8 +103,9 @@ def normalize(xg: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
   """Training-mode BatchNorm of ``xg`` (groups, examples, ..., features) per group.
 
   Returns ``(y, mean, var)``: ``y = (xg - mean) / sqrt(var + epsilon) * scale + bias`` with
-  the statistics over all axes but the first and last (keepdims), the variance biased. The gradient is
-  BatchNorm's closed form (Ioffe & Szegedy 2015, as ``torch.nn.BatchNorm2d``'s backward)::
+  the statistics over all axes but the first and last (keepdims), the variance biased. The
+  gradient is BatchNorm's closed form (Ioffe & Szegedy 2015, as ``torch.nn.BatchNorm2d``'s
+  backward)::
 
       dx = scale * rstd / n * (n * dy - sum(dy) - xhat * sum(dy * xhat))
            + (dmean + 2 * dvar * (xg - mean)) / n
