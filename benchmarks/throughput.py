@@ -5,10 +5,12 @@ not a test).
     python benchmarks/throughput.py --method all --out benchmarks/results/throughput.json
     python benchmarks/throughput.py --tiny --out /tmp/tiny.json   # seconds: what the test runs
 
-**The step.** For each method it builds the real train step (the same jitted function the
-training loop runs: gather, augmentation, teacher forward, one fused gradient, every net's
-optimizer) on synthetic CIFAR-shaped uint8 data (random pixels and labels, 100 classes), and
-reports: compile time, steady-state images/second (median over the timed steps after warm-up,
+**The step.** For each method it builds the run the training loop would
+(:class:`kdjax.train.loop.RunSetup`, the loop's own setup and jitted step: gather,
+augmentation, teacher forward, one fused gradient, every net's optimizer) on SYNTHETIC
+CIFAR-100-sized data given to it explicitly (50,000 training images of random pixels, 500 per
+class, 100 classes; a randomly initialised teacher and, for SKD, random trajectory snapshots:
+speed does not depend on their values), and reports: compile time, steady-state images/second (median over the timed steps after warm-up,
 with min and max), the step's memory (XLA's buffers of the compiled step: arguments, outputs
 and temporaries less donated aliases; also the process's high-water mark so far, host RSS
 on CPU or the allocator's peak on accelerators, which covers every method run before), the
@@ -28,12 +30,9 @@ before and after the loop). ``loop / step >= 0.95`` means the host never stalls 
 Distillation methods get a randomly initialised teacher there (speed does not depend on its
 values).
 
-Builders that read files get SYNTHETIC stand-ins in the step benchmark (timing only): CRD
-(its memory bank has one row per training example) a label set of CIFAR-100's size (50,000
-examples, 500 per class), which sizes the bank as on CIFAR-100; SKD a recorded teacher
-trajectory of ``config.skd.stages`` randomly initialised snapshots, and its quiz batches are
-drawn from the benchmark's images. A method that fails is reported (``failed`` in the JSON,
-exit status 1) and the others still run.
+CRD's memory bank so has one row per example of a CIFAR-100-sized set; SKD's quiz batches come
+from its held-out part. A method that fails is reported (``failed`` in the JSON, exit status
+1) and the others still run.
 
 XLA:CPU's convolutions run on Eigen unless ``--cpu-conv ynnpack``, and residual blocks store
 their outputs on the CPU unless ``--residual-outputs fuse`` (``config.platform``,
@@ -46,7 +45,6 @@ Results go to stdout as tables and to a JSON file (``--out``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -57,18 +55,15 @@ import statistics
 import sys
 import tempfile
 import time
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kdjax import config as config_lib
-from kdjax import data, methods, platform_tuning, teachers
+from kdjax import data, methods, models, platform_tuning, teachers, trajectory
 from kdjax.config import base_config, digits_preset
 from kdjax.train import loop as loop_lib
-from kdjax.train import optim, step as step_lib
-from kdjax.train.state import init_state
 
 # config.PAIRS (teacher, student, lr) plus the digits pair, a small one for quick runs.
 PAIRS = {**{name: pair[:2] for name, pair in config_lib.PAIRS.items()},
@@ -122,32 +117,20 @@ def matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> float:
   return 2.0 * n ** 3 / best
 
 
-@contextlib.contextmanager
-def _synthetic_inputs(config):
-  """SYNTHETIC benchmark inputs for builders that read files; only for timing, never training.
-
-  * ``kdjax.data.load`` answers with a label set of CIFAR-100's size and class count (500
-    examples per class, no images: a zero-size broadcast), for builders that read the
-    training labels (CRD: one memory-bank row per example, negatives of other classes);
-  * ``kdjax.trajectory.load`` (SKD's recorded teacher trajectory) answers with
-    ``config.skd.stages`` randomly initialised snapshots of the teacher.
-  """
-  from kdjax import models, trajectory  # pylint: disable=import-outside-toplevel
+def _synthetic_datasets() -> tuple:
+  """SYNTHETIC CIFAR-100-sized splits for timing only: random pixels, 500 images per class."""
+  rng = np.random.default_rng(0)
   labels = (np.arange(SYNTHETIC_TRAIN_SIZE) % SYNTHETIC_CLASSES).astype(np.int32)
-  images = np.broadcast_to(np.zeros((1, 32, 32, 3), np.uint8), (SYNTHETIC_TRAIN_SIZE, 32, 32, 3))
-  fake = data.Dataset(images, labels, SYNTHETIC_CLASSES, (0.5,) * 3, (0.25,) * 3)
+  images = rng.integers(0, 256, (SYNTHETIC_TRAIN_SIZE, 32, 32, 3), dtype=np.uint8)
+  train = data.Dataset(images, labels, SYNTHETIC_CLASSES, (0.5,) * 3, (0.25,) * 3)
+  return train, data.Dataset(images[:256], labels[:256], SYNTHETIC_CLASSES, train.mean,
+                             train.std)
 
-  def fake_trajectory(checkpoint, model, num_classes):
-    del checkpoint
-    net = models.create(model, num_classes)
-    stages = max(2, int(config.get('skd', {}).get('stages', 4)))
-    snaps = [jax.device_get(net.init(jax.random.PRNGKey(10 + j), jnp.zeros((1, 32, 32, 3)),
-                                     train=False)) for j in range(stages)]
-    return trajectory.stack(snaps)
 
-  with mock.patch.object(data, 'load', lambda *args, **kwargs: fake), \
-      mock.patch.object(trajectory, 'load', fake_trajectory):
-    yield
+def _random_variables(model: str, num_classes: int, seed: int = 1) -> dict:
+  net = models.create(model, num_classes)
+  return jax.device_get(net.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)),
+                                 train=False))
 
 
 def _separate(method):
@@ -196,40 +179,30 @@ def _cost_flops(compiled) -> float:
 
 
 def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: int,
-                 dtype: str) -> dict:
+                 dtype: str, datasets: tuple, workdir: str) -> dict:
   """Times the train step of ``method_name`` on ``pair``; returns one result row."""
   separate = method_name.endswith(':separate')
   method_name = method_name.removesuffix(':separate')
   config = _config(method_name, pair, batch, dtype)
-  steps_per_epoch = SYNTHETIC_TRAIN_SIZE // batch
-  with _synthetic_inputs(config):
-    method = methods.build(config, num_classes=SYNTHETIC_CLASSES, dtype=jnp.dtype(dtype),
-                           bn_groups=1,
-                           optimizer_factory=lambda opt=None: optim.sgd(opt or config.optimizer,
-                                                                        steps_per_epoch))
-  mesh = step_lib.make_mesh()
-  rep = step_lib.replicated(mesh)
-  state = jax.device_put(init_state(method, 0, (32, 32, 3)), rep)
-  teacher_vars = None
-  if method.teacher is not None:
-    teacher_vars = method.teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)),
-                                       train=False)
-  frozen = step_lib.frozen_inputs(method, teacher_vars)
-  if method.needs_quiz:  # the quiz batches' pool: synthetic, like the training images
-    frozen['quiz_pool'] = np.arange(batch * 4, dtype=np.int32)
-  teacher_vars = jax.device_put(frozen, rep)
-  rng = np.random.default_rng(0)
-  images = jax.device_put(rng.integers(0, 256, (batch * 4, 32, 32, 3), dtype=np.uint8), rep)
-  labels = jax.device_put(rng.integers(0, SYNTHETIC_CLASSES, (batch * 4,), dtype=np.int32), rep)
-  idx = [jax.device_put(np.arange(i * batch, (i + 1) * batch, dtype=np.int32) % (batch * 4),
-                        step_lib.data_sharded(mesh)) for i in range(4)]
+  if method_name.startswith('skd'):  # a quiz set held out, as experiments/skd.py does
+    config.data.holdout = 5000
+  trajectory_stages = None
+  if 'teacher_trajectory' in methods.info(config.method).inputs(config):
+    trajectory_stages = trajectory.stack([
+        _random_variables(config.teacher.model, SYNTHETIC_CLASSES, 10 + j)
+        for j in range(config.skd.stages)])
+  run = loop_lib.RunSetup(config, workdir, datasets=datasets,
+                          teacher_variables=_random_variables(config.teacher.model,
+                                                              SYNTHETIC_CLASSES),
+                          teacher_trajectory=trajectory_stages)
+  state = run.initial_state()
+  frozen, images, labels, _, _ = run.device_arrays()
+  idx = [run.batch_indices(i) for i in range(4)]
   compiled_steps, flops, step_memory, t0 = [], 0.0, 0.0, time.perf_counter()
-  for variant in (_separate(method) if separate else [method]):
-    train_step = step_lib.make_train_step(variant, mesh, mean=(0.5,) * 3, std=(0.25,) * 3,
-                                          crop_padding=4, flip=True,
-                                          steps_per_epoch=steps_per_epoch,
-                                          dtype=jnp.dtype(dtype))
-    compiled = train_step.lower(state, teacher_vars, images, labels, idx[0]).compile()
+  steps_to_time = ([run.step_for(variant) for variant in _separate(run.method)] if separate
+                   else [run.train_step])
+  for train_step in steps_to_time:
+    compiled = train_step.lower(state, frozen, images, labels, idx[0]).compile()
     flops += _cost_flops(compiled)
     step_memory = max(step_memory, _step_memory_bytes(compiled))
     compiled_steps.append(compiled)
@@ -238,7 +211,7 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
   for i in range(warmup + steps):
     t = time.perf_counter()
     for compiled in compiled_steps:  # separate steps: one after another, each net's own
-      state, metrics = compiled(state, teacher_vars, images, labels, idx[i % 4])
+      state, metrics = compiled(state, frozen, images, labels, idx[i % 4])
     jax.block_until_ready(metrics['loss'])
     if i >= warmup:
       times.append(time.perf_counter() - t)
@@ -267,41 +240,21 @@ def _loop_config(method_name: str, pair: str, batch: int, dtype: str, steps: int
   config.log_every_steps = log_every
   config.checkpoint_every_steps = 10 ** 9  # only the per-epoch (and final) checkpoints
   config.max_steps = steps
-  if methods.uses_teacher(config.method):
+  if methods.info(config.method).uses_teacher:
     config.teacher.checkpoint = teacher_dir
-  train_size = len(data.load('digits', 'train').labels)
+  train_size = len(data.load_split('digits', 'train').labels)
   config.num_epochs = max(1, -(-steps // (train_size // batch)))
   return config
 
 
-def _random_teacher(config, directory: str, num_classes: int) -> None:
-  """A randomly initialised teacher folder (the loop needs one; speed ignores its values)."""
-  from kdjax import models  # pylint: disable=import-outside-toplevel
-  net = models.create(config.teacher.model, num_classes)
-  variables = net.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), train=False)
-  teachers.save(directory, config.teacher.model, num_classes, variables,
-                source='random init (throughput benchmark)')
-
-
 class _BareStep:
-  """The loop's own step function on the loop's inputs, compiled once, timed step by step."""
+  """The loop's own setup and step function (:class:`RunSetup`), timed step by step."""
 
-  def __init__(self, run: loop_lib.Run, warmup: int):
-    config, method, mesh = run.config, run.method, run.mesh
-    self.state = step_lib.put_replicated(
-        init_state(method, config.seed, run.train.images.shape[1:]), mesh)
-    self.images, self.labels = step_lib.put_replicated((run.train.images, run.train.labels),
-                                                       mesh)
-    self.frozen = step_lib.put_replicated(run.frozen, mesh)
-    self.train_step = step_lib.make_train_step(
-        method, mesh, crop_padding=config.data.crop_padding, flip=config.data.flip,
-        steps_per_epoch=run.steps_per_epoch, mean=run.train.mean, std=run.train.std,
-        dtype=run.dtype)
-    shard = step_lib.data_sharded(mesh)
-    self.idx = [step_lib.put_rows(data.batch_indices(config.seed, s, run.train_size,
-                                                     config.batch_size), shard)
-                for s in range(min(8, run.steps_per_epoch))]
-    self.warmup = warmup
+  def __init__(self, run: loop_lib.RunSetup, warmup: int):
+    self.run, self.warmup = run, warmup
+    self.state = run.initial_state()
+    self.frozen, self.images, self.labels, _, _ = run.device_arrays()
+    self.idx = [run.batch_indices(s) for s in range(min(8, run.steps_per_epoch))]
 
   def times(self, steps: int, warmup: int | None = None) -> list[float]:
     """Seconds of each of ``steps`` steps after ``warmup`` untimed ones."""
@@ -309,8 +262,8 @@ class _BareStep:
     times = []
     for i in range(warmup + steps):
       t = time.perf_counter()
-      self.state, metrics = self.train_step(self.state, self.frozen, self.images, self.labels,
-                                            self.idx[i % len(self.idx)])
+      self.state, metrics = self.run.train_step(self.state, self.frozen, self.images,
+                                                self.labels, self.idx[i % len(self.idx)])
       jax.block_until_ready(metrics['loss'])
       if i >= warmup:
         times.append(time.perf_counter() - t)
@@ -340,9 +293,12 @@ def bench_loop(method_name: str, pair: str, batch: int, dtype: str, steps: int,
   with tempfile.TemporaryDirectory(prefix='kdjax_bench_loop_') as tmp:
     teacher_dir = os.path.join(tmp, 'teacher')
     config = _loop_config(method_name, pair, batch, dtype, steps, log_every, teacher_dir)
-    if methods.uses_teacher(config.method):
-      _random_teacher(config, teacher_dir, data.load('digits', 'train').num_classes)
-    run = loop_lib.Run(config, os.path.join(tmp, 'bare'))
+    if methods.info(config.method).uses_teacher:  # a random teacher: speed ignores values
+      num_classes = data.load_split('digits', 'train').num_classes
+      teachers.save(teacher_dir, config.teacher.model, num_classes,
+                    _random_variables(config.teacher.model, num_classes),
+                    source='random init (throughput benchmark)')
+    run = loop_lib.RunSetup(config, os.path.join(tmp, 'bare'))
     # Bare step before and after the loop (A/B/A): the machine's load drifts.
     bare_step = _BareStep(run, warmup)
     bare = bare_step.times(bare_steps)
@@ -448,10 +404,13 @@ def main(argv=None) -> int:
   t_start = time.perf_counter()
   peaks, rows = [], []
   failed = []
+  datasets = _synthetic_datasets()
   for name in names:
     peaks.append(matmul_peak(args.dtype, args.matmul_size))
     try:
-      row = bench_method(name, args.pair, args.batch, args.steps, args.warmup, args.dtype)
+      with tempfile.TemporaryDirectory(prefix='kdjax_bench_step_') as tmp:
+        row = bench_method(name, args.pair, args.batch, args.steps, args.warmup, args.dtype,
+                           datasets, tmp)
     except Exception as e:  # pylint: disable=broad-except  # one broken method: go on
       failed.append({'method': name, 'error': f'{type(e).__name__}: {e}'[:500]})
       print(f'{name}: FAILED {failed[-1]["error"]}', file=sys.stderr, flush=True)

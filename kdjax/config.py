@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from kdjax import platform_tuning
+from kdjax import data, distributed, methods, models, platform_tuning
 from kdjax.errors import KdjaxError
 
 
@@ -68,7 +68,6 @@ def base_config() -> ml_collections.ConfigDict:
 
   # One block of hyper-parameters per method (config.kd, config.dkd, config.slkd, ...), with
   # each method module's defaults (mdistiller's CFG.<METHOD> for the baselines).
-  from kdjax import methods  # pylint: disable=import-outside-toplevel
   for name, block in methods.default_configs().items():
     c[name] = block
 
@@ -93,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
   # A published top-1 (%) of this preset (the SLKD paper, mdistiller's tables) that
   # `python -m kdjax.report` sets the run's best-epoch top-1 against; None: no number.
   c.reference_top1 = ml_collections.FieldReference(None, field_type=float)
+  # The preset variant of the method ('official', 'sequential', 'tbt_only', ...; '' for the
+  # default), set by the experiment file: `python -m kdjax.report` keeps variants apart.
+  c.variant = ''
   return c
 
 
@@ -164,15 +166,15 @@ def _require(condition: bool, message: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks the fields every run uses; raises :class:`KdjaxError` on the first bad one."""
-  from kdjax import data, methods, models  # pylint: disable=import-outside-toplevel
-  _require(config.method in methods.names(),
-           f'unknown method {config.method!r} (config.method); expected one of: '
-           f'{", ".join(methods.names())}')
+  """Checks the fields every run uses; raises :class:`KdjaxError` on the first bad one.
+
+  :mod:`kdjax.plan` calls it once for every run of a plan, before any of them starts.
+  """
+  method = methods.info(config.method)
   _require(config.model in models.names(),
            f'unknown model {config.model!r} (config.model); expected one of: '
            f'{", ".join(models.names())}')
-  if methods.uses_teacher(config.method):
+  if method.uses_teacher:
     _require(config.teacher.model in models.names(),
              f'unknown teacher model {config.teacher.model!r} (config.teacher.model); '
              f'expected one of: {", ".join(models.names())}')
@@ -196,10 +198,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'config.dtype must be float32 or bfloat16, got {config.dtype!r}')
   _require(config.bn_stats in ('global', 'per_device'),
            f'config.bn_stats must be global or per_device, got {config.bn_stats!r}')
+  distillers = [n for n in methods.names() if methods.info(n).uses_teacher]
   for name in config.baselines:
-    _require(name in methods.names() and methods.uses_teacher(name),
-             f'unknown baseline {name!r} in config.baselines; expected distillation methods '
-             f'of: {", ".join(n for n in methods.names() if methods.uses_teacher(n))}')
+    _require(name in distillers, f'unknown baseline {name!r} in config.baselines; expected '
+                                 f'distillation methods of: {", ".join(distillers)}')
   _require(0 <= config.trajectory.stages <= config.num_epochs,
            f'config.trajectory.stages must be between 0 and num_epochs ({config.num_epochs}), '
            f'got {config.trajectory.stages}')
@@ -211,7 +213,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'config.log_every_steps and config.checkpoint_every_steps must be positive')
   _require(config.keep_checkpoints >= 1,
            f'config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
-  from kdjax import distributed  # pylint: disable=import-outside-toplevel
   distributed.normalize_mode(config.get('distributed', 'auto'))
   nan_at = config.get('debug', {}).get('nan_at_step')
   _require(nan_at is None or nan_at >= 1,

@@ -1,15 +1,12 @@
 """Multi-process (multi-host) runs: when and how ``jax.distributed`` is started.
 
 ``python -m kdjax.main`` calls :func:`initialize` with ``config.distributed`` before anything
-touches a device. With ``'auto'`` (the default) the distributed runtime starts when the
-environment is a multi-process launch:
-
-* ``KDJAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``KDJAX_NUM_PROCESSES`` and
-  ``KDJAX_PROCESS_ID`` are set: a launch by hand or by a script (the tests do this);
-* SLURM, ``srun`` with more than one task (``SLURM_NTASKS`` > 1): JAX reads the coordinator,
-  the process count and the process id from SLURM's variables;
-* Open MPI, ``mpirun -n N`` with N > 1;
-* a Cloud TPU VM: every worker of a pod slice (JAX asks the TPU metadata server).
+touches a device. With ``'auto'`` (the default) kdjax calls ``jax.distributed.initialize()``
+and lets JAX detect the launch: SLURM (``srun``), Open MPI (``mpirun``), Kubernetes and every
+worker of a Cloud TPU pod slice are found by JAX itself. Where JAX finds no launcher the run
+is a single process. As a documented fallback for launches by hand or by a script (the tests
+do this), ``KDJAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``KDJAX_NUM_PROCESSES``
+and ``KDJAX_PROCESS_ID`` name the coordinator and the process explicitly.
 
 ``'true'`` always starts it (an error if no coordinator can be found), ``'false'`` never
 does. Once started, every process sees all devices of all processes (``jax.devices()``),
@@ -23,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, Union
+from typing import Union
 
 import jax
 
@@ -45,34 +42,6 @@ def normalize_mode(mode: Union[str, bool, None]) -> str:
   if text not in MODES:
     raise KdjaxError(f'config.distributed must be auto, true or false, got {mode!r}')
   return text
-
-
-def _int_env(name: str, default: int = 1) -> int:
-  try:
-    return int(os.environ.get(name, default))
-  except ValueError:
-    return default
-
-
-def detect_cluster() -> Optional[str]:
-  """The multi-process launcher this process runs under, or ``None``.
-
-  ``'env'`` (the ``KDJAX_*`` variables), ``'slurm'``, ``'ompi'`` or ``'tpu'``.
-  """
-  env = os.environ
-  if env.get(ENV_COORDINATOR):
-    return 'env'
-  if 'SLURM_JOB_ID' in env and 'SLURM_STEP_NODELIST' in env and _int_env('SLURM_NTASKS') > 1:
-    return 'slurm'
-  if 'OMPI_MCA_orte_hnp_uri' in env and _int_env('OMPI_COMM_WORLD_SIZE') > 1:
-    return 'ompi'
-  try:  # set when `import jax` found TPU chips and libtpu on a Cloud TPU VM
-    from jax._src import cloud_tpu_init  # pylint: disable=import-outside-toplevel
-    if cloud_tpu_init.running_in_cloud_tpu_vm:
-      return 'tpu'
-  except ImportError:  # pragma: no cover - a JAX without the module
-    pass
-  return None
 
 
 def _explicit_args() -> dict:
@@ -102,31 +71,34 @@ def initialize(mode: Union[str, bool, None] = 'auto', *, quiet_others: bool = Tr
   mode = normalize_mode(mode)
   if mode == 'false' or jax.distributed.is_initialized():
     return jax.distributed.is_initialized() and jax.process_count() > 1
-  cluster = detect_cluster()
-  if cluster is None:
-    if mode == 'true':
-      raise KdjaxError(f'config.distributed is true but no multi-process launch was found: '
-                       f'set {ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}, or '
-                       f'launch with srun / mpirun / on every worker of a TPU pod slice')
-    return False
-  kwargs = _explicit_args() if cluster == 'env' else {}
+  kwargs = _explicit_args() if os.environ.get(ENV_COORDINATOR) else {}
   try:  # gloo is the default in recent JAX; older ones had no CPU collectives by default
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   except (AttributeError, KeyError, ValueError):  # pragma: no cover - older JAX
     pass
-  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
-  if xla_bridge.backends_are_initialized():
-    raise KdjaxError('jax.distributed must start before any device is used; call '
-                     'kdjax.distributed.initialize() first thing in the program')
   try:
     jax.distributed.initialize(**kwargs)
-  except (RuntimeError, ValueError) as e:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    where = kwargs.get('coordinator_address', f'the {cluster} launch')
-    raise KdjaxError(f'could not start jax.distributed ({where}): {first}') from None
+  except ValueError as e:
+    # JAX's own answer when it found no launcher and none was named: a single process.
+    if not kwargs and 'coordinator_address' in str(e):
+      if mode == 'true':
+        raise KdjaxError(f'config.distributed is true but no multi-process launch was found: '
+                         f'set {ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}, or '
+                         f'launch with srun / mpirun / on every worker of a TPU pod '
+                         f'slice') from None
+      return False
+    raise _start_error(kwargs, e) from None
+  except RuntimeError as e:  # e.g. a device was used before, or the coordinator is unreachable
+    raise _start_error(kwargs, e) from None
   if quiet_others and jax.process_index() != 0:
     sys.stdout = open(os.devnull, 'w')  # pylint: disable=consider-using-with
   return jax.process_count() > 1
+
+
+def _start_error(kwargs: dict, error: Exception) -> KdjaxError:
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  where = kwargs.get('coordinator_address', 'the launch JAX detected')
+  return KdjaxError(f'could not start jax.distributed ({where}): {first}')
 
 
 def is_primary() -> bool:

@@ -5,8 +5,13 @@
 
 ``--workdir`` defaults to ``runs/<config file>[_<preset>]``; running the same command again
 resumes from the workdir's newest checkpoint. ``--seeds N`` runs seeds 0..N-1 into
-``WORKDIR/seed_<i>`` (see ``kdjax/seeds.py``). A mistake in the config or the inputs prints
-one line starting with ``kdjax: error:`` and exits with status 2.
+``WORKDIR/seed_<i>``; ``--dry-run`` prints the plan (:mod:`kdjax.plan`: the teacher, the
+runs, their workdirs) and trains nothing. A mistake in the config or the inputs prints one
+line starting with ``kdjax: error:`` and exits with status 2; a SIGTERM/SIGINT saves a
+checkpoint and exits with status 0.
+
+The flow: ``main`` -> :mod:`kdjax.plan` (config -> runs) -> :mod:`kdjax.train.loop` (one run)
+-> :mod:`kdjax.train.step` (one jitted step) -> :mod:`kdjax.methods` -> models and losses.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file, e.g.
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, '
                                'results.json); default runs/<config>[_<preset>]')
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Run seeds 0..N-1 one after another into '
-                              'WORKDIR/seed_<i>, skipping finished ones (kdjax/seeds.py)')
+                              'WORKDIR/seed_<i>, skipping finished ones (kdjax/plan.py)')
+_DRY_RUN = flags.DEFINE_bool('dry-run', False, 'Print the plan (every run, its config and '
+                             'workdir) and exit without training')
 
 
 def default_workdir(config_arg: str) -> str:
@@ -38,7 +45,6 @@ def default_workdir(config_arg: str) -> str:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from kdjax import pipelines  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)  # kdjax prints its own progress lines
   try:
     config = _CONFIG.value
@@ -50,14 +56,21 @@ def main(argv) -> None:
   try:
     platform_tuning.apply(config)  # XLA reads its flags once, when the backend starts
     distributed.initialize(config.get('distributed', 'auto'))  # before any device is used
-    if _SEEDS.value is None:
-      pipelines.run(config, workdir)
-    else:
-      from kdjax import seeds  # pylint: disable=import-outside-toplevel
-      seeds.run_seeds(config, workdir, _SEEDS.value)
+    from kdjax import plan  # pylint: disable=import-outside-toplevel  (JAX starts here)
+    runs = plan.make_plan(config, workdir, _SEEDS.value)
+    if _DRY_RUN.value:
+      print(plan.describe(runs))
+      return
+    plan.execute(runs)
   except KdjaxError as e:
     print(f'kdjax: error: {e}', file=sys.stderr)
     sys.exit(2)
+  except OSError as e:  # the disk or a folder failed us outside kdjax's own checks
+    where = f' ({e.filename})' if e.filename else ''
+    print(f'kdjax: error: {e.strerror or e}{where}', file=sys.stderr)
+    sys.exit(2)
+  except plan.Interrupted as e:
+    print(f'kdjax: {e}', file=sys.stderr)
 
 
 def _config_file_error(error: Exception) -> str:
@@ -76,10 +89,19 @@ def _parse_flags(argv):
     if 'Failed loading config file' in str(e) or isinstance(e, OSError):
       message = _config_file_error(e)
     elif isinstance(e, (KeyError, AttributeError)):
-      message = (f'unknown config field {message} in the --config.* overrides; the '
-                 f'experiment file lists the fields')
+      message = (f'unknown config field in the --config.* overrides: '
+                 f'{_plain(e.args[0] if e.args else message)}; the experiment file lists the '
+                 f'fields')
     print(f'kdjax: error: {message}', file=sys.stderr)
     sys.exit(2)
+
+
+def _plain(text) -> str:
+  """A KeyError's message without its repr quoting (``'\'lrr\'\nDid you mean...'``)."""
+  text = str(text)
+  while len(text) > 1 and text[0] == text[-1] and text[0] in '"\'':
+    text = text[1:-1]
+  return ' '.join(text.replace("\\'", "'").replace('\\n', ' ').split())
 
 
 def run() -> None:

@@ -20,13 +20,15 @@
   through, so the copy reads one stored tensor: resnet32x4's step went from 16.8 to 22
   images/s (``benchmarks/throughput.py``). Outputs are the same bit for bit, gradients to
   float rounding. ``'fuse'`` leaves XLA's fusion alone; on GPUs and TPUs there is nothing to
-  gain.
+  gain. :func:`materialize_residuals` resolves the setting to the ``materialize_residuals``
+  attribute of the models a run creates; nothing is read while a model is traced.
 * ``xla_flags``: extra ``XLA_FLAGS``, appended to the environment's.
 
 XLA reads ``XLA_FLAGS`` once, when JAX starts its backend, so :func:`apply` must run before
-anything touches a device: ``kdjax.main`` calls it right after reading the config. Flags
-already in the environment win (a user's ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=...``
-is left alone). ``residual_outputs`` is read when a model is traced; :func:`apply` sets it.
+anything touches a device (flags set later are silently ignored by XLA): ``kdjax.main`` calls
+it right after reading the config, the tests in their ``conftest.py``. Flags already in the
+environment win (a user's ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=...`` is left
+alone). ``XLA_FLAGS`` is the only process-wide setting kdjax makes.
 """
 
 from __future__ import annotations
@@ -49,15 +51,17 @@ def default_config() -> ml_collections.ConfigDict:
                                     'xla_flags': ''})
 
 
-_residual_outputs = 'auto'  # set by apply(); read when a model is traced
+def materialize_residuals(config: ml_collections.ConfigDict | None = None) -> bool:
+  """Whether the run's models end residual blocks in :func:`kdjax.models.layers.materialize`.
 
-
-def materializes_residual_outputs() -> bool:
-  """Whether residual blocks end in :func:`kdjax.models.layers.materialize` (see above)."""
-  if _residual_outputs == 'auto':
+  ``config.platform.residual_outputs`` (see above); ``'auto'`` asks JAX's default backend,
+  so call it once the backend may start (when the run builds its models), not earlier.
+  """
+  value = _choice(_block(config), 'residual_outputs', RESIDUAL_OUTPUTS)
+  if value == 'auto':
     import jax  # pylint: disable=import-outside-toplevel
     return jax.default_backend() == 'cpu'
-  return _residual_outputs == 'materialize'
+  return value == 'materialize'
 
 
 def _choice(block: ml_collections.ConfigDict, name: str, choices: tuple[str, ...]) -> str:
@@ -77,14 +81,6 @@ def _jaxlib_knows_ynn_convolution() -> bool:
   return version >= (0, 10)
 
 
-def _backend_started() -> bool:
-  try:
-    from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
-    return bool(xla_bridge.backends_are_initialized())
-  except (ImportError, AttributeError):  # pragma: no cover - another JAX
-    return False
-
-
 def _block(config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
   block = config.get('platform') if config is not None else None
   return block if block is not None else default_config()
@@ -102,22 +98,15 @@ def xla_flags(config: ml_collections.ConfigDict | None = None) -> list[str]:
 
 
 def apply(config: ml_collections.ConfigDict | None = None) -> list[str]:
-  """Sets ``residual_outputs``; appends :func:`xla_flags` to ``XLA_FLAGS``; returns those.
+  """Appends :func:`xla_flags` to ``XLA_FLAGS``; returns the flags it added.
 
-  The flags must go in before the backend starts. A flag whose name is already in
-  ``XLA_FLAGS`` is not added again. After the backend has started, wanting a flag that is
-  not there yet is a :class:`KdjaxError`.
+  Must run before JAX starts its backend. A flag whose name is already in ``XLA_FLAGS`` is
+  not added again. Also checks ``residual_outputs``, so a bad value fails before any work.
   """
-  global _residual_outputs  # pylint: disable=global-statement
-  _residual_outputs = _choice(_block(config), 'residual_outputs', RESIDUAL_OUTPUTS)
+  _choice(_block(config), 'residual_outputs', RESIDUAL_OUTPUTS)
   current = os.environ.get('XLA_FLAGS', '').split()
   names = {f.split('=', 1)[0] for f in current}
   added = [f for f in xla_flags(config) if f.split('=', 1)[0] not in names]
-  if not added:
-    return []
-  if _backend_started():
-    raise KdjaxError(f'XLA flags {" ".join(added)} (config.platform) must be set before JAX '
-                     f'starts its backend; call kdjax.platform_tuning.apply first, or set '
-                     f'XLA_FLAGS in the environment')
-  os.environ['XLA_FLAGS'] = ' '.join(current + added)
+  if added:
+    os.environ['XLA_FLAGS'] = ' '.join(current + added)
   return added

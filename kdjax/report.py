@@ -7,16 +7,19 @@ and the digits teachers in ``DIR/teacher`` included) is read: ``results.json`` w
 run wrote one (finished, or stopped by a signal), otherwise its ``metrics.jsonl`` (a run
 still going). Written to OUTDIR (default ``DIR/report`` of the first DIR):
 
-* ``table.md`` and ``table.csv``: one row per (dataset, teacher, student, method, epochs),
+* ``table.md`` and ``table.csv``: one row per (dataset, teacher, student, method and its
+  variant (``config.variant``, e.g. SLKD's ``official``/``sequential`` presets), epochs),
   with, over its runs (seeds), mean +- std (ddof 1; blank for one run) of the best-epoch and
   last-epoch top-1 of the trained net, the teacher's top-1, the epochs done and images/s
   (each run's median over its logged training windows), and where the config names a
   published top-1 (``config.reference_top1``) the best-epoch mean minus it. Rows of one
-  teacher/student pair are adjacent, vanilla first, so methods compare at a glance.
+  teacher/student pair are adjacent, in the order of the method registry
+  (:func:`kdjax.methods.names`: vanilla first), so methods compare at a glance.
 * ``<dataset>_<teacher>_<student>.png``: test top-1 and training loss per epoch, one line
-  per run of the pair; ``..._slkd_kl.png``: SLKD's KL(T || S) and KL(F || S) (teacher and
-  fused SL-teachers against the student, the paper's Figure 2); ``..._sftn_branches.png``:
-  the top-1 of an SFTN teacher and of its student branches.
+  per run of the pair; and the figures a method asks for in ``INFO.figures``:
+  ``..._<method>_kl.png`` (``'kl_monitors'``: the logged ``loss/kl_*`` monitors, SLKD's KL(T
+  || S) and KL(F || S), the paper's Figure 2) and ``..._<method>_nets.png``
+  (``'eval_nets'``: the top-1 of every evaluated net, an SFTN teacher and its branches).
 
 As a library: ``kdjax.report.report([dirs], out)`` returns the paths it wrote;
 :func:`find_runs`, :func:`table_rows` and the ``*_figure`` functions are the pieces.
@@ -33,20 +36,17 @@ import statistics
 import sys
 from typing import Iterable, Optional, Sequence
 
-from kdjax import jsonio
+from kdjax import jsonio, methods
 from kdjax.errors import KdjaxError
 
-# Methods in the order their rows and lines appear (others follow, by name).
-METHOD_ORDER = ('vanilla', 'kd', 'dkd', 'fitnet', 'at', 'sp', 'rkd', 'pkt', 'crd', 'reviewkd',
-                'ofd', 'sftn', 'slkd')
 _SKIP_DIRS = ('checkpoints', 'tb')  # a run's own sub-folders, never runs themselves
 _LINESTYLES = ('-', '--', ':', '-.')  # one per run of a method (seed) in the figures
-_SLKD_KL = (('loss/kl_teacher_student', 'KL(T || S)', '-'),
-            ('loss/kl_fused_student', 'KL(F || S), fused SL-teachers', '--'))
+_KL_MONITORS = (('loss/kl_teacher_student', 'KL(T || S)', '-'),
+                ('loss/kl_fused_student', 'KL(F || S), fused SL-teachers', '--'))
 
 
 @dataclasses.dataclass
-class Run:
+class RunRecord:
   """One workdir: its config, ``results.json`` (None while running) and metrics lines."""
   workdir: str
   config: dict
@@ -62,9 +62,23 @@ class Run:
     return self.config.get('seed', 0)
 
   @property
+  def info(self) -> methods.MethodInfo:
+    return methods.info(self.method)
+
+  @property
+  def variant(self) -> str:
+    """The preset variant of the method (``config.variant``), '' for the default."""
+    return self.config.get('variant') or ''
+
+  @property
+  def label(self) -> str:
+    """The method and its variant, as a row names them: ``slkd (official)``."""
+    return f'{self.method} ({self.variant})' if self.variant else self.method
+
+  @property
   def main_net(self) -> str:
-    """The eval net whose accuracy the run reports (SFTN's teacher, else the student)."""
-    return 'teacher' if self.method == 'sftn' else 'student'
+    """The eval net whose accuracy the run reports (``INFO.trained_net``)."""
+    return self.info.trained_net
 
   def test_rows(self, net: Optional[str] = None) -> list:
     """The per-epoch test metrics of ``net`` (default: the main net), in order."""
@@ -93,12 +107,12 @@ def _read_jsonl(path: str) -> list:
   return rows
 
 
-def load_run(workdir: str) -> Run:
+def load_run(workdir: str) -> RunRecord:
   """The run in ``workdir`` (which holds its ``config.json``)."""
   config = jsonio.read_json(os.path.join(workdir, 'config.json'))
   if config is None or 'method' not in config:
     raise KdjaxError(f'{workdir} holds no readable kdjax config.json')
-  return Run(workdir, config, jsonio.read_json(os.path.join(workdir, 'results.json')),
+  return RunRecord(workdir, config, jsonio.read_json(os.path.join(workdir, 'results.json')),
              _read_jsonl(os.path.join(workdir, 'metrics.jsonl')))
 
 
@@ -121,7 +135,7 @@ def find_runs(dirs: Sequence[str]) -> list:
   return [load_run(path) for path in sorted(found)]
 
 
-def _by_seed(runs: Iterable[Run]) -> list:
+def _by_seed(runs: Iterable[RunRecord]) -> list:
   return sorted(runs, key=lambda r: (r.seed, r.workdir))
 
 
@@ -137,14 +151,14 @@ def mean_std(values: Iterable[float]) -> tuple:
   return statistics.fmean(xs), statistics.stdev(xs) if len(xs) >= 2 else None
 
 
-def _median_images_per_second(run: Run) -> Optional[float]:
+def _median_images_per_second(run: RunRecord) -> Optional[float]:
   rates = [m['images_per_second'] for m in run.train_rows() if 'images_per_second' in m]
   if rates:
     return statistics.median(rates)
   return (run.results or {}).get('images_per_second')
 
 
-def run_summary(run: Run) -> dict:
+def run_summary(run: RunRecord) -> dict:
   """One run's numbers: from ``results.json`` when it has one, else from its metrics."""
   r = run.results
   tests = run.test_rows()
@@ -163,56 +177,49 @@ def run_summary(run: Run) -> dict:
   return summary
 
 
-def _teacher_name(config: dict) -> str:
-  """The teacher's model, with the method that trained it when that is not vanilla (an
-  SFTN teacher); '' for runs without a teacher."""
-  if config['method'] == 'sftn':  # the teacher is the net being trained
-    return config['model']
-  if config['method'] == 'vanilla':
-    return ''
-  teacher = config.get('teacher') or {}
-  checkpoint = teacher.get('checkpoint')
-  source = jsonio.read_json(os.path.join(checkpoint, 'config.json')) if checkpoint else None
-  kind = (source or {}).get('method', 'vanilla')
-  model = teacher.get('model', '')
-  return model if kind == 'vanilla' else f'{model} ({kind})'
+def _teacher_name(run: RunRecord, teacher: str) -> str:
+  """The teacher's model, with the method that trained it when that is not the supervised
+  one (an SFTN teacher), for a run that distils from a checkpoint; '' for none."""
+  checkpoint = (run.config.get('teacher') or {}).get('checkpoint')
+  if not teacher or not run.info.uses_teacher or not checkpoint:
+    return teacher
+  source = jsonio.read_json(os.path.join(checkpoint, 'config.json'))
+  kind = (source or {}).get('method', methods.SUPERVISED)
+  return teacher if kind == methods.SUPERVISED else f'{teacher} ({kind})'
 
 
-def _student_name(config: dict) -> str:
-  if config['method'] == 'sftn':
-    return (config.get('sftn') or {}).get('student', '')
-  return config['model']
+def pair_key(run: RunRecord) -> tuple:
+  """(dataset, teacher, student) of a run (``INFO.pair``): the runs one figure compares."""
+  teacher, student = run.info.pair(run.config)
+  return (run.config.get('data', {}).get('name', ''), _teacher_name(run, teacher), student)
 
 
-def pair_key(run: Run) -> tuple:
-  """(dataset, teacher, student) of a run: the runs one figure compares."""
-  return (run.config.get('data', {}).get('name', ''), _teacher_name(run.config),
-          _student_name(run.config))
+def _method_rank(label: str) -> tuple:
+  """Registry order of a row's method (``slkd (official)`` after ``slkd``)."""
+  name, _, variant = label.partition(' ')
+  order = methods.names()
+  return (order.index(name) if name in order else len(order), name, variant)
 
 
-def _method_rank(method: str) -> tuple:
-  return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
-
-
-def row_key(run: Run) -> tuple:
-  """The table row of a run: its pair, method and number of epochs."""
-  return pair_key(run) + (run.method, run.config.get('num_epochs'))
+def row_key(run: RunRecord) -> tuple:
+  """The table row of a run: its pair, method (with its variant) and number of epochs."""
+  return pair_key(run) + (run.label, run.config.get('num_epochs'))
 
 
 def _sort_key(key: tuple) -> tuple:
-  dataset, teacher, student, method, epochs = key
-  return (dataset, teacher or student, teacher, student, _method_rank(method), epochs or 0)
+  dataset, teacher, student, label, epochs = key
+  return (dataset, teacher or student, teacher, student, _method_rank(label), epochs or 0)
 
 
-def group_runs(runs: Sequence[Run], key=row_key) -> dict:
-  """``{key: [runs]}`` in table order (pairs together, methods in :data:`METHOD_ORDER`)."""
+def group_runs(runs: Sequence[RunRecord], key=row_key) -> dict:
+  """``{key: [runs]}`` (pairs together, methods in registry order once sorted)."""
   groups = {}
   for run in runs:
     groups.setdefault(key(run), []).append(run)
   return {key: _by_seed(members) for key, members in groups.items()}
 
 
-def table_rows(runs: Sequence[Run]) -> list:
+def table_rows(runs: Sequence[RunRecord]) -> list:
   """One dict per table row (see the module docstring), in table order."""
   groups = group_runs(runs)
   rows = []
@@ -298,17 +305,17 @@ def _new_figure(ncols: int = 1):
   return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
 
-def _run_label(run: Run) -> str:
-  return f'{run.method} seed {run.seed}'
+def _run_label(run: RunRecord) -> str:
+  return f'{run.label} seed {run.seed}'
 
 
-def _styles(runs: Sequence[Run]) -> dict:
+def _styles(runs: Sequence[RunRecord]) -> dict:
   """A colour per method, a line style per run of it: ``{workdir: plot kwargs}``."""
-  methods = sorted({r.method for r in runs}, key=_method_rank)
+  labels = sorted({r.label for r in runs}, key=_method_rank)
   styles = {}
-  for method in methods:
-    for i, r in enumerate(_by_seed(r for r in runs if r.method == method)):
-      styles[r.workdir] = {'color': f'C{methods.index(method) % 10}',
+  for label in labels:
+    for i, r in enumerate(_by_seed(r for r in runs if r.label == label)):
+      styles[r.workdir] = {'color': f'C{labels.index(label) % 10}',
                            'linestyle': _LINESTYLES[i % len(_LINESTYLES)]}
   return styles
 
@@ -318,12 +325,12 @@ def _title(key: tuple) -> str:
   return f'{dataset}: {teacher} -> {student}' if teacher else f'{dataset}: {student}'
 
 
-def pair_figure(runs: Sequence[Run]):
+def pair_figure(runs: Sequence[RunRecord]):
   """Test top-1 of the trained net (left) and training loss (right, log scale) per epoch;
   one line per run in each."""
   fig, (acc, loss) = _new_figure(2)
   styles = _styles(runs)
-  for run in sorted(runs, key=lambda r: (_method_rank(r.method), r.seed, r.workdir)):
+  for run in sorted(runs, key=lambda r: (_method_rank(r.label), r.seed, r.workdir)):
     tests, spe = run.test_rows(), run.steps_per_epoch()
     acc.plot([i + 1 for i in range(len(tests))], [t['top1'] for t in tests], marker='o',
              markersize=3, label=_run_label(run), **styles[run.workdir])
@@ -338,35 +345,36 @@ def pair_figure(runs: Sequence[Run]):
   return fig
 
 
-def slkd_kl_figure(runs: Sequence[Run]):
-  """SLKD's monitors per logged step: KL(T || S) solid, KL(F || S) dashed, per run."""
+def kl_figure(runs: Sequence[RunRecord]):
+  """The KL monitors per logged step (SLKD's KL(T || S) solid, KL(F || S) dashed), per run."""
   fig, (ax,) = _new_figure(1)
   for i, run in enumerate(_by_seed(runs)):
     spe = run.steps_per_epoch() or 1
-    for key, name, linestyle in _SLKD_KL:
+    for key, name, linestyle in _KL_MONITORS:
       rows = [t for t in run.train_rows() if key in t]
       ax.plot([t['step'] / spe for t in rows], [t[key] for t in rows], linestyle=linestyle,
               color=f'C{i % 10}', linewidth=1, label=f'{name}, seed {run.seed}')
   ax.set(xlabel='epoch', ylabel='KL at temperature tau (per image)',
-         title=f'SLKD {_title(pair_key(runs[0]))}')
+         title=f'{runs[0].info.label} {_title(pair_key(runs[0]))}')
   ax.legend(fontsize='small')
   return fig
 
 
-def sftn_figure(runs: Sequence[Run]):
-  """An SFTN run's teacher and student branches: test top-1 per epoch, one line per net
-  and run."""
+def nets_figure(runs: Sequence[RunRecord]):
+  """Every evaluated net of a run (an SFTN teacher and its student branches): test top-1 per
+  epoch, one line per net and run, the run's main net first."""
   fig, (ax,) = _new_figure(1)
   for i, run in enumerate(_by_seed(runs)):
     labels = (run.results or {}).get('net_labels') or {}
     nets = sorted({m['split'][len('test/'):] for m in run.metrics
-                   if m['split'].startswith('test/')}, key=lambda n: (n != 'teacher', n))
+                   if m['split'].startswith('test/')}, key=lambda n: (n != run.main_net, n))
     for j, net in enumerate(nets):
       tests = run.test_rows(net)
       ax.plot([k + 1 for k in range(len(tests))], [t['top1'] for t in tests],
               color=f'C{j % 10}', linestyle=_LINESTYLES[i % len(_LINESTYLES)],
               label=f'{labels.get(net, net)}, seed {run.seed}')
-  ax.set(xlabel='epoch', ylabel='test top-1 (%)', title=f'SFTN {_title(pair_key(runs[0]))}')
+  ax.set(xlabel='epoch', ylabel='test top-1 (%)',
+         title=f'{runs[0].info.label} {_title(pair_key(runs[0]))}')
   ax.legend(fontsize='small')
   return fig
 
@@ -376,22 +384,25 @@ def _slug(*parts: str) -> str:
   return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in text).strip('_')
 
 
-def figures(runs: Sequence[Run]) -> dict:
-  """``{file name: Figure}``: one pair figure per (dataset, teacher, student), an SLKD KL
-  figure and an SFTN branch figure per pair that has such runs."""
+def figures(runs: Sequence[RunRecord]) -> dict:
+  """``{file name: Figure}``: one pair figure per (dataset, teacher, student), and per pair
+  and method the figures its ``INFO.figures`` names."""
   out = {}
   for key, members in sorted(group_runs(runs, pair_key).items()):
     logged = [r for r in members if r.metrics]  # a run that just started has no lines yet
     if not logged:
       continue
     out[_slug(*key) + '.png'] = pair_figure(logged)
-    slkd = [r for r in logged if r.method == 'slkd']
-    if slkd:
-      out[_slug(*key, 'slkd_kl') + '.png'] = slkd_kl_figure(slkd)
-    sftn = [r for r in logged if r.method == 'sftn']
-    if sftn:
-      out[_slug(*key, 'sftn_branches') + '.png'] = sftn_figure(sftn)
+    for method in sorted({r.method for r in logged}, key=_method_rank):
+      of_method = [r for r in logged if r.method == method]
+      for kind in methods.info(method).figures:
+        name, figure = _METHOD_FIGURES[kind]
+        out[_slug(*key, method, name) + '.png'] = figure(of_method)
   return out
+
+
+# A method's INFO.figures entry -> (file name suffix, figure function).
+_METHOD_FIGURES = {'kl_monitors': ('kl', kl_figure), 'eval_nets': ('nets', nets_figure)}
 
 
 # -------------------------------------------------------------------------------- entry

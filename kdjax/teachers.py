@@ -3,8 +3,9 @@
 ``config.teacher.checkpoint`` may name
 
 * a kdjax workdir of a finished (or running) run, e.g. of ``experiments/vanilla.py``: the
-  newest checkpoint's trained net (``params['student']`` / ``batch_stats['student']``; for an
-  SFTN run, ``experiments/sftn.py``, its ``teacher`` net without the student branches);
+  newest checkpoint's trained net, the one its method's ``INFO.trained_net`` names
+  (``params['student']`` / ``batch_stats['student']``; for an SFTN run, ``experiments/sftn.py``,
+  its ``teacher`` net without the student branches);
 * a teacher folder written by ``python -m kdjax.convert`` or :func:`save` (it holds
   ``teacher.json`` and the variables);
 * a PyTorch ``.pth`` of RepDistiller / mdistiller, converted on the fly
@@ -25,9 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from kdjax import models
+from kdjax import checkpoints, convert, methods, models
 from kdjax.errors import KdjaxError
-from kdjax.train import checkpoint
 
 TEACHER_JSON = 'teacher.json'
 
@@ -47,12 +47,11 @@ def save(directory: str, model: str, num_classes: int, variables: dict, *,
 def _from_workdir(path: str) -> tuple[dict, dict]:
   with open(os.path.join(path, 'config.json')) as f:
     config = json.load(f)
-  restored = checkpoint.restore_on_host(os.path.join(path, 'checkpoints'))
+  restored = checkpoints.restore_on_host(os.path.join(path, 'checkpoints'))
   if restored is None:
     raise KdjaxError(f'teacher workdir {path!r} holds no checkpoint yet')
   step, state = restored
-  from kdjax import methods  # pylint: disable=import-outside-toplevel
-  net = methods.trained_net(config.get('method', 'vanilla'))  # SFTN: 'teacher', no branches
+  net = methods.info(config.get('method', methods.SUPERVISED)).trained_net  # SFTN: 'teacher'
   variables = {'params': state['params'][net], 'batch_stats': state['batch_stats'][net]}
   meta = {'model': config.get('model'), 'dataset': config.get('data', {}).get('name'),
           'step': int(step)}
@@ -68,16 +67,14 @@ def _from_folder(path: str) -> tuple[dict, dict]:
 
 
 def _from_pth(path: str, model: str, num_classes: int) -> tuple[dict, dict]:
-  from kdjax import convert  # pylint: disable=import-outside-toplevel
   variables = convert.variables_from_torch(model, convert.load_pth(path), num_classes)
   return variables, {'model': model, 'num_classes': num_classes, 'source': path}
 
 
-def check_fits(variables: dict, model: str, num_classes: int, source: str) -> dict:
+def check_fits(variables: dict, model: str, num_classes: int, source: str,
+               image_shape=(32, 32, 3)) -> dict:
   """Casts ``variables`` to float32 arrays; raises naming the first mismatch with the model."""
-  net = models.create(model, num_classes)
-  expected = jax.eval_shape(
-      lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  expected = models.variable_shapes(models.create(model, num_classes), image_shape)
   want = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected), sep='/')
   have = flax.traverse_util.flatten_dict(flax.core.unfreeze(dict(variables)), sep='/')
   for key, like in want.items():
@@ -95,8 +92,9 @@ def check_fits(variables: dict, model: str, num_classes: int, source: str) -> di
       {k: jnp.asarray(v, jnp.float32) for k, v in have.items() if k in want}, sep='/')
 
 
-def load(path: str, model: str, num_classes: int) -> dict:
-  """The variables of the teacher at ``path`` (see the module docstring), checked to fit."""
+def load_variables(path: str, model: str, num_classes: int, image_shape=(32, 32, 3)) -> dict:
+  """The variables of the teacher at ``path`` (see the module docstring), checked to fit
+  ``model`` with ``num_classes`` classes on images of ``image_shape``."""
   if not os.path.exists(path):
     raise KdjaxError(f'teacher checkpoint {path!r} does not exist (config.teacher.checkpoint)')
   if path.endswith(('.pth', '.pt', '.tar')) and os.path.isfile(path):
@@ -112,6 +110,6 @@ def load(path: str, model: str, num_classes: int) -> dict:
     raise KdjaxError(f'teacher {path!r} is a {meta["model"]}, but config.teacher.model is '
                      f'{model}')
   try:
-    return check_fits(variables, model, num_classes, path)
+    return check_fits(variables, model, num_classes, path, image_shape)
   except (TypeError, ValueError) as e:
     raise KdjaxError(f'teacher {path!r} could not be read: {e}') from e

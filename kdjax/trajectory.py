@@ -5,7 +5,8 @@ teacher's variables at stage boundaries. A kdjax run with ``config.trajectory.st
 divides its ``num_epochs`` into K stages and, at the end of stage j (epoch
 :func:`stage_end_epochs`\\ ``[j]``), writes the trained net's inference variables as a
 teacher folder ``<workdir>/trajectory/stage_<j>`` (the last one is the final net).
-:func:`load` reads them back, stacked on a leading axis of size K.
+:func:`load_snapshots` reads them back, stacked on a leading axis of size K, for SKD
+(``BuildInputs.teacher_trajectory``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from kdjax import teachers
@@ -27,11 +27,6 @@ def stage_end_epochs(num_epochs: int, stages: int) -> list[int]:
   return [round((j + 1) * num_epochs / stages) for j in range(stages)]
 
 
-def stage_of(epoch, num_epochs: int, stages: int):
-  """The 0-based stage of (1-based) ``epoch``: ``min((epoch - 1) * K // E, K - 1)``."""
-  return jnp.minimum((jnp.asarray(epoch) - 1) * stages // num_epochs, stages - 1)
-
-
 def record(workdir: str, epoch: int, num_epochs: int, stages: int, model: str,
            num_classes: int, variables: dict) -> None:
   """Writes ``variables`` as stage j's snapshot if ``epoch`` ends stage j (else nothing)."""
@@ -41,7 +36,7 @@ def record(workdir: str, epoch: int, num_epochs: int, stages: int, model: str,
                   num_classes, variables, source=f'epoch {epoch} of {num_epochs}')
 
 
-def load(checkpoint, model: str, num_classes: int) -> dict:
+def load_snapshots(checkpoint, model: str, num_classes: int, image_shape=(32, 32, 3)) -> dict:
   """The recorded snapshots of the teacher at ``checkpoint``, stacked (leading axis K).
 
   Raises :class:`KdjaxError` when the teacher comes without a trajectory (an imported
@@ -56,15 +51,10 @@ def load(checkpoint, model: str, num_classes: int) -> dict:
         f'teacher {checkpoint!r} has no recorded trajectory ({root}/stage_<j>, at least 2): '
         f'train the teacher with kdjax and --config.trajectory.stages=K (the digits preset '
         f'does this), or use --config.skd.trajectory=self_learning')
-  return stack([teachers.load(os.path.join(root, f'stage_{j}'), model, num_classes)
-                for j in range(stages)])
+  return stack([teachers.load_variables(os.path.join(root, f'stage_{j}'), model, num_classes,
+                                        image_shape) for j in range(stages)])
 
 
 def stack(snapshots: list) -> dict:
   """Variables of the same net, stacked on a new leading (stage) axis, on the host."""
   return jax.tree.map(lambda *xs: np.stack(xs), *snapshots)
-
-
-def snapshot(stacked: dict, j) -> dict:
-  """Snapshot ``j`` (may be traced) of stacked variables."""
-  return jax.tree.map(lambda a: jnp.asarray(a)[j], stacked)

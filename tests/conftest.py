@@ -62,5 +62,16 @@ def run_cli(args, env=None, timeout=600):
 
 def restore_state(workdir):
   """The train state in ``workdir``'s newest checkpoint (written on any number of devices)."""
-  from kdjax.train.checkpoint import restore_on_host
+  from kdjax.checkpoints import restore_on_host
   return restore_on_host(os.path.join(os.fspath(workdir), 'checkpoints'))[1]
+
+
+def build_method(config, num_classes: int, dtype=None, steps_per_epoch: int = 100, **inputs):
+  """``methods.build(config, BuildInputs(...))`` with the config's SGD and 32x32x3 images;
+  ``inputs`` sets other BuildInputs fields (``train_labels``, ``teacher_trajectory``)."""
+  import jax.numpy as jnp
+  from kdjax import methods
+  from kdjax.train import optim
+  return methods.build(config, methods.BuildInputs(
+      num_classes=num_classes, optimizer=optim.sgd(config.optimizer, steps_per_epoch),
+      dtype=jnp.float32 if dtype is None else dtype, **inputs))

@@ -90,8 +90,8 @@ def test_every_checkpoint_format_converts_to_a_teacher_folder_that_reproduces_py
   assert convert_main(['--model', MODEL, '--num-classes', '100', str(pth), str(out_dir)]) == 0
   summary = capsys.readouterr().out.strip().splitlines()
   assert len(summary) == 1 and MODEL in summary[0] and '1,233,540 parameters' in summary[0]
-  _assert_reproduces_pytorch(teachers.load(str(out_dir), MODEL, 100))
-  _assert_reproduces_pytorch(teachers.load(str(pth), MODEL, 100))  # the .pth directly
+  _assert_reproduces_pytorch(teachers.load_variables(str(out_dir), MODEL, 100))
+  _assert_reproduces_pytorch(teachers.load_variables(str(pth), MODEL, 100))  # the .pth directly
 
 
 def test_command_line_round_trip(torch, tmp_path):
@@ -103,7 +103,7 @@ def test_command_line_round_trip(torch, tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert len(proc.stdout.strip().splitlines()) == 1 and str(out_dir) in proc.stdout
   assert sorted(os.listdir(out_dir)) == ['teacher.json', 'variables']
-  _assert_reproduces_pytorch(teachers.load(str(out_dir), MODEL, 100))
+  _assert_reproduces_pytorch(teachers.load_variables(str(out_dir), MODEL, 100))
 
 
 def test_the_pre_zip_serialization_format_loads(torch, tmp_path):
@@ -111,14 +111,14 @@ def test_the_pre_zip_serialization_format_loads(torch, tmp_path):
   pth = tmp_path / 'legacy.pth'
   torch.save(FORMATS['repdistiller'](torch, _tensors(torch, _state())), pth,
              _use_new_zipfile_serialization=False)
-  _assert_reproduces_pytorch(teachers.load(str(pth), MODEL, 100))
+  _assert_reproduces_pytorch(teachers.load_variables(str(pth), MODEL, 100))
 
 
 def test_bfloat16_checkpoints_load(torch, tmp_path):
   pth = tmp_path / 'bf16.pth'
   torch.save({k: v.to(torch.bfloat16) if v.is_floating_point() else v
               for k, v in _tensors(torch, _state()).items()}, pth)
-  variables = teachers.load(str(pth), MODEL, 100)
+  variables = teachers.load_variables(str(pth), MODEL, 100)
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
 
 
@@ -165,7 +165,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(zip_format, 
   with pytest.raises(KdjaxError, match=r'refused to load .*system.*never runs code'):
     convert.load_pth(pth)
   with pytest.raises(KdjaxError, match='refused to load'):
-    teachers.load(str(pth), MODEL, 100)
+    teachers.load_variables(str(pth), MODEL, 100)
   out_dir = tmp_path / 'out'
   assert convert_main(['--model', MODEL, str(pth), str(out_dir)]) == 2
   assert not marker.exists()
@@ -184,7 +184,7 @@ def test_weights_of_another_architecture_name_the_first_mismatched_key(torch, tm
   # resnet20's stem has 16 channels, resnet8x4's 32: the very first key differs.
   with pytest.raises(KdjaxError, match=r"does not fit resnet8x4 with 100 classes: key "
                      r"'conv1.weight' has shape \(16, 3, 3, 3\), expected \(32, 3, 3, 3\)"):
-    teachers.load(str(pth), 'resnet8x4', 100)
+    teachers.load_variables(str(pth), 'resnet8x4', 100)
 
 
 def test_a_shallower_resnet_names_the_first_missing_block():
@@ -222,9 +222,9 @@ def test_a_teacher_folder_of_another_model_is_refused(tmp_path):
   folder = tmp_path / 'teacher'
   teachers.save(str(folder), MODEL, 100, convert.variables_from_torch(MODEL, _state()))
   with pytest.raises(KdjaxError, match='is a resnet8x4, but config.teacher.model is resnet32x4'):
-    teachers.load(str(folder), 'resnet32x4', 100)
+    teachers.load_variables(str(folder), 'resnet32x4', 100)
   with pytest.raises(KdjaxError, match='does not fit resnet8x4 with 10 classes'):
-    teachers.load(str(folder), MODEL, 10)
+    teachers.load_variables(str(folder), MODEL, 10)
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -259,7 +259,7 @@ def test_cli_refuses_a_non_empty_output_folder_unless_overwrite(torch, tmp_path,
   assert convert_main(['--model', MODEL, str(pth), str(out_dir)]) == 0  # empty: fine
   assert convert_main(['--model', MODEL, str(pth), str(out_dir)]) == 2
   assert convert_main(['--model', MODEL, '--overwrite', str(pth), str(out_dir)]) == 0
-  _assert_reproduces_pytorch(teachers.load(str(out_dir), MODEL, 100))
+  _assert_reproduces_pytorch(teachers.load_variables(str(out_dir), MODEL, 100))
 
 
 def test_without_pytorch_the_error_says_how_to_install_it(monkeypatch, tmp_path):

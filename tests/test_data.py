@@ -80,7 +80,7 @@ def test_eval_batches_cover_the_set_once():
 
 
 def test_digits_is_real_data_with_a_fixed_split():
-  train, test = data.load('digits', 'train'), data.load('digits', 'test')
+  train, test = data.load_split('digits', 'train'), data.load_split('digits', 'test')
   assert train.images.shape == (1437, 32, 32, 3) and test.images.shape == (360, 32, 32, 3)
   assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
   assert train.num_classes == 10 and set(np.unique(test.labels)) == set(range(10))
@@ -88,12 +88,12 @@ def test_digits_is_real_data_with_a_fixed_split():
   originals = {image.tobytes() for image in load_digits().images}
   first = (test.images[0, ::4, ::4, 0].astype(np.float64) * 16 / 255).round()
   assert first.tobytes() in originals
-  np.testing.assert_array_equal(test.labels, data.load('digits', 'test').labels)
+  np.testing.assert_array_equal(test.labels, data.load_split('digits', 'test').labels)
 
 
 def test_cifar100_loads_through_tfds_data_source():
   with tfds.testing.mock_data(num_examples=12):
-    train = data.load('cifar100', 'train')
+    train = data.load_split('cifar100', 'train')
   assert train.images.shape == (12, 32, 32, 3) and train.images.dtype == np.uint8
   assert train.num_classes == 100 and train.labels.dtype == np.int32
   assert train.mean == data.sources.CIFAR100_MEAN
@@ -101,9 +101,9 @@ def test_cifar100_loads_through_tfds_data_source():
 
 def test_missing_cifar_is_one_clear_error(tmp_path):
   with pytest.raises(KdjaxError, match='tfds build cifar10'):
-    data.load('cifar10', 'test', data_dir=str(tmp_path), download=False)
+    data.load_split('cifar10', 'test', data_dir=str(tmp_path), download=False)
 
 
 def test_unknown_dataset_names_the_choices():
   with pytest.raises(KdjaxError, match='digits, cifar10, cifar100'):
-    data.load('imagenet', 'train')
+    data.load_split('imagenet', 'train')

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, restore_state, run_cli, tiny_config
+from conftest import ROOT, build_method, restore_state, run_cli, tiny_config
 
 TINY = ['--config', 'experiments/vanilla.py:digits', '--config.model=resnet8',
         '--config.batch_size=32', '--config.num_epochs=1', '--config.log_every_steps=4',
@@ -109,9 +109,7 @@ def test_config_debug_and_distributed_are_validated():
 def test_bfloat16_computes_in_bf16_and_keeps_float32_state_and_losses():
   """KD with a bf16 student and teacher: float32 parameters, BatchNorm statistics,
   optimizer state, loss terms and gradient norms, and a first loss close to float32's."""
-  from kdjax import methods
   from kdjax.methods.base import Batch
-  from kdjax.train import optim
   from kdjax.train.state import init_state
   from kdjax.train.step import apply_update, frozen_inputs
 
@@ -121,8 +119,7 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state_and_losses():
   config = tiny_config('kd', **{'teacher.model': 'resnet8', 'teacher.checkpoint': 'unused'})
   losses, jaxprs = {}, {}
   for dtype in (jnp.float32, jnp.bfloat16):
-    method = methods.build(config, num_classes=10, dtype=dtype, bn_groups=1,
-                           optimizer_factory=lambda opt=None: optim.sgd(config.optimizer, 44))
+    method = build_method(config, 10, dtype=dtype, steps_per_epoch=44)
     teacher = method.teacher.init(jax.random.PRNGKey(1), images[:2], train=False)
     state = init_state(method, 0, images.shape[1:])
     batch = Batch(images.astype(dtype), labels, jnp.arange(16))

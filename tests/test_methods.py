@@ -11,11 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from kdjax import losses, methods
+from conftest import build_method, tiny_config
+from kdjax import losses
 from kdjax.methods import connectors, crd
 from kdjax.methods.base import Batch, NetRunner, StepContext
-from kdjax.train import optim
 from kdjax.train.state import init_state
 from kdjax.train.step import apply_update
 
@@ -28,8 +27,7 @@ HEAVY = ('crd', 'reviewkd', 'ofd', 'fitnet')  # longer compilations (tens of sec
 def _build(name, **overrides):
   config = tiny_config(name, **{'teacher.model': 'resnet8', 'teacher.checkpoint': 'unused',
                                 'crd.nce_k': 32, **overrides})
-  return methods.build(config, num_classes=K, dtype=jnp.float32, bn_groups=1,
-                       optimizer_factory=lambda: optim.sgd(config.optimizer, 100))
+  return build_method(config, K, train_labels=np.arange(64) % K)
 
 
 def _batch(n=8):

@@ -35,17 +35,12 @@ def test_flags_chosen_by_the_config():
 
 
 def test_apply_appends_once_and_keeps_the_users_flags(monkeypatch):
-  monkeypatch.setattr(platform_tuning, '_backend_started', lambda: False)
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
   assert platform_tuning.apply(_config()) == [EIGEN]
   assert platform_tuning.apply(_config()) == []
   assert os.environ['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=2', EIGEN]
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=individual_dot')
   assert platform_tuning.apply(_config()) == []  # the user's own setting wins
-  monkeypatch.setattr(platform_tuning, '_backend_started', lambda: True)
-  monkeypatch.setenv('XLA_FLAGS', '')
-  with pytest.raises(KdjaxError, match='before JAX starts'):
-    platform_tuning.apply(_config())
 
 
 _GRADS = """
@@ -80,22 +75,22 @@ def test_eigen_and_ynnpack_convolutions_agree():
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * max(1.0, np.max(np.abs(b))))
 
 
-def test_residual_outputs_chosen_by_the_config(monkeypatch):
-  monkeypatch.setattr(platform_tuning, '_residual_outputs', 'auto')
-  assert platform_tuning.materializes_residual_outputs()  # the tests compute on the CPU
+def test_residual_outputs_chosen_by_the_config():
+  assert platform_tuning.materialize_residuals(_config())  # 'auto': the tests run on the CPU
+  assert platform_tuning.materialize_residuals(None)
   for value, materializes in (('fuse', False), ('materialize', True)):
-    platform_tuning.apply(_config(residual_outputs=value))
-    assert platform_tuning.materializes_residual_outputs() is materializes
-  with pytest.raises(KdjaxError, match='residual_outputs must be one of'):
-    platform_tuning.apply(_config(residual_outputs='always'))
+    assert platform_tuning.materialize_residuals(_config(residual_outputs=value)) is materializes
+  for check in (platform_tuning.apply, platform_tuning.materialize_residuals):
+    with pytest.raises(KdjaxError, match='residual_outputs must be one of'):
+      check(_config(residual_outputs='always'))
 
 
-def _train_grads(name):
+def _train_grads(name, materialize_residuals):
   """Logits and parameter gradients of a train-mode step, and the step's compiled HLO."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from kdjax import models  # pylint: disable=import-outside-toplevel
-  net = models.create(name, 10)
+  net = models.create(name, 10, materialize_residuals=materialize_residuals)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
   v = net.init(jax.random.PRNGKey(0), x, train=False)
 
@@ -109,12 +104,9 @@ def _train_grads(name):
 
 
 @pytest.mark.parametrize('name', ['resnet8', 'wrn_16_1', 'MobileNetV2'])
-def test_materialized_residual_outputs_change_no_result(monkeypatch, name):
+def test_materialized_residual_outputs_change_no_result(name):
   import jax  # pylint: disable=import-outside-toplevel
-  runs = {}
-  for value in ('fuse', 'materialize'):
-    monkeypatch.setattr(platform_tuning, '_residual_outputs', value)
-    runs[value] = _train_grads(name)
+  runs = {value: _train_grads(name, value == 'materialize') for value in ('fuse', 'materialize')}
   np.testing.assert_array_equal(runs['fuse'][0], runs['materialize'][0])
   for a, b in zip(jax.tree.leaves(runs['fuse'][1]), jax.tree.leaves(runs['materialize'][1])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(1.0, np.max(np.abs(b))))
@@ -124,11 +116,10 @@ def test_materialized_residual_outputs_change_no_result(monkeypatch, name):
   assert 'conditional(' in runs['materialize'][2]
 
 
-def test_materialize_returns_its_input_for_any_first_element(monkeypatch):
+def test_materialize_returns_its_input_for_any_first_element():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from kdjax.models import layers  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(platform_tuning, '_residual_outputs', 'materialize')
   materialize = jax.jit(layers.materialize)
   for first in (1.5, -0.0, np.nan, np.inf):  # the predicate reads the first element
     x = jnp.asarray([[first, 2.0], [-3.0, 4.0]], jnp.float32)

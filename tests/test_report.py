@@ -1,4 +1,4 @@
-"""``kdjax.report`` (tables, plots) and ``kdjax.seeds`` (N seeds into sibling workdirs).
+"""``kdjax.report`` (tables, plots) and ``kdjax.plan``'s seeds (N seeds into sibling workdirs).
 
 The fast tests build workdirs by hand in the format the training loop writes; the slow ones
 train real tiny digits runs through ``--seeds`` (KD two seeds, SLKD one: each SLKD run costs
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli, tiny_config
-from kdjax import report, seeds
+from kdjax import jsonio, plan, report
 from kdjax.errors import KdjaxError
 
 # ------------------------------------------------------------------- hand-made workdirs
@@ -143,7 +143,7 @@ def test_sftn_branch_figure(tmp_path):
   runs = report.find_runs([str(tmp_path)])
   (row,) = report.table_rows(runs)
   assert (row['teacher'], row['student'], row['best_top1_mean']) == ('resnet20', 'resnet8', 60.0)
-  (ax,) = report.figures(runs)['digits_resnet20_resnet8_sftn_branches.png'].axes
+  (ax,) = report.figures(runs)['digits_resnet20_resnet8_sftn_nets.png'].axes
   assert [l.get_label() for l in ax.get_lines()] == [
       'teacher, seed 0', 'branch1, seed 0', 'branch2, seed 0']
 
@@ -177,25 +177,30 @@ def test_a_folder_without_runs_is_one_error_line(tmp_path, capsys):
 # --------------------------------------------------------------------------- seeds
 
 
-def test_run_seeds_skips_finished_and_reruns_unfinished(tmp_path):
-  _write_run(tmp_path / 'seed_0', 'vanilla', 0, [1.0, 2.0, 3.0])
-  _write_run(tmp_path / 'seed_1', 'vanilla', 1, [1.0], finished=False)
-  calls = []
-
-  def fake_run(config, workdir):
-    calls.append((config.seed, workdir))
-    return {'finished': True}
-
-  config = tiny_config('vanilla')
-  results = seeds.run_seeds(config, str(tmp_path), 3, run=fake_run)
-  assert calls == [(1, seeds.seed_workdir(str(tmp_path), 1)),
-                   (2, seeds.seed_workdir(str(tmp_path), 2))]
-  assert results[0]['best_top1'] == 3.0 and config.seed == 0
-  # a nested run (e.g. SFTN's student) that has not finished keeps its seed unfinished
-  os.makedirs(tmp_path / 'seed_0' / 'student' / 'checkpoints')
-  assert not seeds.is_finished(str(tmp_path / 'seed_0'))
+def test_plan_trains_the_teacher_once_and_skips_finished_runs(tmp_path, capsys):
+  config = tiny_config('kd', num_epochs=3, **{'teacher.model': 'resnet20',
+                                              'teacher.train_if_missing': True,
+                                              'baselines': ('dkd',)})
+  runs = plan.make_plan(config, str(tmp_path), num_seeds=2)
+  assert [r.role for r in runs] == ['teacher', 'seed 0: kd student', 'seed 0: dkd student',
+                                    'seed 1: kd student', 'seed 1: dkd student']
+  assert [r.workdir for r in runs] == [str(tmp_path / d) for d in (
+      'teacher', 'seed_0', 'seed_0/dkd', 'seed_1', 'seed_1/dkd')]
+  teacher = runs[0].config
+  assert (teacher.method, teacher.model, teacher.seed) == ('vanilla', 'resnet20', 0)
+  assert {r.config.teacher.checkpoint for r in runs[1:]} == {str(tmp_path / 'teacher')}
+  assert [(r.config.method, r.config.seed) for r in runs[1:]] == [
+      ('kd', 0), ('dkd', 0), ('kd', 1), ('dkd', 1)]
+  assert config.teacher.checkpoint is None and config.seed == 0  # the caller's config as it was
+  assert plan.describe(runs).splitlines()[1].startswith('2. seed 0: kd student: kd resnet8 <- ')
+  # Runs whose results.json says they finished their epochs are not run again.
+  for run in runs:
+    _write_run(run.workdir, run.config.method, run.config.seed, [1.0, 2.0, 3.0])
+  results = plan.execute(runs)
+  assert [r['seed'] for r in results] == [0, 0, 0, 1, 1] and results[1]['best_top1'] == 3.0
+  assert capsys.readouterr().err.count(', skipped') == 5
   with pytest.raises(KdjaxError, match='at least 1'):
-    seeds.run_seeds(config, str(tmp_path), 0, run=fake_run)
+    plan.make_plan(config, str(tmp_path), num_seeds=0)
 
 
 def test_seeds_flag_below_one_is_one_error_line(tmp_path):
@@ -230,7 +235,7 @@ def digits_runs(tmp_path_factory):
     return done.stderr
 
   cli('experiments/kd.py:digits', kd, '--seeds=1', '--config.max_steps=3')
-  partial = seeds.read_results(str(kd / 'seed_0'))
+  partial = jsonio.read_json(str(kd / 'seed_0' / 'results.json'))
   resumed = cli('experiments/kd.py:digits', kd, '--seeds=2')
   cli('experiments/slkd.py:digits', root / 'slkd', '--seeds=1',
       f'--config.teacher.checkpoint={kd}/teacher')
@@ -243,15 +248,15 @@ def test_seeds_resume_an_unfinished_seed_and_skip_finished_ones(digits_runs):
   assert digits_runs['partial']['step'] == 3 and not digits_runs['partial']['finished']
   assert f'resumed from the checkpoint at step 3 in {kd / "seed_0"}' in digits_runs['resumed']
   for method, seed in (('kd', 0), ('kd', 1), ('slkd', 0)):
-    results = seeds.read_results(str(root / method / f'seed_{seed}'))
+    results = jsonio.read_json(str(root / method / f'seed_{seed}' / 'results.json'))
     assert results['finished'] and results['seed'] == seed and results['step'] == 5
     config = json.load(open(root / method / f'seed_{seed}' / 'config.json'))
     assert config['teacher']['checkpoint'] == str(kd / 'teacher')  # one teacher for all
   # launched again, the finished seeds are left alone (the CLI runs exactly this)
   results_files = [kd / f'seed_{seed}' / 'results.json' for seed in (0, 1)]
   mtimes = [os.stat(p).st_mtime_ns for p in results_files]
-  config = tiny_config('kd', **{'teacher.checkpoint': str(kd / 'teacher')})
-  again = seeds.run_seeds(config, str(kd), 2, run=lambda *a: pytest.fail('a seed was rerun'))
+  config = tiny_config('kd', num_epochs=1, **{'teacher.checkpoint': str(kd / 'teacher')})
+  again = plan.execute(plan.make_plan(config, str(kd), 2))
   assert [r['seed'] for r in again] == [0, 1]
   assert [os.stat(p).st_mtime_ns for p in results_files] == mtimes
 

@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import build_method, tiny_config
 from kdjax import methods, models, teachers
 from kdjax.errors import KdjaxError
 from kdjax.methods import sftn
 from kdjax.methods.base import Batch, NetRunner, StepContext
-from kdjax.train import checkpoint, optim
+from kdjax import checkpoints
 from kdjax.train.state import init_state
 
 B, K = 4, 10
@@ -28,8 +28,7 @@ def _config(**overrides):
 
 
 def _method(config):
-  return methods.build(config, num_classes=K, dtype=jnp.float32, bn_groups=1,
-                       optimizer_factory=lambda: optim.sgd(config.optimizer, 100))
+  return build_method(config, K)
 
 
 def _flat(tree):
@@ -44,8 +43,9 @@ def test_branches_and_their_inputs():
   method = _method(_config())
   assert list(method.nets) == ['teacher', 'branch1', 'branch2']
   assert method.eval_nets == ('teacher', 'branch1', 'branch2')
-  assert method.teacher is None and not methods.uses_teacher('sftn')
-  assert methods.trained_net('sftn') == 'teacher' and methods.trained_net('kd') == 'student'
+  assert method.teacher is None and not methods.info('sftn').uses_teacher
+  assert methods.info('sftn').trained_net == 'teacher'
+  assert methods.info('kd').trained_net == 'student'
   # resnet14's layer1 (32x32x16) and layer2 (16x16x32) feed the branches.
   assert {k: v.shape for k, v in method.sample_inputs.items()} == {
       'branch1': (2, 32, 32, 16), 'branch2': (2, 16, 16, 32)}
@@ -176,12 +176,12 @@ def test_workdir_is_a_teacher_checkpoint_without_branches(tmp_path):
   method = _method(config)
   state = init_state(method, 0, (32, 32, 3))
   workdir = tmp_path / 'sftn'
-  ckpt = checkpoint.Checkpointer(os.fspath(workdir / 'checkpoints'), keep=1)
+  ckpt = checkpoints.Checkpointer(os.fspath(workdir / 'checkpoints'), keep=1)
   ckpt.save(5, state, {'history': []}, wait=True)
   ckpt.close()
   (workdir / 'config.json').write_text(json.dumps(json.loads(config.to_json_best_effort())))
   assert set(state.params) == {'teacher', 'branch1', 'branch2'}
-  loaded = teachers.load(os.fspath(workdir), 'resnet14', K)
+  loaded = teachers.load_variables(os.fspath(workdir), 'resnet14', K)
   bare = jax.eval_shape(lambda: models.create('resnet14', K).init(
       jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
   assert set(_flat(loaded)) == set(_flat(bare))  # no transform/branch variables
@@ -232,8 +232,7 @@ def test_experiment_presets():
     assert config.optimizer.lr == 0.05  # the teacher's vanilla recipe
   digits = experiment.get_config('digits')
   assert digits.sftn.distill == 'kd' and digits.sftn.compare_standard
-  from kdjax import pipelines
-  distill = pipelines.sftn_distill_config(digits, '/x')
+  distill = sftn.distill_config(digits, '/x')
   assert (distill.method, distill.model, distill.teacher.model, distill.teacher.checkpoint) == (
       'kd', 'resnet8', 'resnet20', '/x')
   assert experiment.get_config('res32x4_shuv2').sftn.student_lr == 0.01
@@ -250,4 +249,4 @@ def test_one_epoch_logs_teacher_and_branch_accuracy(tmp_path):
   splits = {l['split'] for l in lines}
   assert {'test/teacher', 'test/branch1', 'test/branch2'} <= splits
   assert 'loss/branch1_kl' in next(l for l in lines if l['split'] == 'train')
-  teachers.load(os.fspath(tmp_path / 'run'), 'resnet8', K)
+  teachers.load_variables(os.fspath(tmp_path / 'run'), 'resnet8', K)

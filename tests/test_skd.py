@@ -7,14 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_config
-from kdjax import methods, models, trajectory
+import functools
+
+from conftest import build_method, run_cli, tiny_config
+from kdjax import models, trajectory
+from kdjax.methods import skd
 from kdjax.methods.base import Batch, Method, NetRunner, StepContext
 from kdjax.train import optim
 from kdjax.train.state import init_state
 from kdjax.train.step import apply_update, frozen_inputs
 
 K = 10  # digits classes
+# The student's learning rate per epoch (StepContext.lr): the tiny configs' SGD schedule.
+LR = functools.partial(optim.lr_at_epoch, tiny_config().optimizer)
 
 
 def _batch(seed, n=8):
@@ -33,12 +38,10 @@ def _build(monkeypatch=None, dtype=jnp.float32, **overrides):
   """SKD on resnet8 -> resnet8 (a snapshot trajectory of 3 random teachers unless
   self_learning), with its frozen inputs and a batch carrying a quiz batch."""
   config = tiny_config('skd', **{'teacher.model': 'resnet8', **overrides})
+  snapshots = None
   if config.skd.trajectory == 'snapshots':
-    teacher = models.create('resnet8', K)
-    monkeypatch.setattr(trajectory, 'load', lambda *a: _snapshots(teacher))
-  method = methods.build(config, num_classes=K, dtype=dtype, bn_groups=1,
-                         optimizer_factory=lambda opt=None: optim.sgd(opt or config.optimizer,
-                                                                      100))
+    snapshots = _snapshots(models.create('resnet8', K))
+  method = build_method(config, K, dtype=dtype, teacher_trajectory=snapshots)
   teacher_vars = method.teacher.init(jax.random.PRNGKey(5), jnp.zeros((1, 32, 32, 3)),
                                      train=False)
   return method, frozen_inputs(method, teacher_vars), _batch(0)._replace(quiz=_batch(1))
@@ -71,7 +74,8 @@ def test_meta_gradient_equals_finite_differences_of_the_quiz_loss(monkeypatch):
     meta_names, meta_loss = method.stages[0]
     assert meta_names == ('tbt', 'tet')
     teacher_out = method.teacher.apply(frozen['teacher'], batch.images, train=False)
-    ctx = StepContext(jnp.int32(0), jnp.int32(3), jax.random.PRNGKey(0), teacher_out, frozen)
+    ctx = StepContext(jnp.int32(0), jnp.int32(3), jax.random.PRNGKey(0), teacher_out, frozen,
+                      lr=LR(3))
 
     def quiz_after_virtual_step(meta):
       run = NetRunner(method.nets, {**params, **meta}, batch_stats, state.extra)
@@ -97,7 +101,8 @@ def test_virtual_step_leaves_the_real_student_alone(monkeypatch):
   method, frozen, batch = _build(monkeypatch)
   state = init_state(method, 0, (32, 32, 3))
   new, metrics = jax.jit(lambda s: apply_update(_one_stage(method, 0), s, frozen, batch,
-                                                jax.random.PRNGKey(0), steps_per_epoch=100))(
+                                                jax.random.PRNGKey(0), steps_per_epoch=100,
+                                                learning_rate=LR))(
                                                     state)
   for name in ('student', 'connector'):
     assert not _changed(state.params[name], new.params[name]), name
@@ -113,7 +118,7 @@ def test_fused_step_equals_the_stages_one_after_another(monkeypatch):
   state = init_state(method, 0, (32, 32, 3))
   key = jax.random.PRNGKey(0)
   update = lambda m: jax.jit(lambda s: apply_update(m, s, frozen, batch, key,
-                                                    steps_per_epoch=100)[0])
+                                                    steps_per_epoch=100, learning_rate=LR)[0])
   fused = update(method)(state)
   separate = update(_one_stage(method, 1))(update(_one_stage(method, 0))(state))
   for name in method.nets:
@@ -135,7 +140,7 @@ def test_full_system_updates_all_learners_and_never_the_teacher(monkeypatch):
   def step(state, frozen):
     def loss_of_frozen(fr):
       new, metrics = apply_update(method, state, fr, batch, jax.random.PRNGKey(0),
-                                  steps_per_epoch=1)
+                                  steps_per_epoch=1, learning_rate=LR)
       return metrics['loss'], new
     (_, new), frozen_grad = jax.value_and_grad(loss_of_frozen, has_aux=True)(frozen)
     return new, frozen_grad
@@ -154,9 +159,9 @@ def test_full_system_updates_all_learners_and_never_the_teacher(monkeypatch):
   assert int(second.extra['trajectory_count']) == 2
   assert int(second.extra['trajectory_stage']) == 2
   slots = second.extra['trajectory']['params']
-  jax.tree.map(np.testing.assert_array_equal, trajectory.snapshot(slots, 1),
+  jax.tree.map(np.testing.assert_array_equal, skd.snapshot(slots, 1),
                state.params['slt1'])
-  jax.tree.map(np.testing.assert_array_equal, trajectory.snapshot(slots, 2),
+  jax.tree.map(np.testing.assert_array_equal, skd.snapshot(slots, 2),
                first.params['slt1'])
 
 
@@ -171,29 +176,29 @@ def test_recorded_trajectory_and_tbt_regression(tmp_path):
   train_and_evaluate(config, str(tmp_path / 'teacher'))
   assert sorted(os.listdir(tmp_path / 'teacher' / 'trajectory')) == [
       'stage_0', 'stage_1', 'stage_2']
-  stacked = trajectory.load(str(tmp_path / 'teacher'), 'resnet8', K)
+  stacked = trajectory.load_snapshots(str(tmp_path / 'teacher'), 'resnet8', K)
   final = restore_state(tmp_path / 'teacher')
-  jax.tree.map(np.testing.assert_array_equal, trajectory.snapshot(stacked, 2)['params'],
+  jax.tree.map(np.testing.assert_array_equal, skd.snapshot(stacked, 2)['params'],
                final['params']['student'])
-  assert _changed(trajectory.snapshot(stacked, 0)['params'],
-                  trajectory.snapshot(stacked, 1)['params'])
+  assert _changed(skd.snapshot(stacked, 0)['params'],
+                  skd.snapshot(stacked, 1)['params'])
 
-  skd = tiny_config('skd', **{'teacher.model': 'resnet8', 'teacher.checkpoint':
+  skd_config = tiny_config('skd', **{'teacher.model': 'resnet8', 'teacher.checkpoint':
                               str(tmp_path / 'teacher'), 'skd.meta_weight': 0.0,
                               'skd.meta_lr': 3e-3, 'num_epochs': 3})
-  method = methods.build(skd, num_classes=K, dtype=jnp.float32, bn_groups=1,
-                         optimizer_factory=lambda opt=None: optim.sgd(skd.optimizer, 100))
+  method = build_method(skd_config, K, teacher_trajectory=stacked)
   from kdjax import data
-  train = data.load('digits', 'train')
+  train = data.load_split('digits', 'train')
   x = data.normalize(train.images[:32], train.mean, train.std, jnp.float32)
   batch = Batch(x, jnp.asarray(train.labels[:32]))._replace(
       quiz=Batch(x, jnp.asarray(train.labels[:32])))
-  frozen = frozen_inputs(method, trajectory.snapshot(stacked, 2))
+  frozen = frozen_inputs(method, skd.snapshot(stacked, 2))
   meta_only = _one_stage(method, 0)
   state = init_state(method, 0, (32, 32, 3))
   # Epoch 2 of 3: stage 1, regression B(f_0, f_1) -> f_2 on the recorded snapshots.
   step = jax.jit(lambda s: apply_update(meta_only, s.replace(step=jnp.int32(1)), frozen,
-                                        batch, jax.random.PRNGKey(0), steps_per_epoch=1))
+                                        batch, jax.random.PRNGKey(0), steps_per_epoch=1,
+                                        learning_rate=LR))
   losses = []
   for _ in range(30):
     state, metrics = step(state)

@@ -7,10 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from kdjax import methods
+from conftest import build_method, tiny_config
 from kdjax.methods.base import Batch, StepContext
-from kdjax.train import optim
 from kdjax.train.state import init_state
 from kdjax.train.step import apply_update
 
@@ -36,8 +34,7 @@ def _method(**slkd):
   config = tiny_config('slkd', **{'teacher.model': 'resnet8', 'teacher.checkpoint': 'unused'})
   for k, v in slkd.items():
     config.slkd[k] = v
-  return config, methods.build(config, num_classes=K, dtype=jnp.float32, bn_groups=1,
-                               optimizer_factory=lambda: optim.sgd(config.optimizer, 100))
+  return config, build_method(config, K)
 
 
 def _logits():

@@ -11,10 +11,9 @@ import flax
 import jax
 import numpy as np
 
-from conftest import load_fixture, tiny_config
-from kdjax import convert, methods
+from conftest import build_method, load_fixture, tiny_config
+from kdjax import convert
 from kdjax.methods.base import Batch
-from kdjax.train import optim
 from kdjax.train.state import TrainState
 from kdjax.train.step import apply_update
 
@@ -28,8 +27,7 @@ def test_two_kd_steps_equal_mdistiller():
   ref = load_fixture('step_kd.npz')
   config = tiny_config('kd', model=str(ref['student_name']))
   config.teacher.model = str(ref['teacher_name'])
-  method = methods.build(config, num_classes=100, dtype=np.float32, bn_groups=1,
-                         optimizer_factory=lambda: optim.sgd(config.optimizer, 10**6))
+  method = build_method(config, 100, steps_per_epoch=10**6)
   student = convert.variables_from_torch(config.model, _state_dict(ref, 'student_before/'))
   teacher = convert.variables_from_torch(config.teacher.model, _state_dict(ref, 'teacher/'))
   state = TrainState(np.int32(0), jax.random.PRNGKey(0), {'student': student['params']},

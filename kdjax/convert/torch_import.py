@@ -10,7 +10,6 @@ from typing import Any, Mapping
 
 import flax
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -109,8 +108,7 @@ def variables_from_torch(name: str, state_dict: Mapping[str, Any],
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):  # to name keys in PyTorch's (forward) order
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    shapes = models.variable_shapes(model, (32, 32, 3))
   variables = [(collection, path, like) for collection, tree in shapes.items()
                for path, like in
                flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()]

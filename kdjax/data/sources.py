@@ -2,7 +2,7 @@
 
 Every source returns a :class:`Dataset`: NHWC ``uint8`` images of 32x32x3, ``int32``
 labels, and the per-channel mean/std used for normalisation. Loading happens once; the
-arrays then live on the accelerators (:mod:`kdjax.data.pipeline`).
+arrays then live on the accelerators (:mod:`kdjax.data.order`).
 
 * ``cifar10`` / ``cifar100``: TensorFlow Datasets through ``tfds.data_source`` (ArrayRecord
   files, no TensorFlow needed). Prepare them once where there is network access with
@@ -88,7 +88,7 @@ DATASETS = ('digits', 'cifar10', 'cifar100')
 
 
 @functools.lru_cache(maxsize=4)
-def load(name: str, split: str, *, data_dir: str | None = None,
+def load_split(name: str, split: str, *, data_dir: str | None = None,
          download: bool = True) -> Dataset:
   """Loads split ``'train'`` or ``'test'`` of dataset ``name`` (one of :data:`DATASETS`).
 

@@ -1,29 +1,33 @@
-"""Distillation methods: a registry from name to builder (mdistiller's ``distiller_dict``).
+"""Distillation methods: a registry from name to module (mdistiller's ``distiller_dict``).
 
-``build(config, num_classes=..., dtype=..., bn_groups=..., optimizer_factory=...)`` returns
-a :class:`~kdjax.methods.base.Method`.
+Every method module states its facts in ``INFO`` (:class:`~kdjax.methods.base.MethodInfo`:
+whether it uses a teacher, which net a run delivers, the inputs its builder needs, the runs
+that follow it, its report figures) and builds with ``build(config, inputs)``
+(:class:`~kdjax.methods.base.BuildInputs`) into a :class:`~kdjax.methods.base.Method`. The
+plan, the loop and the report read the facts through :func:`info`; no method name is tested
+outside this package. The registry's order is the order of rows in reports.
 """
 
 from __future__ import annotations
 
+import ml_collections
+
 from kdjax.errors import KdjaxError
 from kdjax.methods import (at, crd, dkd, fitnet, kd, ofd, pkt, reviewkd, rkd, sftn, skd, slkd,
                            sp, vanilla)
-from kdjax.methods.base import Batch, Method, NetRunner, StepContext
+from kdjax.methods.base import (Batch, BuildInputs, FollowUp, Method, MethodInfo, NetRunner,
+                                StepContext)
 
-# name -> module with ``build(config, **kwargs)`` and, if it has hyper-parameters,
+# name -> module with ``INFO``, ``build(config, inputs)`` and, if it has hyper-parameters,
 # ``default_config()`` (the block ``config.<name>``).
 _METHODS = {
-    'vanilla': vanilla, 'kd': kd, 'slkd': slkd, 'sftn': sftn, 'dkd': dkd, 'fitnet': fitnet,
-    'at': at, 'sp': sp, 'rkd': rkd, 'pkt': pkt, 'crd': crd, 'reviewkd': reviewkd, 'ofd': ofd,
+    'vanilla': vanilla, 'kd': kd, 'dkd': dkd, 'fitnet': fitnet, 'at': at, 'sp': sp, 'rkd': rkd,
+    'pkt': pkt, 'crd': crd, 'reviewkd': reviewkd, 'ofd': ofd, 'sftn': sftn, 'slkd': slkd,
     'skd': skd,
 }
 
-_WITHOUT_TEACHER = ('vanilla', 'sftn')
-
-# The learning net a finished run delivers as a teacher (kdjax.teachers reads it from the
-# run's workdir); 'student' unless listed.
-_TRAINED_NET = {'sftn': 'teacher'}
+# The method that trains one net on the labels alone: teachers and scratch baselines.
+SUPERVISED = 'vanilla'
 
 
 def default_configs() -> dict:
@@ -33,26 +37,23 @@ def default_configs() -> dict:
 
 
 def names() -> list[str]:
+  """The registered methods, in report order."""
   return list(_METHODS)
 
 
-def uses_teacher(name: str) -> bool:
-  """Whether method ``name`` distils from a frozen pre-trained teacher."""
-  return name not in _WITHOUT_TEACHER
-
-
-def trained_net(name: str) -> str:
-  """The net of a run of method ``name`` that serves as a teacher (``'student'``; SFTN's
-  ``'teacher'``)."""
-  return _TRAINED_NET.get(name, 'student')
-
-
-def build(config, **kwargs) -> Method:
-  """Builds ``config.method``; raises :class:`KdjaxError` for an unknown name."""
-  if config.method not in _METHODS:
-    raise KdjaxError(f'unknown method {config.method!r} (config.method); expected one of: '
+def info(name: str) -> MethodInfo:
+  """The facts of method ``name``; raises :class:`KdjaxError` for an unknown name."""
+  if name not in _METHODS:
+    raise KdjaxError(f'unknown method {name!r} (config.method); expected one of: '
                      f'{", ".join(names())}')
-  return _METHODS[config.method].build(config, **kwargs)
+  return _METHODS[name].INFO
 
 
-__all__ = ['Batch', 'Method', 'NetRunner', 'StepContext', 'build', 'names']
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+  """Builds ``config.method`` from the run's ``inputs``."""
+  info(config.method)
+  return _METHODS[config.method].build(config, inputs)
+
+
+__all__ = ['Batch', 'BuildInputs', 'FollowUp', 'Method', 'MethodInfo', 'NetRunner', 'SUPERVISED',
+           'StepContext', 'build', 'default_configs', 'info', 'names']

@@ -33,6 +33,12 @@ A method is a small graph of networks and the loss terms that connect them:
 * ``eval_logits(variables, x) -> {name: logits}`` (rarely): for eval nets that cannot run on
   images alone (SFTN's student branches read the teacher's features): the test logits of
   every eval net from the inference variables ``variables[name]`` of the eval nets.
+
+A method module has ``build(config, inputs: BuildInputs) -> Method``, ``INFO``, a
+:class:`MethodInfo` with the facts the plan, the loop and the report read without building
+it, and, if it has hyper-parameters, ``default_config()`` (the block ``config.<name>``).
+Builders read no files: what a method needs from the data or the teacher's folder is named
+in ``INFO.inputs`` and loaded by the loop into :class:`BuildInputs`.
 """
 
 from __future__ import annotations
@@ -42,7 +48,11 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import ml_collections
 import optax
+
+from kdjax import models
 
 
 class Batch(NamedTuple):
@@ -55,12 +65,73 @@ class Batch(NamedTuple):
 
 
 class StepContext(NamedTuple):
-  """What a loss may read besides the nets: the step, the epoch and randomness."""
+  """What a loss may read besides the nets: the step, the epoch, randomness, the teacher's
+  output and the learning rate of the run's optimizer at this step."""
   step: jax.Array  # 0-based global step
   epoch: jax.Array  # 1-based epoch of this step, as mdistiller counts for warm-ups
   rng: jax.Array
   teacher: Any = None  # the frozen teacher's ModelOutput, or None
   frozen: Any = None  # the frozen inputs: {'teacher': its variables, **method.frozen}
+  lr: Any = None  # config.optimizer's learning rate in this epoch (SKD's virtual step)
+
+
+class BuildInputs(NamedTuple):
+  """What ``build(config, inputs)`` gets besides the config: what the run knows that is no
+  hyper-parameter, loaded by the loop (builders read no files)."""
+  num_classes: int
+  optimizer: optax.GradientTransformation  # the run's optimizer, one instance for every net
+  image_shape: tuple = (32, 32, 3)  # (H, W, C) of the dataset's images
+  dtype: Any = jnp.float32  # computation dtype of the nets
+  bn_groups: int = 1  # BatchNorm statistics per group of the batch (learning nets)
+  materialize_residuals: bool = False  # kdjax.platform_tuning.materialize_residuals
+  train_labels: Any = None  # INFO.inputs 'train_labels': the training set's labels
+  teacher_trajectory: Any = None  # INFO.inputs 'teacher_trajectory': stacked snapshots
+
+  def create_net(self, model: str, *, frozen: bool = False) -> nn.Module:
+    """Zoo model ``model`` for this run (a frozen teacher keeps global BatchNorm groups)."""
+    return models.create(model, self.num_classes, dtype=self.dtype,
+                         bn_groups=1 if frozen else self.bn_groups,
+                         materialize_residuals=self.materialize_residuals)
+
+  def output_shapes(self, net: nn.Module) -> models.ModelOutput:
+    """``net``'s output on two of this run's images, as shapes (no FLOPs)."""
+    return models.output_shapes(net, self.image_shape, self.dtype)
+
+
+class FollowUp(NamedTuple):
+  """A run the plan adds after a method's run (SFTN: a student distilled from its teacher)."""
+  role: str  # its line in the plan and the summary
+  config: ml_collections.ConfigDict
+  workdir: str
+
+
+def _none(config, workdir=None) -> tuple:
+  del config, workdir
+  return ()
+
+
+def default_pair(config: Mapping) -> tuple[str, str]:
+  """``(teacher model, student model)`` of a run's config (a dict, e.g. its config.json):
+  a distillation's frozen teacher and trained student."""
+  return (config.get('teacher') or {}).get('model', ''), config['model']
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+  """A method's facts, stated in its module (``INFO``) and read by the plan, the loop and
+  the report without building the method."""
+  label: str  # the method's name in tables and plots
+  uses_teacher: bool = True  # distils from a frozen pre-trained teacher (config.teacher)
+  trained_net: str = 'student'  # the net a finished run delivers, e.g. as a teacher
+  # inputs(config) -> names of BuildInputs fields the builder reads ('train_labels',
+  # 'teacher_trajectory'): the loop loads them.
+  inputs: Callable[[ml_collections.ConfigDict], tuple] = _none
+  # follow_ups(config, workdir) -> FollowUp runs the plan adds after this one.
+  follow_ups: Callable[[ml_collections.ConfigDict, str], tuple] = _none
+  # pair(config dict) -> (teacher, student) models that a report row compares.
+  pair: Callable[[Mapping], tuple[str, str]] = default_pair
+  # Extra report figures: 'kl_monitors' (loss/kl_* curves), 'eval_nets' (every eval net).
+  figures: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +196,6 @@ class NetRunner:
     return self._nets[name].apply(variables, x, train=True, **kwargs)
 
 
-def student_and_teacher(config, num_classes: int, dtype, bn_groups: int):
+def student_and_teacher(config, inputs: BuildInputs):
   """The student ``config.model`` (learning) and the frozen teacher ``config.teacher.model``."""
-  from kdjax import models  # pylint: disable=import-outside-toplevel
-  student = models.create(config.model, num_classes, dtype=dtype, bn_groups=bn_groups)
-  teacher = models.create(config.teacher.model, num_classes, dtype=dtype)
-  return student, teacher
+  return inputs.create_net(config.model), inputs.create_net(config.teacher.model, frozen=True)

@@ -1,95 +1,30 @@
-"""What the feature-based methods share: the learned connectors and the common loss layout.
+"""The learned connectors of the feature-based methods.
 
 Connectors are small *learning* nets between a student's features and a teacher's (ports of
 megvii-research/mdistiller's ``mdistiller/distillers/_common.py``, ``OFD.py`` and ``CRD.py``
 modules). Each is a Flax module whose ``__call__`` takes ``train`` as a keyword; a method
 puts it in ``Method.nets`` with its own optimizer and initialises it from
-``Method.sample_inputs`` (feature shapes from :func:`output_shapes`). Layouts are NHWC.
+``Method.sample_inputs`` (feature shapes from :meth:`BuildInputs.output_shapes
+<kdjax.methods.base.BuildInputs.output_shapes>`). Layouts are NHWC.
 
 * :class:`ConvReg` -- FitNet's regressor (``_common.ConvReg``): conv + BN + ReLU;
 * :class:`ConvBN` / :class:`ConvBNs` -- OFD's per-stage connectors (``ConnectorConvBN``);
 * :class:`Embed` -- CRD's embedding head (``CRD.Embed``): linear + L2 normalisation;
 * :func:`nearest_resize` -- ``F.interpolate(mode='nearest')`` (ReviewKD's ABF).
-
-The loss layout every mdistiller distiller uses -- ``CE_WEIGHT * CE(y, student) + weighted
-distillation terms``, optionally warmed up over the first epochs -- is
-:func:`distillation_method` and :func:`warmup`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import losses
 from kdjax.errors import KdjaxError
-from kdjax.methods.base import Method
-from kdjax.models.base import ModelOutput
 from kdjax.models.layers import BatchNorm, conv, dense, kaiming_normal_fan_out, torch_default_init
-
-# Every kdjax dataset is 32x32 RGB (kdjax.data.sources); mdistiller probes feature shapes
-# with the same input size (FITNET.INPUT_SIZE = (32, 32)).
-IMAGE_SHAPE = (32, 32, 3)
-
-
-def output_shapes(model: nn.Module, dtype=jnp.float32, batch: int = 2,
-                  image_shape: Sequence[int] = IMAGE_SHAPE) -> ModelOutput:
-  """The model's output on a ``batch`` of images, as ``jax.ShapeDtypeStruct`` (no FLOPs).
-
-  mdistiller's ``get_feat_shapes``: what a connector between two nets must be sized for.
-  """
-  x = jax.ShapeDtypeStruct((batch,) + tuple(image_shape), dtype)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
-  return jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-
-
-def hint_shapes(config, student: nn.Module, teacher: nn.Module, dtype, block: str,
-                hint_layer: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
-  """Student's and teacher's feature shapes at stage ``hint_layer`` (FitNet's hint layer).
-
-  A :class:`KdjaxError` naming ``config.<block>.hint_layer`` if it is not a stage of both.
-  """
-  s_feats = output_shapes(student, dtype).features
-  t_feats = output_shapes(teacher, dtype).features
-  if not 0 <= hint_layer < min(len(s_feats), len(t_feats)):
-    raise KdjaxError(f'{block}.hint_layer {hint_layer} is not a stage of both {config.model} '
-                     f'({len(s_feats)} stages) and {config.teacher.model} ({len(t_feats)})')
-  return s_feats[hint_layer], t_feats[hint_layer]
-
-
-def warmup(epoch, epochs: float):
-  """``min(epoch / epochs, 1)``: mdistiller's linear warm-up of a loss weight (epoch 1-based)."""
-  return jnp.minimum(jnp.asarray(epoch, jnp.float32) / epochs, 1.0)
-
-
-def distillation_method(name: str, student: nn.Module, teacher: nn.Module, *,
-                        ce_weight: float, terms: Callable, optimizer_factory,
-                        connectors: Optional[Mapping[str, tuple[nn.Module, Any]]] = None,
-                        init_extra: Optional[Callable] = None) -> Method:
-  """A student distilled from a frozen teacher with mdistiller's loss layout.
-
-  ``loss = ce_weight * CE(y, student) + sum(terms(run, student_out, batch, ctx).values())``
-  where ``terms`` returns the already weighted distillation terms by name (logged as
-  ``loss/<name>`` next to ``loss/ce``). ``connectors`` maps a learning net's name to
-  ``(module, sample_input)``; each gets its own optimizer from ``optimizer_factory``.
-  """
-  connectors = dict(connectors or {})
-  nets = {'student': student, **{k: m for k, (m, _) in connectors.items()}}
-
-  def loss(run, batch, ctx):
-    out = run('student', batch.images)
-    named = {'ce': ce_weight * losses.cross_entropy(out.logits, batch.labels)}
-    named.update(terms(run, out, batch, ctx))
-    return sum(named.values()), named
-
-  return Method(name, nets, {k: optimizer_factory() for k in nets}, loss, teacher=teacher,
-                sample_inputs={k: x for k, (_, x) in connectors.items()},
-                init_extra=init_extra)
 
 
 def kaiming_uniform(a: float):
@@ -205,5 +140,4 @@ class Embed(nn.Module):
     return x / jnp.sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True))
 
 
-__all__ = ['IMAGE_SHAPE', 'ConvBN', 'ConvBNs', 'ConvReg', 'Embed', 'distillation_method',
-           'kaiming_uniform', 'nearest_resize', 'output_shapes', 'warmup']
+__all__ = ['ConvBN', 'ConvBNs', 'ConvReg', 'Embed', 'kaiming_uniform', 'nearest_resize']

@@ -17,8 +17,8 @@
   indexed by ``Batch.indices``, the training-set indices.
 
 Defaults (``CFG.CRD``): CE 1.0, feat 0.8, feat_dim 128, 16384 negatives, momentum 0.5,
-temperature 0.07. The banks have one row per training example: the method reads the
-training set's labels once when it is built.
+temperature 0.07. The banks have one row per training example: the builder gets the
+training set's labels (``BuildInputs.train_labels``, ``INFO.inputs``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdjax import data, losses
-from kdjax.methods.base import Method, student_and_teacher
-from kdjax.methods.connectors import Embed, distillation_method, output_shapes
+from kdjax import losses
+from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
+from kdjax.methods.connectors import Embed
+from kdjax.methods.distiller import distillation_method
 
 
 def other_class_sampler(labels: np.ndarray, num_classes: int):
@@ -56,18 +57,18 @@ def other_class_sampler(labels: np.ndarray, num_classes: int):
   return sample
 
 
-def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
-          optimizer_factory) -> Method:
-  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+INFO = MethodInfo('CRD', inputs=lambda config: ('train_labels',))
+
+
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+  student, teacher = student_and_teacher(config, inputs)
   c = config.crd
-  labels = data.load(config.data.name, 'train', data_dir=config.data.data_dir,
-                     download=config.data.download).labels
-  num_data = len(labels)
-  sample = other_class_sampler(labels, num_classes)
-  s_emb = output_shapes(student, dtype).embedding
-  t_emb = output_shapes(teacher, dtype).embedding
-  embed_s = Embed(s_emb.shape[-1], c.feat_dim, dtype=dtype)
-  embed_t = Embed(t_emb.shape[-1], c.feat_dim, dtype=dtype)
+  num_data = len(inputs.train_labels)
+  sample = other_class_sampler(inputs.train_labels, inputs.num_classes)
+  s_emb = inputs.output_shapes(student).embedding
+  t_emb = inputs.output_shapes(teacher).embedding
+  embed_s = Embed(s_emb.shape[-1], c.feat_dim, dtype=inputs.dtype)
+  embed_t = Embed(t_emb.shape[-1], c.feat_dim, dtype=inputs.dtype)
 
   def init_extra(key):
     return {'crd': losses.crd_memory_init(key, num_data, c.feat_dim)._asdict()}
@@ -83,7 +84,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
     return {'crd': c.feat_weight * crd}
 
   return distillation_method('crd', student, teacher, ce_weight=c.ce_weight, terms=terms,
-                             optimizer_factory=optimizer_factory, init_extra=init_extra,
+                             optimizer=inputs.optimizer, init_extra=init_extra,
                              connectors={'embed_s': (embed_s, s_emb), 'embed_t': (embed_t, t_emb)})
 
 

@@ -14,17 +14,20 @@ from __future__ import annotations
 import ml_collections
 
 from kdjax import losses
-from kdjax.methods.base import Method, student_and_teacher
-from kdjax.methods.connectors import ConvReg, distillation_method, hint_shapes
+from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
+from kdjax.methods.connectors import ConvReg
+from kdjax.methods.distiller import distillation_method, hint_shapes
 
 
-def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
-          optimizer_factory) -> Method:
-  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+INFO = MethodInfo('FitNet')
+
+
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+  student, teacher = student_and_teacher(config, inputs)
   c = config.fitnet
   h = c.hint_layer
-  s_hint, t_hint = hint_shapes(config, student, teacher, dtype, 'fitnet', h)
-  regressor = ConvReg(s_hint.shape[1:], t_hint.shape[1:], dtype=dtype, bn_groups=bn_groups)
+  s_hint, t_hint = hint_shapes(config, inputs, student, teacher, 'fitnet', h)
+  regressor = ConvReg(s_hint.shape[1:], t_hint.shape[1:], dtype=inputs.dtype, bn_groups=inputs.bn_groups)
 
   def terms(run, out, batch, ctx):
     del batch
@@ -32,7 +35,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
     return {'fitnet': c.feat_weight * losses.fitnet(hint, ctx.teacher.features[h])}
 
   return distillation_method('fitnet', student, teacher, ce_weight=c.ce_weight, terms=terms,
-                             optimizer_factory=optimizer_factory,
+                             optimizer=inputs.optimizer,
                              connectors={'regressor': (regressor, s_hint)})
 
 

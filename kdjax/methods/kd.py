@@ -9,12 +9,14 @@ from __future__ import annotations
 import ml_collections
 
 from kdjax import losses
-from kdjax.methods.base import Method, student_and_teacher
+from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
 
 
-def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
-          optimizer_factory) -> Method:
-  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+INFO = MethodInfo('KD')
+
+
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+  student, teacher = student_and_teacher(config, inputs)
   cfg = config.kd
 
   def loss(run, batch, ctx):
@@ -23,7 +25,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
     kd = cfg.kd_weight * losses.kd(logits, ctx.teacher.logits, temperature=cfg.temperature)
     return ce + kd, {'ce': ce, 'kd': kd}
 
-  return Method('kd', {'student': student}, {'student': optimizer_factory()}, loss,
+  return Method('kd', {'student': student}, {'student': inputs.optimizer}, loss,
                 teacher=teacher)
 
 

@@ -38,8 +38,9 @@ import ml_collections
 from kdjax import losses
 from kdjax.errors import KdjaxError
 from kdjax.losses import _common
-from kdjax.methods.base import Method, student_and_teacher
-from kdjax.methods.connectors import ConvBNs, distillation_method, output_shapes
+from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
+from kdjax.methods.connectors import ConvBNs
+from kdjax.methods.distiller import distillation_method
 from kdjax.models.resnet import ResNet
 from kdjax.models.resnetv2 import ResNetV2
 from kdjax.models.vgg import VGG
@@ -91,13 +92,15 @@ class MarginTeacher(nn.Module):
     return MarginTeacherOutput(*out, margins)
 
 
-def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
-          optimizer_factory) -> Method:
-  student, teacher_model = student_and_teacher(config, num_classes, dtype, bn_groups)
+INFO = MethodInfo('OFD')
+
+
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+  student, teacher_model = student_and_teacher(config, inputs)
   c = config.ofd
   teacher = MarginTeacher(teacher_model, tuple(bn_before_relu(teacher_model)))
-  s_pre = output_shapes(student, dtype).preact_features
-  t_pre = output_shapes(teacher_model, dtype).preact_features
+  s_pre = inputs.output_shapes(student).preact_features
+  t_pre = inputs.output_shapes(teacher_model).preact_features
   if s_pre is None or t_pre is None:
     raise KdjaxError(f'OFD needs pre-ReLU features, which '
                      f'{config.model if s_pre is None else config.teacher.model} does not have')
@@ -105,7 +108,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   n = min(len(s_pre), len(t_pre)) - 1
   s_pre, t_pre = s_pre[-n:], t_pre[-n:]
   connectors = ConvBNs(tuple(f.shape[-1] for f in s_pre), tuple(f.shape[-1] for f in t_pre),
-                       c.connector_kernel_size, dtype=dtype, bn_groups=bn_groups)
+                       c.connector_kernel_size, dtype=inputs.dtype, bn_groups=inputs.bn_groups)
 
   def terms(run, out, batch, ctx):
     del batch
@@ -118,7 +121,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
     return {'ofd': c.feat_weight * total}
 
   return distillation_method('ofd', student, teacher, ce_weight=c.ce_weight, terms=terms,
-                             optimizer_factory=optimizer_factory,
+                             optimizer=inputs.optimizer,
                              connectors={'connectors': (connectors, s_pre)})
 
 

@@ -40,9 +40,9 @@ import ml_collections
 
 from kdjax import losses
 from kdjax.errors import KdjaxError
-from kdjax.methods.base import Method, student_and_teacher
-from kdjax.methods.connectors import (distillation_method, kaiming_uniform, nearest_resize,
-                                      output_shapes, warmup)
+from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
+from kdjax.methods.connectors import kaiming_uniform, nearest_resize
+from kdjax.methods.distiller import distillation_method, warmup
 from kdjax.models.layers import BatchNorm, conv
 
 
@@ -107,11 +107,13 @@ def _pyramid(out, preact: bool):
   return list(maps) + [out.embedding[:, None, None, :]]
 
 
-def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
-          optimizer_factory) -> Method:
-  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+INFO = MethodInfo('ReviewKD')
+
+
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+  student, teacher = student_and_teacher(config, inputs)
   c = config.reviewkd
-  s_out, t_out = output_shapes(student, dtype), output_shapes(teacher, dtype)
+  s_out, t_out = inputs.output_shapes(student), inputs.output_shapes(teacher)
   if t_out.preact_features is None or (c.stu_preact and s_out.preact_features is None):
     name = config.teacher.model if t_out.preact_features is None else config.model
     raise KdjaxError(f'ReviewKD needs pre-ReLU features, which {name} does not have')
@@ -126,7 +128,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   fusion = ReviewFusion(
       in_channels=in_channels, out_channels=tuple(f.shape[-1] for f in t_maps),
       shapes=tuple(f.shape[1] for f in s_maps), out_shapes=tuple(f.shape[1] for f in t_maps),
-      mid_channel=min(c.max_mid_channel, in_channels[-1]), dtype=dtype, bn_groups=bn_groups)
+      mid_channel=min(c.max_mid_channel, in_channels[-1]), dtype=inputs.dtype, bn_groups=inputs.bn_groups)
 
   def terms(run, out, batch, ctx):
     del batch
@@ -135,7 +137,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
     return {'reviewkd': c.reviewkd_weight * warmup(ctx.epoch, c.warmup_epochs) * hcl}
 
   return distillation_method('reviewkd', student, teacher, ce_weight=c.ce_weight, terms=terms,
-                             optimizer_factory=optimizer_factory,
+                             optimizer=inputs.optimizer,
                              connectors={'abfs': (fusion, s_maps)})
 
 

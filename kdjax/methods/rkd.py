@@ -13,13 +13,15 @@ from __future__ import annotations
 import ml_collections
 
 from kdjax import losses
-from kdjax.methods.base import Method, student_and_teacher
-from kdjax.methods.connectors import distillation_method
+from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
+from kdjax.methods.distiller import distillation_method
 
 
-def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
-          optimizer_factory) -> Method:
-  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+INFO = MethodInfo('RKD')
+
+
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+  student, teacher = student_and_teacher(config, inputs)
   c = config.rkd
 
   def terms(run, out, batch, ctx):
@@ -29,7 +31,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
     return {'rkd': c.feat_weight * rkd}
 
   return distillation_method('rkd', student, teacher, ce_weight=c.ce_weight, terms=terms,
-                             optimizer_factory=optimizer_factory)
+                             optimizer=inputs.optimizer)
 
 
 def default_config() -> ml_collections.ConfigDict:

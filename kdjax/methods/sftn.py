@@ -24,12 +24,15 @@ loss the branch would get as a student: :func:`kdjax.losses.kd` ``(R_i, T)`` =
 Nets: ``teacher`` (the zoo teacher, the run's reported accuracy) and one ``branch{i}`` per
 branch, each its own parameter pytree and optimizer; nothing is frozen. Every epoch the
 teacher and every branch (on the teacher's inference-mode features) are evaluated.
-A finished SFTN workdir is a teacher checkpoint: :func:`kdjax.teachers.load` reads its
-``teacher`` net only (:func:`kdjax.methods.trained_net`).
+A finished SFTN workdir is a teacher checkpoint of its ``teacher`` net only
+(``INFO.trained_net``). With ``config.sftn.distill`` the plan follows the run with
+:func:`follow_ups`: the student ``config.sftn.student`` distilled from the SFTN teacher, and,
+with ``compare_standard``, from a vanilla teacher trained the usual way.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -38,14 +41,49 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax import losses, models
+from kdjax.configdict import derive
 from kdjax.errors import KdjaxError
-from kdjax.methods.base import Method
+from kdjax.methods.base import BuildInputs, FollowUp, Method, MethodInfo
 from kdjax.models.layers import BatchNorm, conv
 
-# Every kdjax dataset yields 32x32x3 images (kdjax.data.sources); the branches' input shapes
-# are derived from the teacher's feature maps on such an image.
-IMAGE_SHAPE = (32, 32, 3)
 KL_DIRECTIONS = ('kd', 'reverse')
+
+
+def distill_config(config: ml_collections.ConfigDict,
+                   teacher_checkpoint) -> ml_collections.ConfigDict:
+  """The ``config.sftn.distill`` run of SFTN ``config``'s student from a teacher.
+
+  Same data and recipe; the student ``config.sftn.student`` with lr ``sftn.student_lr``.
+  Without ``teacher_checkpoint`` the teacher is a vanilla ``config.model`` trained first
+  for ``config.num_epochs`` (the standard teacher SFTN is compared with).
+  """
+  c = config.sftn
+  return derive(config, {
+      'method': c.distill, 'model': c.student, 'optimizer.lr': c.student_lr,
+      'teacher.model': config.model, 'teacher.checkpoint': teacher_checkpoint,
+      'teacher.train_if_missing': teacher_checkpoint is None,
+      'teacher.num_epochs': config.num_epochs})
+
+
+def follow_ups(config: ml_collections.ConfigDict, workdir: str) -> tuple:
+  """The distillation runs after the SFTN teacher (none without ``config.sftn.distill``):
+  the student from it into ``workdir/student``; with ``compare_standard`` the student from a
+  vanilla teacher into ``workdir/standard`` (its teacher in ``workdir/standard/teacher``)."""
+  c = config.sftn
+  if not c.distill:
+    return ()
+  runs = [FollowUp(f'{c.distill} student from the SFTN teacher', distill_config(config, workdir),
+                   os.path.join(workdir, 'student'))]
+  if c.compare_standard:
+    runs.append(FollowUp(f'{c.distill} student from the standard teacher',
+                         distill_config(config, None), os.path.join(workdir, 'standard')))
+  return tuple(runs)
+
+
+INFO = MethodInfo('SFTN', uses_teacher=False, trained_net='teacher', follow_ups=follow_ups,
+                  pair=lambda config: (config['model'],
+                                       (config.get('sftn') or {}).get('student', '')),
+                  figures=('eval_nets',))
 
 
 class Transform(nn.Module):
@@ -93,10 +131,9 @@ class StudentBranch(nn.Module):
     return self.student(x, train=train, start=self.start)
 
 
-def _feature_shapes(net: nn.Module) -> list[tuple[int, ...]]:
-  image = jnp.zeros((2,) + IMAGE_SHAPE, jnp.float32)
-  out = jax.eval_shape(lambda: net.init_with_output(jax.random.key(0), image, train=False)[0])
-  return [tuple(f.shape[1:]) for f in out.features]
+def _feature_shapes(net: nn.Module, image_shape) -> list[tuple[int, ...]]:
+  """The shapes (without batch) of ``net``'s stage outputs on images of ``image_shape``."""
+  return [tuple(f.shape[1:]) for f in models.output_shapes(net, image_shape).features]
 
 
 def _resampling(teacher_hw: int, student_hw: int, where: str) -> dict:
@@ -122,17 +159,16 @@ def kl_term(branch_logits, teacher_logits, *, temperature: float, direction: str
   raise KdjaxError(f'config.sftn.kl must be one of {KL_DIRECTIONS}, got {direction!r}')
 
 
-def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
-          optimizer_factory) -> Method:
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
   c = config.sftn
   if c.student not in models.names():
     raise KdjaxError(f'unknown SFTN student model {c.student!r} (config.sftn.student); '
                      f'expected one of: {", ".join(models.names())}')
   if c.kl not in KL_DIRECTIONS:
     raise KdjaxError(f'config.sftn.kl must be one of {KL_DIRECTIONS}, got {c.kl!r}')
-  teacher = models.create(config.model, num_classes, dtype=dtype, bn_groups=bn_groups)
-  student = models.create(c.student, num_classes, dtype=dtype, bn_groups=bn_groups)
-  t_shapes, s_shapes = _feature_shapes(teacher), _feature_shapes(student)
+  teacher, student = inputs.create_net(config.model), inputs.create_net(c.student)
+  t_shapes = _feature_shapes(teacher, inputs.image_shape)
+  s_shapes = _feature_shapes(student, inputs.image_shape)
   if len(t_shapes) != len(s_shapes):
     raise KdjaxError(f'SFTN: the teacher {config.model} has {len(t_shapes)} stages and the '
                      f'student {c.student} {len(s_shapes)}; branches map stage i to stage i, '
@@ -143,7 +179,8 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   branches, sample_inputs = {}, {}
   for i in stages:
     (th, _, tc), (sh, _, sc) = t_shapes[i], s_shapes[i]
-    transform = Transform(in_channels=tc, out_channels=sc, dtype=dtype, bn_groups=bn_groups,
+    transform = Transform(in_channels=tc, out_channels=sc, dtype=inputs.dtype,
+                          bn_groups=inputs.bn_groups,
                           **_resampling(th, sh, f'stage {i}'))
     branches[f'branch{i}'] = StudentBranch(student=student, start=i + 1, transform=transform)
     sample_inputs[f'branch{i}'] = jax.ShapeDtypeStruct((2,) + t_shapes[i], jnp.float32)
@@ -170,7 +207,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
       out[name] = branches[name].apply(variables[name], t_out.features[i], train=False).logits
     return out
 
-  return Method('sftn', nets, {name: optimizer_factory() for name in nets}, loss,
+  return Method('sftn', nets, {name: inputs.optimizer for name in nets}, loss,
                 eval_nets=tuple(nets), sample_inputs=sample_inputs, eval_logits=eval_logits,
                 labels={'teacher': 'SFTN teacher',
                         **{f'branch{i}': f'SFTN student branch at stage {i}' for i in stages}})
@@ -183,7 +220,7 @@ def default_config() -> ml_collections.ConfigDict:
       'lambda_t': 1.0, 'lambda_ce': 1.0, 'lambda_kl': 3.0, 'temperature': 1.0,
       'kl': 'kd',  # 'kd': KL(p_T || p_R) = losses.kd(R, T); 'reverse': KL(p_R || p_T)
       'kl_warmup_epochs': 0,  # > 0: lambda_kl * min(epoch / this, 1), as DKD's warm-up
-      # The pipeline after the teacher (kdjax.pipelines.sftn_pipeline): a method name ('kd')
+      # The runs after the teacher (follow_ups, added by kdjax.plan): a method name ('kd')
       # distils config.sftn.student from the SFTN teacher into <workdir>/student with lr
       # student_lr; compare_standard also trains a vanilla teacher and the same student from
       # it into <workdir>/standard, and prints both.

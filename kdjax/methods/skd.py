@@ -5,8 +5,9 @@ it, documented with every choice in ``docs/skd.md``. The student is shown how th
 *learned*: its trajectory, K stages of a network of the teacher's architecture, from one of
 
 * ``snapshots``: the teacher's own variables at the end of each of K training stages,
-  recorded by kdjax when it trained the teacher (:mod:`kdjax.trajectory`); student stage k
-  (of K equal stages of the run) is paired with snapshot k;
+  recorded by kdjax when it trained the teacher (:mod:`kdjax.trajectory`, loaded by the loop
+  into ``BuildInputs.teacher_trajectory``); student stage k (of K equal stages of the run)
+  is paired with snapshot k;
 * ``self_learning``: SLKD's two self-learning teachers (:mod:`kdjax.methods.slkd`) learn
   from the teacher during the run; SL-teacher 1's variables at the last three stage
   boundaries are kept in the train state (``extra['trajectory']``).
@@ -32,7 +33,8 @@ Meta step (stage 1, nets TBT and TET; MetaDistil's look-ahead, Zhou et al., ACL 
 virtual SGD step of the student on its loss, ``theta' = theta - lr * grad_theta L_S(theta;
 phi, psi)``, then the cross-entropy of the virtually updated student on a quiz batch held
 out from the training set, differentiated with respect to (phi, psi) through the virtual
-step (``jax.grad`` inside ``jax.value_and_grad``):
+step (``jax.grad`` inside ``jax.value_and_grad``; ``lr`` is the student's learning rate in this
+epoch, ``StepContext.lr``, times ``virtual_lr_scale``):
 
     L_meta(phi, psi) = CE(y_q, S_theta'(x_q)) + gamma * MSE(B_phi(f_{k-2|k-1}, ...), f_next)
 
@@ -52,14 +54,31 @@ import ml_collections
 import numpy as np
 import optax
 
-from kdjax import losses, models, trajectory
+from kdjax import losses
 from kdjax.errors import KdjaxError
 from kdjax.methods import slkd
-from kdjax.methods.base import Method, student_and_teacher
-from kdjax.methods.connectors import ConvReg, hint_shapes
-from kdjax.train import optim
+from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
+from kdjax.methods.connectors import ConvReg
+from kdjax.methods.distiller import hint_shapes
 
 SOURCES = ('snapshots', 'self_learning')
+
+
+def _inputs(config) -> tuple:
+  return ('teacher_trajectory',) if config.skd.trajectory == 'snapshots' else ()
+
+
+INFO = MethodInfo('SKD', inputs=_inputs)
+
+
+def stage_of(epoch, num_epochs: int, stages: int):
+  """The 0-based stage of (1-based) ``epoch``: ``min((epoch - 1) * K // E, K - 1)``."""
+  return jnp.minimum((jnp.asarray(epoch) - 1) * stages // num_epochs, stages - 1)
+
+
+def snapshot(stacked: dict, j) -> dict:
+  """Snapshot ``j`` (may be traced) of variables stacked on a leading (stage) axis."""
+  return jax.tree.map(lambda a: jnp.asarray(a)[j], stacked)
 
 
 class BehaviourTeacher(nn.Module):
@@ -134,8 +153,7 @@ def virtual_step(params, grads, lr):
   return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads)
 
 
-def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
-          optimizer_factory) -> Method:
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
   c = config.skd
   if c.trajectory not in SOURCES:
     raise KdjaxError(f'unknown skd.trajectory {c.trajectory!r}; expected one of: '
@@ -146,17 +164,16 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   if c.slkd_terms and not self_learning:
     raise KdjaxError('skd.slkd_terms needs the self-learning teachers: set '
                      'skd.trajectory=self_learning')
-  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
+  student, teacher = student_and_teacher(config, inputs)
   h = c.hint_layer
-  s_hint, t_hint = hint_shapes(config, student, teacher, dtype, 'skd', h)
+  s_hint, t_hint = hint_shapes(config, inputs, student, teacher, 'skd', h)
 
   frozen = {}
   if self_learning:
     num_stages = c.stages
-    sl_net = models.create(config.teacher.model, num_classes, dtype=dtype, bn_groups=bn_groups)
+    sl_net = inputs.create_net(config.teacher.model)
   else:
-    frozen['trajectory'] = trajectory.load(config.teacher.checkpoint, config.teacher.model,
-                                           num_classes)
+    frozen['trajectory'] = inputs.teacher_trajectory
     num_stages = jax.tree.leaves(frozen['trajectory'])[0].shape[0]
   if num_stages < 2:
     raise KdjaxError(f'skd needs a trajectory of at least 2 stages, got {num_stages}')
@@ -164,10 +181,11 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   if not (c.use_tbt or c.use_tet):
     raise KdjaxError('skd needs at least one of skd.use_tbt and skd.use_tet')
   nets, sample_inputs = {'student': student}, {}
+  dtype, num_classes = inputs.dtype, inputs.num_classes
   if c.use_tbt:  # the student's connector and the behaviour teacher
     hint_input = jax.ShapeDtypeStruct(t_hint.shape, dtype)
     nets['connector'] = ConvReg(s_hint.shape[1:], t_hint.shape[1:], dtype=dtype,
-                                bn_groups=bn_groups)
+                                bn_groups=inputs.bn_groups)
     nets['tbt'] = BehaviourTeacher(t_hint.shape[-1], c.tbt_hidden or t_hint.shape[-1],
                                    dtype=dtype)
     sample_inputs.update(connector=jax.ShapeDtypeStruct(s_hint.shape, dtype),
@@ -180,8 +198,8 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   meta_nets = tuple(n for n in ('tbt', 'tet') if n in nets)
   if self_learning:
     nets.update({name: sl_net for name in slkd.SL_TEACHERS})
-    sl_shapes = jax.eval_shape(
-        lambda: sl_net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    sl_shapes = jax.eval_shape(lambda: sl_net.init(
+        jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(inputs.image_shape)), train=False))
 
     def init_extra(key):  # slots [s_{k-2}, s_{k-1}, s_k], filled at stage boundaries
       del key
@@ -199,13 +217,13 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
       return out.features[h]
     return model.apply(variables, x, train=False).features[h]
 
-  def stage_of(ctx):
-    return trajectory.stage_of(ctx.epoch, config.num_epochs, num_stages).astype(jnp.int32)
+  def student_stage(ctx):
+    return stage_of(ctx.epoch, config.num_epochs, num_stages).astype(jnp.int32)
 
   def snapshot_view(batch, ctx) -> TrajectoryView:
-    stacked, k = ctx.frozen['trajectory'], stage_of(ctx)
+    stacked, k = ctx.frozen['trajectory'], student_stage(ctx)
     last = num_stages - 1
-    prev_v, cur_v, next_v = (trajectory.snapshot(stacked, j) for j in (
+    prev_v, cur_v, next_v = (snapshot(stacked, j) for j in (
         jnp.maximum(k - 1, 0), k, jnp.minimum(k + 1, last)))
     prev, next_ = (hint_of(teacher, v, batch.images) for v in (prev_v, next_v))
     cur_out = teacher.apply(cur_v, batch.images, train=False)
@@ -214,7 +232,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
     return TrajectoryView(k, prev, cur, cur_out.logits, (prev, cur, next_), one, one)
 
   def self_learning_view(run, batch, ctx, stage_logits) -> TrajectoryView:
-    k = stage_of(ctx)
+    k = student_stage(ctx)
     extra = dict(run.extra)
     boundary = k != extra['trajectory_stage']
     current = {'params': run.params('slt1'), 'batch_stats': run.batch_stats['slt1']}
@@ -225,7 +243,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
     run.extra.update(trajectory=slots, trajectory_count=jnp.minimum(count, 3),
                      trajectory_stage=k)
     slots = jax.lax.stop_gradient(slots)
-    f = [hint_of(sl_net, trajectory.snapshot(slots, j), batch.images, train=True)
+    f = [hint_of(sl_net, snapshot(slots, j), batch.images, train=True)
          for j in range(3)]
     return TrajectoryView(k, f[1], f[2], stage_logits, (f[0], f[1], f[2]),
                           (count >= 2).astype(jnp.float32), (count >= 3).astype(jnp.float32))
@@ -274,7 +292,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
       return sum(terms.values())
 
     theta = run.params('student')
-    lr = optim.lr_at_epoch(config.optimizer, ctx.epoch) * c.virtual_lr_scale
+    lr = ctx.lr * c.virtual_lr_scale
     looked_ahead = virtual_step(theta, jax.grad(inner)(theta), lr)
     quiz_logits = run('student', batch.quiz.images, params=looked_ahead,
                       update_stats=False).logits
@@ -303,7 +321,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
     return loss, {**terms, **sl_terms, **monitors}
 
   learners = tuple(n for n in nets if n not in meta_nets)
-  optimizers = {name: optimizer_factory() for name in learners}
+  optimizers = {name: inputs.optimizer for name in learners}
   optimizers.update({name: optax.adam(c.meta_lr) for name in meta_nets})
   return Method('skd', nets, optimizers, student_loss,
                 eval_nets=('student',) + (slkd.SL_TEACHERS if self_learning else ()),

@@ -7,9 +7,12 @@ cross-entropy and KD_tau the temperature-scaled KL of :func:`kdjax.losses.kd`:
 
     L_TS   = a_ce * CE(y, S)   + a_kd * KD_tau(S, T)                 (paper eq. 1)
     L_TSLj = a_ce * CE(y, SLj) + a_kd * KD_tau(SLj, T),  j = 1, 2    (eqs. 4, 5)
-    F      = rho * SL1 + (1 - rho) * SL2                             (eq. 6, fused logits)
+    F      = rho * SL1 + (1 - rho) * SL2                             (eq. 6)
     L_SLTS = b_ce * CE(y, S)   + b_kd * KD_tau(S, F)                 (eq. 3)
     student: lambda * L_TS + eta * L_SLTS;  SLj: L_TSLj              (eq. 7)
+
+F fuses the SL-teachers' *logits* (eq. 6 mixes the networks' outputs, before any softmax),
+and the student's KD term softens F at tau like any teacher's logits.
 
 All three nets learn in ONE gradient of ``lambda L_TS + eta L_SLTS + L_TSL1 + L_TSL2``:
 the terms of different nets share no parameters, so each net receives exactly the
@@ -18,10 +21,12 @@ paper's equations) F is a constant for the student's term; with ``True`` (the au
 code, class ``Tech_KD``) the student's term also sends gradients into SL1 and SL2.
 
 Defaults (the paper): a = b = (CE 0.1, KD 0.9) -- "the same weights as the original KD" --,
-lambda = 1, eta = 3, tau = 4, rho = 0.5, F detached. The ``official`` preset reproduces the
+lambda = 1, eta = 3, tau = 4, F detached; rho = 0.5 comes from the authors' code (the paper
+names rho, eq. 6, but gives no value). The ``official`` preset reproduces the
 authors' code: b = (1, 1), eta = 1, F not detached.
 
-Sequential mode (SLKD*, paper section 4.3): within every step the SL-teachers first take
+Sequential mode (SLKD*, paper section 4.3, "Parallel and sequential learning"; the authors'
+code keeps such a trainer, commented out, beside ``Tech_KD``): within every step the SL-teachers first take
 their update on the batch (their own L_TSLj), then the student takes its update towards T
 and towards F computed by the *updated* SL-teachers on the same batch (training-mode
 BatchNorm, their running statistics not updated a second time). F is then always a
@@ -33,10 +38,11 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from kdjax import losses, models
-from kdjax.methods.base import Method, student_and_teacher
+from kdjax import losses
+from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
 
 SL_TEACHERS = ('slt1', 'slt2')
+INFO = MethodInfo('SLKD', figures=('kl_monitors',))
 
 
 def _ce_kd(logits, labels, target_logits, ce_weight, kd_weight, temperature):
@@ -79,10 +85,9 @@ def monitors(logits, teacher_logits, fused, c: ml_collections.ConfigDict) -> dic
                                ('kl_fused_student', fused))}
 
 
-def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
-          optimizer_factory) -> Method:
-  student, teacher = student_and_teacher(config, num_classes, dtype, bn_groups)
-  sl_net = models.create(config.teacher.model, num_classes, dtype=dtype, bn_groups=bn_groups)
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+  student, teacher = student_and_teacher(config, inputs)
+  sl_net = inputs.create_net(config.teacher.model)
   c = config.slkd
   nets = {'student': student, 'slt1': sl_net, 'slt2': sl_net}
 
@@ -114,7 +119,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_grou
   stages = ()
   if c.mode == 'sequential':
     stages = ((SL_TEACHERS, sequential_sl_loss), (('student',), sequential_student_loss))
-  return Method('slkd', nets, {name: optimizer_factory() for name in nets}, joint_loss,
+  return Method('slkd', nets, {name: inputs.optimizer for name in nets}, joint_loss,
                 eval_nets=('student',) + SL_TEACHERS, teacher=teacher, stages=stages,
                 labels=sl_labels(config))
 

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import ml_collections
 
-from kdjax import losses, models
-from kdjax.methods.base import Method
+from kdjax import losses
+from kdjax.methods.base import BuildInputs, Method, MethodInfo
 
 
-def build(config: ml_collections.ConfigDict, *, num_classes: int, dtype, bn_groups: int,
-          optimizer_factory) -> Method:
+INFO = MethodInfo('vanilla', uses_teacher=False,
+                  pair=lambda config: ('', config['model']))
+
+
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
   """The vanilla method: ``config.model`` trained with cross-entropy."""
-  student = models.create(config.model, num_classes, dtype=dtype, bn_groups=bn_groups)
+  student = inputs.create_net(config.model)
 
   def loss(run, batch, ctx):
     del ctx
     ce = losses.cross_entropy(run('student', batch.images).logits, batch.labels)
     return ce, {'ce': ce}
 
-  return Method('vanilla', {'student': student}, {'student': optimizer_factory()}, loss)
+  return Method('vanilla', {'student': student}, {'student': inputs.optimizer}, loss)

@@ -7,17 +7,20 @@
 
 Names are mdistiller's ``cifar_model_dict`` keys. Every model accepts ``dtype`` (the
 computation dtype; parameters stay float32) and ``bn_groups`` (BatchNorm statistics per
-group of the batch, see :class:`kdjax.models.layers.BatchNorm`).
+group of the batch, see :class:`kdjax.models.layers.BatchNorm`); models with residual blocks
+also ``materialize_residuals`` (:func:`kdjax.models.layers.materialize`, a CPU speed setting
+that changes no result).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import jax.numpy as jnp
 
 from kdjax.errors import KdjaxError
-from kdjax.models.base import ModelOutput
+from kdjax.models.base import ModelOutput, output_shapes, variable_shapes
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 
@@ -33,11 +36,19 @@ def names() -> list[str]:
 
 
 def create(name: str, num_classes: int = 100, *, dtype: Any = jnp.float32,
-           bn_groups: int = 1):
-  """Builds the zoo model ``name`` (an unbound Flax module)."""
+           bn_groups: int = 1, materialize_residuals: bool = False):
+  """Builds the zoo model ``name`` (an unbound Flax module).
+
+  ``materialize_residuals`` is passed to the models that have residual blocks and ignored
+  by the others (VGG, ShuffleNets), whose results it could not change either.
+  """
   if name not in _REGISTRY:
     raise KdjaxError(f'unknown model {name!r}; expected one of: {", ".join(names())}')
-  return _REGISTRY[name](num_classes=num_classes, dtype=dtype, bn_groups=bn_groups)
+  factory = _REGISTRY[name]
+  kwargs = dict(num_classes=num_classes, dtype=dtype, bn_groups=bn_groups)
+  if 'materialize_residuals' in inspect.signature(factory).parameters:
+    kwargs['materialize_residuals'] = materialize_residuals
+  return factory(**kwargs)
 
 
 # Importing the families registers their models (order = mdistiller's listing).
@@ -49,4 +60,4 @@ from kdjax.models import mobilenetv2  # noqa: E402,F401
 from kdjax.models import shufflenetv1  # noqa: E402,F401
 from kdjax.models import shufflenetv2  # noqa: E402,F401
 
-__all__ = ['ModelOutput', 'create', 'names', 'register']
+__all__ = ['ModelOutput', 'create', 'names', 'output_shapes', 'register', 'variable_shapes']

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 class ModelOutput(NamedTuple):
@@ -26,3 +28,20 @@ class ModelOutput(NamedTuple):
   features: Sequence[jax.Array]
   preact_features: Optional[Sequence[jax.Array]]
   embedding: jax.Array
+
+
+def output_shapes(model: nn.Module, image_shape: Sequence[int], dtype=jnp.float32,
+                  batch: int = 2) -> ModelOutput:
+  """The model's output on a ``batch`` of images, as ``jax.ShapeDtypeStruct`` (no FLOPs).
+
+  mdistiller's ``get_feat_shapes``: what a connector between two nets must be sized for.
+  """
+  x = jax.ShapeDtypeStruct((batch,) + tuple(image_shape), dtype)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+  return jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+
+
+def variable_shapes(model: nn.Module, image_shape: Sequence[int]) -> dict:
+  """The variables ``model.init`` makes for images of ``image_shape``, as shapes (no FLOPs)."""
+  image = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), image, train=False))

@@ -29,8 +29,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax import platform_tuning
-
 
 def torch_default_init(fan_in: int):
   """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default Conv/Linear weight and bias init."""
@@ -73,21 +71,22 @@ def dense(features: int, *, in_features: int, kernel_init=None, bias_init=None,
                   name=name)
 
 
-def materialize(x: jax.Array) -> jax.Array:
+def materialize(x: jax.Array, enabled: bool = True) -> jax.Array:
   """``x``, stored once on XLA:CPU instead of recomputed inside the fusions that read it.
 
-  Residual blocks end with this. With ``config.platform.residual_outputs`` at ``'fuse'``
-  (or ``'auto'`` off the CPU), or outside a trace, it returns ``x`` itself; under ``jit``
-  ``x`` passes through a ``lax.cond`` whose predicate XLA cannot know at compile time and
-  whose branches both return ``x``. XLA does not fuse across a conditional, so the
-  transposed copy that a weight-gradient convolution reads is made from the stored ``x``,
-  not by recomputing BatchNorm, add and ReLU of every block since the stage began
-  (:mod:`kdjax.platform_tuning` has the measurement). One branch is ``x * 1``, not ``x``:
-  JAX drops a ``cond`` output that every branch forwards unchanged, and with one non-empty
-  branch XLA's conditional simplifier keeps the conditional (an empty branch runs faster
-  than a select).
+  Residual blocks end with this, ``enabled`` by their model's ``materialize_residuals``
+  attribute (``config.platform.residual_outputs``, resolved by
+  :func:`kdjax.platform_tuning.materialize_residuals` when the model is created). Disabled,
+  or outside a trace, it returns ``x`` itself; under ``jit`` ``x`` passes through a
+  ``lax.cond`` whose predicate XLA cannot know at compile time and whose branches both
+  return ``x``. XLA does not fuse across a conditional, so the transposed copy that a
+  weight-gradient convolution reads is made from the stored ``x``, not by recomputing
+  BatchNorm, add and ReLU of every block since the stage began (:mod:`kdjax.platform_tuning`
+  has the measurement). One branch is ``x * 1``, not ``x``: JAX drops a ``cond`` output that
+  every branch forwards unchanged, and with one non-empty branch XLA's conditional
+  simplifier keeps the conditional (an empty branch runs faster than a select).
   """
-  if not isinstance(x, jax.core.Tracer) or not platform_tuning.materializes_residual_outputs():
+  if not enabled or not isinstance(x, jax.core.Tracer):
     return x  # eager (op by op) computation fuses nothing
   unknown = jnp.isfinite(x.reshape(-1)[0])
   return jax.lax.cond(unknown, lambda t: t, lambda t: t * 1, x)

@@ -51,6 +51,7 @@ class InvertedResidual(nn.Module):
   expand_ratio: int
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  materialize_residuals: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -60,7 +61,9 @@ class InvertedResidual(nn.Module):
     out = nn.relu(cb(x, hidden, 1, index=0))
     out = nn.relu(cb(out, hidden, 3, index=3, stride=self.stride, groups=hidden))
     out = cb(out, self.oup, 1, index=6)
-    return materialize(x + out) if self.stride == 1 and x.shape[-1] == self.oup else out
+    if self.stride == 1 and x.shape[-1] == self.oup:
+      return materialize(x + out, self.materialize_residuals)
+    return out
 
 
 class MobileNetV2(nn.Module):
@@ -68,6 +71,7 @@ class MobileNetV2(nn.Module):
   num_classes: int
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  materialize_residuals: bool = False  # see kdjax.models.layers.materialize
   expansion: int = 6
   width_mult: float = 0.5
 
@@ -77,7 +81,9 @@ class MobileNetV2(nn.Module):
     for j in range(n):
       x = InvertedResidual(oup=int(c * self.width_mult), stride=s if j == 0 else 1,
                            expand_ratio=self.expansion if t is None else t, dtype=self.dtype,
-                           bn_groups=self.bn_groups, name=f'blocks.{k}.{j}')(x, train)
+                           bn_groups=self.bn_groups,
+                           materialize_residuals=self.materialize_residuals,
+                           name=f'blocks.{k}.{j}')(x, train)
     return x
 
   @nn.compact

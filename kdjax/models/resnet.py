@@ -28,7 +28,8 @@ from kdjax.models.layers import (BatchNorm, at_least_float32, conv, dense,
 class _Block(nn.Module):
   """Common fields of the residual blocks; ``__call__`` returns ``(relu(out), out)``.
 
-  The ``relu(out)`` that the next block reads goes through :func:`layers.materialize`.
+  The ``relu(out)`` that the next block reads goes through :func:`layers.materialize` when
+  ``materialize_residuals``.
   """
   in_planes: int
   planes: int
@@ -36,6 +37,7 @@ class _Block(nn.Module):
   shortcut: str = 'downsample'  # torch name of the projection Sequential(conv1x1, BN)
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  materialize_residuals: bool = False
   expansion = 1
 
   def _conv(self, features, kernel_size, in_features, name, stride=1):
@@ -64,7 +66,7 @@ class BasicBlock(_Block):
     out = nn.relu(self._bn('bn1')(out, train))
     out = self._bn('bn2')(self._conv(self.planes, 3, self.planes, 'conv2')(out), train)
     preact = out + self._residual(x, train)
-    return materialize(nn.relu(preact)), preact
+    return materialize(nn.relu(preact), self.materialize_residuals), preact
 
 
 class Bottleneck(_Block):
@@ -79,7 +81,7 @@ class Bottleneck(_Block):
     out = nn.relu(self._bn('bn2')(out, train))
     out = self._conv(self.planes * 4, 1, self.planes, 'conv3')(out)
     preact = self._bn('bn3')(out, train) + self._residual(x, train)
-    return materialize(nn.relu(preact)), preact
+    return materialize(nn.relu(preact), self.materialize_residuals), preact
 
 
 def make_layer(block: type[_Block], name: str, in_planes: int, planes: int, num_blocks: int,
@@ -110,6 +112,7 @@ class ResNet(nn.Module):
   num_classes: int
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  materialize_residuals: bool = False  # see kdjax.models.layers.materialize
   depth: int = 20
   num_filters: Sequence[int] = (16, 16, 32, 64)
   bottleneck: bool = False
@@ -118,7 +121,8 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False, start: int = 0) -> ModelOutput:
     block = Bottleneck if self.bottleneck else BasicBlock
     n = (self.depth - 2) // (9 if self.bottleneck else 6)
-    kw = dict(dtype=self.dtype, bn_groups=self.bn_groups)
+    kw = dict(dtype=self.dtype, bn_groups=self.bn_groups,
+              materialize_residuals=self.materialize_residuals)
     feats, preacts = [], []
     for stage in range(start, 4):
       if stage == 0:

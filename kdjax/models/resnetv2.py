@@ -29,13 +29,15 @@ class ResNetV2(nn.Module):
   num_classes: int
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  materialize_residuals: bool = False  # see kdjax.models.layers.materialize
   num_blocks: Sequence[int] = (2, 2, 2, 2)
   bottleneck: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False, start: int = 0) -> ModelOutput:
     block = Bottleneck if self.bottleneck else BasicBlock
-    kw = dict(shortcut='shortcut', dtype=self.dtype, bn_groups=self.bn_groups)
+    kw = dict(shortcut='shortcut', dtype=self.dtype, bn_groups=self.bn_groups,
+              materialize_residuals=self.materialize_residuals)
     feats, preacts = [], []
     for stage in range(start, 5):
       if stage == 0:

@@ -5,8 +5,8 @@
 ``linear``. A stage's pre-activation feature is its last block's output before the ReLU.
 No ``_initialize_weights``: every conv and the linear keep PyTorch's default init.
 
-:func:`channel_shuffle`, :func:`avg_pool` and :func:`conv_bn` are shared with
-:mod:`kdjax.models.shufflenetv2`.
+:func:`channel_shuffle`, :func:`avg_pool`, :func:`conv_bn` and :func:`run_stages` are shared
+with :mod:`kdjax.models.shufflenetv2`.
 """
 
 from __future__ import annotations
@@ -50,6 +50,20 @@ def conv_bn(module: nn.Module, x: jax.Array, index: int, features: int, kernel_s
       x, train)
 
 
+def run_stages(module: nn.Module, x: jax.Array, train: bool, start: int):
+  """Stages ``start..3`` of a CIFAR ShuffleNet: the 1x1 ``conv1``-``bn1``-ReLU stem (24
+  channels), then ``module.layer(stage, x, train)``; returns ``(x, features, preacts)``."""
+  feats, preacts = [], []
+  for stage in range(start, 4):
+    if stage == 0:
+      x = preact = nn.relu(conv_bn(module, x, 1, 24, 1, train))
+    else:
+      x, preact = module.layer(stage, x, train)
+    feats.append(x)
+    preacts.append(preact)
+  return x, feats, preacts
+
+
 class Bottleneck(nn.Module):
   """``Bottleneck``: grouped 1x1, shuffle, depthwise 3x3 (strided), grouped 1x1.
 
@@ -87,7 +101,7 @@ class ShuffleNet(nn.Module):
   num_blocks: Sequence[int] = (4, 8, 4)
   groups: int = 3
 
-  def _layer(self, stage: int, x, train: bool):
+  def layer(self, stage: int, x, train: bool):
     """``layer{stage}``: the first block is strided and concatenates its input back."""
     out_planes, preact = self.out_planes[stage - 1], None
     for i in range(self.num_blocks[stage - 1]):
@@ -99,14 +113,7 @@ class ShuffleNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, start: int = 0) -> ModelOutput:
-    feats, preacts = [], []
-    for stage in range(start, 4):
-      if stage == 0:
-        x = preact = nn.relu(conv_bn(self, x, 1, 24, 1, train))
-      else:
-        x, preact = self._layer(stage, x, train)
-      feats.append(x)
-      preacts.append(preact)
+    x, feats, preacts = run_stages(self, x, train, start)
     pooled = avg_pool(x, 4)
     pooled = pooled.reshape(pooled.shape[0], -1)
     logits = dense(self.num_classes, in_features=self.out_planes[-1], dtype=self.dtype,

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from kdjax.models import register
 from kdjax.models.base import ModelOutput
 from kdjax.models.layers import dense
-from kdjax.models.shufflenetv1 import avg_pool, channel_shuffle, conv_bn
+from kdjax.models.shufflenetv1 import avg_pool, channel_shuffle, conv_bn, run_stages
 
 CONFIGS = {
     0.2: {'out_channels': (40, 80, 160, 512), 'num_blocks': (3, 3, 3)},
@@ -77,7 +77,7 @@ class ShuffleNetV2(nn.Module):
   out_channels: Sequence[int] = CONFIGS[1]['out_channels']
   num_blocks: Sequence[int] = CONFIGS[1]['num_blocks']
 
-  def _layer(self, stage: int, x, train: bool):
+  def layer(self, stage: int, x, train: bool):
     """``layer{stage}``: a DownBlock, then the BasicBlocks; returns (out, last preact)."""
     kw = dict(dtype=self.dtype, bn_groups=self.bn_groups)
     x = DownBlock(out_channels=self.out_channels[stage - 1], name=f'layer{stage}.0',
@@ -89,14 +89,7 @@ class ShuffleNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, start: int = 0) -> ModelOutput:
-    feats, preacts = [], []
-    for stage in range(start, 4):
-      if stage == 0:
-        x = preact = nn.relu(conv_bn(self, x, 1, 24, 1, train))
-      else:
-        x, preact = self._layer(stage, x, train)
-      feats.append(x)
-      preacts.append(preact)
+    x, feats, preacts = run_stages(self, x, train, start)
     x = nn.relu(conv_bn(self, x, 2, self.out_channels[3], 1, train))
     pooled = avg_pool(x, 4)
     pooled = pooled.reshape(pooled.shape[0], -1)

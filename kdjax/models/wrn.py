@@ -39,6 +39,7 @@ class WRNBlock(nn.Module):
   stride: int = 1
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  materialize_residuals: bool = False
 
   def _conv(self, features, kernel_size, in_features, name, stride=1):
     return conv(features, kernel_size, stride=stride, in_features=in_features,
@@ -55,9 +56,10 @@ class WRNBlock(nn.Module):
         out, train))
     out = self._conv(self.out_planes, 3, self.out_planes, 'conv2')(out)
     if self.in_planes == self.out_planes:
-      return materialize(x + out)
-    return materialize(self._conv(self.out_planes, 1, self.in_planes, 'convShortcut',
-                                  stride=self.stride)(act) + out)
+      return materialize(x + out, self.materialize_residuals)
+    shortcut = self._conv(self.out_planes, 1, self.in_planes, 'convShortcut',
+                          stride=self.stride)(act)
+    return materialize(shortcut + out, self.materialize_residuals)
 
 
 class WideResNet(nn.Module):
@@ -65,6 +67,7 @@ class WideResNet(nn.Module):
   num_classes: int
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  materialize_residuals: bool = False  # see kdjax.models.layers.materialize
   depth: int = 40
   widen_factor: int = 2
 
@@ -83,6 +86,7 @@ class WideResNet(nn.Module):
           blk = WRNBlock(in_planes=channels[stage - 1] if i == 0 else channels[stage],
                          out_planes=channels[stage], stride=(1 if stage == 1 else 2) if i == 0
                          else 1, dtype=self.dtype, bn_groups=self.bn_groups,
+                         materialize_residuals=self.materialize_residuals,
                          name=f'block{stage}.layer.{i}')
           first_blocks.setdefault(stage, blk)
           x = blk(x, train)

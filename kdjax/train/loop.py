@@ -1,13 +1,16 @@
 """``train_and_evaluate(config, workdir)``: the one training loop of every method.
 
-The loop validates everything it can before it writes anything (config, model, dataset,
-teacher), then resumes from the newest checkpoint in ``workdir`` if there is one. Each
+:class:`RunSetup` builds everything a run needs before anything is written (data, the
+method with the inputs it names, the teacher, the jitted steps); the config was validated by
+:mod:`kdjax.plan`. The loop then resumes from the newest checkpoint in ``workdir`` if there
+is one. Each
 step is one jitted call; the host only computes the batch's indices, and fetches metrics
 every ``config.log_every_steps`` steps. After each epoch the eval nets are evaluated on the
 test set; ``results.json`` keeps the best-epoch and the last-epoch accuracy apart.
 Checkpoints are written every ``config.checkpoint_every_steps`` steps, at each epoch end
 and when the run ends; SIGTERM / SIGINT stop the run after the current step with a
-checkpoint, and running the same command again continues exactly where it stopped.
+checkpoint and raise :class:`Interrupted`; running the same command again continues exactly
+where it stopped.
 
 Each step's metrics (loss, loss terms, gradient norms) are checked before every checkpoint:
 a non-finite one stops the run naming the step and the terms, and the last good checkpoint
@@ -24,17 +27,17 @@ import shutil
 import signal
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdjax import config as config_lib
-from kdjax import data, jsonio, methods, teachers, trajectory
+from kdjax import checkpoints, data, jsonio, methods, platform_tuning, teachers, trajectory
 from kdjax.errors import KdjaxError
-from kdjax.train import checkpoint, optim, step as step_lib
+from kdjax.methods.base import BuildInputs
+from kdjax.train import optim, step as step_lib
 from kdjax.train.state import TrainState, init_state
 from kdjax.train.writers import MetricWriter, Progress
 
@@ -50,7 +53,9 @@ class _StopFlag:
   def __init__(self):
     self.signum: Optional[int] = None
     self._previous = {}
-    self._sync = jax.process_count() > 1 and _preemption_sync_available()
+    # JAX's preemption sync manager runs in every process of a multi-process run when the
+    # jax_enable_preemption_service option is on (its default).
+    self._sync = jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
     if jax.process_count() > 1 and not self._sync:
       say('warning: the JAX preemption service is off (jax_enable_preemption_service); '
           'SIGTERM and SIGINT are not coordinated between processes')
@@ -85,12 +90,14 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
-def _preemption_sync_available() -> bool:
-  try:
-    from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
-    return jax_distributed.global_state.preemption_sync_manager is not None
-  except (ImportError, AttributeError):  # pragma: no cover - another JAX
-    return False
+class Interrupted(Exception):
+  """A SIGTERM/SIGINT stopped the run in ``workdir`` after ``step``; its checkpoint is saved
+  and ``results.json`` written, so running the same command again resumes it."""
+
+  def __init__(self, workdir: str, step: int, signum: int):
+    super().__init__(f'stopped by signal {signum} at step {step}; checkpoint saved in '
+                     f'{workdir}, run the same command again to resume')
+    self.workdir, self.step, self.signum = workdir, step, signum
 
 
 def say(text: str) -> None:
@@ -108,21 +115,25 @@ def _check_writable(workdir: str) -> None:
                      f'creating files); choose another --workdir')
 
 
-class Run:
-  """Everything a run needs, built and validated before the workdir is touched."""
+class RunSetup:
+  """Everything a run needs, built before the workdir is touched.
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    config_lib.validate(config)
+  The datasets, the teacher's variables and its trajectory are loaded as the config says,
+  unless given (the throughput benchmark passes synthetic CIFAR-sized data and a random
+  teacher): the run is then the same, on those inputs. :attr:`train_step` is the jitted step
+  the loop runs, ``(state, frozen, train_images, train_labels, idx) -> (state, metrics)``
+  with the arrays of :meth:`device_arrays` and the indices of :meth:`batch_indices`.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
+               teacher_variables=None, teacher_trajectory=None):
     _check_writable(workdir)
     self.config, self.workdir = config, workdir
     n_dev = jax.device_count()
     if config.batch_size % n_dev:
       raise KdjaxError(f'config.batch_size {config.batch_size} is not divisible by the '
                        f'{n_dev} devices')
-    self.train = data.load(config.data.name, 'train', data_dir=config.data.data_dir,
-                           download=config.data.download)
-    self.test = data.load(config.data.name, 'test', data_dir=config.data.data_dir,
-                          download=config.data.download)
+    self.train, self.test = datasets or (_load_split(config, 'train'), _load_split(config, 'test'))
     # Training indices (None: the whole training set) and the held-out quiz indices.
     self.train_indices, quiz_pool = None, None
     if config.data.holdout:
@@ -138,22 +149,40 @@ class Run:
     self.total_steps = config.num_epochs * self.steps_per_epoch
     self.dtype = jnp.dtype(config.dtype)
     self.mesh = step_lib.make_mesh()
-    self.method = methods.build(
-        config, num_classes=self.train.num_classes, dtype=self.dtype,
+    self.info = methods.info(config.method)
+    image_shape = tuple(self.train.images.shape[1:])
+    needs = self.info.inputs(config)
+    if 'teacher_trajectory' in needs and teacher_trajectory is None:
+      teacher_trajectory = trajectory.load_snapshots(config.teacher.checkpoint,
+                                                     config.teacher.model,
+                                                     self.train.num_classes, image_shape)
+    self.method = methods.build(config, BuildInputs(
+        num_classes=self.train.num_classes,
+        optimizer=optim.sgd(config.optimizer, self.steps_per_epoch),
+        image_shape=image_shape, dtype=self.dtype,
         bn_groups=n_dev if config.bn_stats == 'per_device' else 1,
-        optimizer_factory=lambda opt=None: optim.sgd(opt or config.optimizer,
-                                                     self.steps_per_epoch))
+        materialize_residuals=platform_tuning.materialize_residuals(config),
+        train_labels=self.train.labels if 'train_labels' in needs else None,
+        teacher_trajectory=teacher_trajectory))
     if self.method.needs_quiz and quiz_pool is None:
       raise KdjaxError(f'{config.method} meta-learns on a quiz set held out from the training '
                        f'set: set config.data.holdout (e.g. 5000 for CIFAR, 144 for digits)')
-    teacher_vars = None
-    if self.method.teacher is not None:
-      teacher_vars = teachers.load(config.teacher.checkpoint, config.teacher.model,
-                                   self.train.num_classes)
-    self.frozen: dict = step_lib.frozen_inputs(self.method, teacher_vars)
+    if self.method.teacher is not None and teacher_variables is None:
+      teacher_variables = teachers.load_variables(config.teacher.checkpoint,
+                                                  config.teacher.model,
+                                                  self.train.num_classes, image_shape)
+    self.frozen: dict = step_lib.frozen_inputs(self.method, teacher_variables)
     if self.method.needs_quiz:
       self.frozen['quiz_pool'] = quiz_pool
     self.eval_batch = -(-config.eval_batch_size // n_dev) * n_dev
+    norm = dict(mean=self.train.mean, std=self.train.std, dtype=self.dtype)
+    self.train_step = self.step_for(self.method)
+    self.eval_step = step_lib.make_eval_step(self.method, self.mesh, **norm)
+    self.teacher_eval_step = None
+    if self.method.teacher is not None:
+      self.teacher_eval_step = step_lib.make_eval_step(
+          self.method, self.mesh, nets={'teacher': self.method.teacher}, **norm)
+    self._idx_sharding = step_lib.data_sharded(self.mesh)
     held_out = f' + {config.data.holdout} held out' if config.data.holdout else ''
     say(f'{config.method}: {config.model} on {config.data.name} ({self.train_size} train'
         f'{held_out} / '
@@ -162,10 +191,46 @@ class Run:
         f'global batch {config.batch_size} = {config.batch_size // n_dev} per device, '
         f'{self.steps_per_epoch} steps per epoch')
 
+  def step_for(self, method) -> Callable:
+    """The jitted train step of ``method`` (the run's, or a variant of it) on this run's data,
+    augmentation and schedule."""
+    config = self.config
+    return step_lib.make_train_step(
+        method, self.mesh, mean=self.train.mean, std=self.train.std, dtype=self.dtype,
+        crop_padding=config.data.crop_padding, flip=config.data.flip,
+        steps_per_epoch=self.steps_per_epoch,
+        learning_rate=lambda epoch: optim.lr_at_epoch(config.optimizer, epoch),
+        nan_at_step=_debug(config, 'nan_at_step'))
+
+  def initial_state(self) -> TrainState:
+    """The run's state before its first step, replicated over the mesh."""
+    return step_lib.put_replicated(
+        init_state(self.method, self.config.seed, self.train.images.shape[1:]), self.mesh)
+
+  def device_arrays(self) -> tuple:
+    """``(frozen, train_images, train_labels, test_images, test_labels)`` on the devices."""
+    return step_lib.put_replicated((self.frozen, self.train.images, self.train.labels,
+                                    self.test.images, self.test.labels), self.mesh)
+
+  def batch_indices(self, step: int) -> jax.Array:
+    """The training-set indices of update ``step`` (0-based), split over the devices."""
+    idx = data.batch_indices(self.config.seed, step, self.train_size, self.config.batch_size)
+    if self.train_indices is not None:
+      idx = self.train_indices[idx]
+    return step_lib.put_rows(idx, self._idx_sharding)
+
+
+def _load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
+  return data.load_split(config.data.name, split, data_dir=config.data.data_dir,
+                         download=config.data.download)
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns results."""
-  run = Run(config, workdir)
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns results.
+
+  Raises :class:`Interrupted` when a signal stopped the run (its checkpoint is saved).
+  """
+  run = RunSetup(config, workdir)
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   try:
@@ -177,39 +242,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise
 
 
-def _train(run: Run) -> dict:
+def _train(run: RunSetup) -> dict:
   config, workdir, method, mesh = run.config, run.workdir, run.method, run.mesh
   primary = jax.process_index() == 0  # the one process that writes files and prints
   if primary:
     jsonio.write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                 keep=config.keep_checkpoints)
-  state = step_lib.put_replicated(init_state(method, config.seed, run.train.images.shape[1:]),
-                                  mesh)
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                  keep=config.keep_checkpoints)
+  state = run.initial_state()
   progress = {'history': [], 'best_top1': None, 'best_epoch': None}
-  restored = ckpt.restore_latest(checkpoint.abstract_like(state))
+  restored = ckpt.restore_latest(checkpoints.abstract_like(state))
   if restored is not None:
     state, progress = restored
     say(f'resumed from the checkpoint at step {int(state.step)} in {workdir}')
   start = int(state.step)
 
-  train_images, train_labels, test_images, test_labels = step_lib.put_replicated(
-      (run.train.images, run.train.labels, run.test.images, run.test.labels), mesh)
-  frozen = step_lib.put_replicated(run.frozen, mesh)
-  norm = dict(mean=run.train.mean, std=run.train.std, dtype=run.dtype)
-  train_step = step_lib.make_train_step(
-      method, mesh, crop_padding=config.data.crop_padding, flip=config.data.flip,
-      steps_per_epoch=run.steps_per_epoch, nan_at_step=_debug(config, 'nan_at_step'), **norm)
-  eval_step = step_lib.make_eval_step(method, mesh, **norm)
-  if method.teacher is not None:
-    teacher_eval = step_lib.make_eval_step(method, mesh, nets={'teacher': method.teacher},
-                                           **norm)
-    acc = step_lib.evaluate(teacher_eval, {'teacher': frozen['teacher']}, test_images, test_labels,
-                            batch_size=run.eval_batch, size=len(run.test), mesh=mesh)['teacher']
+  frozen, train_images, train_labels, test_images, test_labels = run.device_arrays()
+  if run.teacher_eval_step is not None:
+    acc = step_lib.evaluate(run.teacher_eval_step, {'teacher': frozen['teacher']}, test_images,
+                            test_labels, batch_size=run.eval_batch, size=len(run.test),
+                            mesh=mesh)['teacher']
     progress.setdefault('teacher', acc)
     say(f'teacher {config.teacher.model} ({config.teacher.checkpoint}): top-1 '
         f'{acc["top1"]:.2f}%, top-5 {acc["top5"]:.2f}% on the {len(run.test)} test images')
-  idx_sharding = step_lib.data_sharded(mesh)
 
   last = run.total_steps if config.max_steps is None else min(run.total_steps, config.max_steps)
   writer = MetricWriter(workdir, resume_step=start, enabled=primary)
@@ -218,11 +273,8 @@ def _train(run: Run) -> dict:
   images_per_second = None
   with _StopFlag() as stop:
     for step in range(start, last):
-      idx = data.batch_indices(config.seed, step, run.train_size, config.batch_size)
-      if run.train_indices is not None:
-        idx = run.train_indices[idx]
-      state, metrics = train_step(state, frozen, train_images, train_labels,
-                                  step_lib.put_rows(idx, idx_sharding))
+      state, metrics = run.train_step(state, frozen, train_images, train_labels,
+                                      run.batch_indices(step))
       window.append(metrics)
       done = step + 1
       epoch_end = done % run.steps_per_epoch == 0
@@ -247,15 +299,16 @@ def _train(run: Run) -> dict:
         window, t_window = [], time.perf_counter()
       if epoch_end:
         epoch = done // run.steps_per_epoch
-        result = step_lib.evaluate(eval_step, _eval_variables(state, method), test_images, test_labels,
-                                   batch_size=run.eval_batch, size=len(run.test), mesh=mesh)
+        result = step_lib.evaluate(run.eval_step, _eval_variables(state, method), test_images,
+                                   test_labels, batch_size=run.eval_batch, size=len(run.test),
+                                   mesh=mesh)
         _record_epoch(progress, epoch, done, result, method.eval_nets)
         for name, r in result.items():
           writer.write(done, f'test/{name}', r)
         bar.message(f'epoch {epoch}: ' + ', '.join(
             f'{name} top-1 {r["top1"]:.2f}%' for name, r in result.items()))
         if config.trajectory.stages and primary:
-          net = methods.trained_net(config.method)
+          net = run.info.trained_net
           trajectory.record(workdir, epoch, config.num_epochs, config.trajectory.stages,
                             config.model, run.train.num_classes,
                             jax.device_get(_eval_variables(state, method)[net]))
@@ -272,9 +325,7 @@ def _train(run: Run) -> dict:
   if primary:
     jsonio.write_json(os.path.join(workdir, 'results.json'), results)
   if stopped_by is not None:
-    bar.message(f'stopped by signal {stopped_by} at step {final_step}; checkpoint saved, run '
-                f'the same command again to resume')
-    results['stopped_by_signal'] = stopped_by
+    raise Interrupted(workdir, final_step, stopped_by)
   return results
 
 
@@ -324,7 +375,7 @@ def _record_epoch(progress: dict, epoch: int, step: int, result: dict, eval_nets
     progress['best_top1'], progress['best_epoch'] = top1, epoch
 
 
-def _results(run: Run, progress: dict, step: int, images_per_second) -> dict:
+def _results(run: RunSetup, progress: dict, step: int, images_per_second) -> dict:
   history = progress['history']
   last = history[-1] if history else None
   net = run.method.eval_nets[0]

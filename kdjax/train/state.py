@@ -2,7 +2,7 @@
 
 ``params[name]``, ``batch_stats[name]`` and ``opt_state[name]`` exist for every learning
 net of the method, even when there is only one. ``step`` fixes the data position (the
-batch order is a function of seed and epoch, see :mod:`kdjax.data.pipeline`) and ``rng`` is
+batch order is a function of seed and epoch, see :mod:`kdjax.data.order`) and ``rng`` is
 the root key from which every step folds its own. A frozen teacher is not part of it.
 """
 

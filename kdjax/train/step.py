@@ -108,13 +108,14 @@ def frozen_inputs(method: Method, teacher_vars=None) -> dict:
 
 
 def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
-                 *, steps_per_epoch: int):
+                 *, steps_per_epoch: int, learning_rate: Callable | None = None):
   """The fused update on a prepared batch: ONE gradient over all nets, each net's optimizer.
 
   ``frozen`` is :func:`frozen_inputs`: the teacher's variables and the method's frozen
   arrays. For a method with sequential ``stages`` (SLKD*, SKD's meta step), one gradient
   per stage over that stage's nets, each stage seeing the nets already updated by the
-  stages before it. Returns ``(new_state, metrics)``; ``metrics`` holds ``loss``, every
+  stages before it. ``learning_rate(epoch)`` is the run's optimizer's learning rate in a
+  (1-based) epoch; losses read it as ``ctx.lr`` (SKD's virtual step). Returns ``(new_state, metrics)``; ``metrics`` holds ``loss``, every
   named loss term (``loss/<term>``) and each learning net's gradient norm
   (``grad_norm/<net>``).
   """
@@ -122,8 +123,9 @@ def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
   if method.teacher is not None:
     teacher_out = jax.lax.stop_gradient(_float32_logits(
         method.teacher.apply(frozen['teacher'], batch.images, train=False)))
-  ctx = StepContext(step=state.step, epoch=state.step // steps_per_epoch + 1, rng=key,
-                    teacher=teacher_out, frozen=frozen)
+  epoch = state.step // steps_per_epoch + 1
+  ctx = StepContext(step=state.step, epoch=epoch, rng=key, teacher=teacher_out, frozen=frozen,
+                    lr=None if learning_rate is None else learning_rate(epoch))
   params, batch_stats, opt_state = dict(state.params), dict(state.batch_stats), dict(
       state.opt_state)
   extra = state.extra
@@ -153,8 +155,8 @@ def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
 
 
 def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int, flip: bool,
-                    steps_per_epoch: int, dtype=jnp.float32,
-                    nan_at_step: int | None = None) -> Callable:
+                    steps_per_epoch: int, learning_rate: Callable | None = None,
+                    dtype=jnp.float32, nan_at_step: int | None = None) -> Callable:
   """The jitted ``(state, frozen, images, labels, idx) -> (state, metrics)``.
 
   Gathers batch ``idx`` from the on-device training set, augments it, and applies
@@ -182,7 +184,7 @@ def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int,
                                             data_sharded(mesh))
       quiz = Batch(qx, labels[qidx], qidx)
     return apply_update(method, state, frozen, Batch(x, labels[idx], idx, quiz), loss_key,
-                        steps_per_epoch=steps_per_epoch)
+                        steps_per_epoch=steps_per_epoch, learning_rate=learning_rate)
 
   rep = replicated(mesh)
   return jax.jit(step_fn, in_shardings=(rep, rep, rep, rep, data_sharded(mesh)),

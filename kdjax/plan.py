@@ -1,0 +1,184 @@
+"""The run plan: what ``python -m kdjax.main`` runs for a config, as an explicit list.
+
+    plan = make_plan(config, workdir, num_seeds=None)   # validated, nothing written yet
+    print(describe(plan))                               # what --dry-run prints
+    results = execute(plan)                             # each run through train_and_evaluate
+
+A plan is the ordered tuple of :class:`PlannedRun` (role, config, workdir) that one command
+asks for:
+
+1. the teacher, when the method distils from one, ``config.teacher.checkpoint`` is unset and
+   ``config.teacher.train_if_missing`` (the digits presets): a vanilla run of
+   ``config.teacher.model`` into ``WORKDIR/teacher``, trained once and shared by every seed;
+2. per seed (``--seeds N``: seeds ``0..N-1`` into ``WORKDIR/seed_<i>``; else the config's
+   seed into ``WORKDIR``): the main run, then ``config.baselines`` (each into
+   ``<run>/<method>``, same pair, teacher and data), then the runs the method adds after
+   itself (its ``INFO.follow_ups``: SFTN's students), each preceded by the teacher it
+   trains first, if any.
+
+Every config of the plan is validated before anything runs. :func:`execute` runs them in order
+through :func:`~kdjax.train.loop.train_and_evaluate`; a run whose ``results.json`` says it
+finished (the same number of epochs) is skipped, so a command can be re-run after a kill, or
+with a larger N, without losing finished work. A signal stops the plan with the
+:class:`~kdjax.train.loop.Interrupted` of the run it stopped. At the end a table of every
+run's top-1 is printed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional
+
+import ml_collections
+
+from kdjax import config as config_lib
+from kdjax import jsonio, methods
+from kdjax.configdict import derive
+from kdjax.errors import KdjaxError
+from kdjax.train.loop import Interrupted, say, train_and_evaluate
+
+
+__all__ = ['Interrupted', 'PlannedRun', 'describe', 'execute', 'make_plan', 'run',
+           'seed_workdir', 'summary_table', 'teacher_config']
+
+
+class PlannedRun(NamedTuple):
+  """One run of a plan: what it is (its line in the plan and the summary), its config and
+  its workdir."""
+  role: str
+  config: ml_collections.ConfigDict
+  workdir: str
+
+
+def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The vanilla run that trains ``config``'s teacher on the same data and recipe."""
+  return derive(config, {
+      'method': methods.SUPERVISED, 'model': config.teacher.model,
+      'num_epochs': config.teacher.num_epochs or config.num_epochs,
+      'teacher.train_if_missing': False,
+      'trajectory.stages': config.teacher.trajectory_stages})
+
+
+def _trains_teacher(config: ml_collections.ConfigDict) -> bool:
+  return (methods.info(config.method).uses_teacher and config.teacher.checkpoint is None
+          and config.teacher.train_if_missing)
+
+
+def _with_teacher(role: str, config: ml_collections.ConfigDict, workdir: str) -> list:
+  """``config``'s run into ``workdir``, preceded by the teacher it trains first (if any)."""
+  if not _trains_teacher(config):
+    return [PlannedRun(role, config, workdir)]
+  teacher_dir = os.path.join(workdir, 'teacher')
+  return [PlannedRun('teacher', teacher_config(config), teacher_dir),
+          PlannedRun(role, derive(config, {'teacher.checkpoint': teacher_dir}), workdir)]
+
+
+def _runs_of(config: ml_collections.ConfigDict, workdir: str, prefix: str) -> list:
+  """The main run of ``config`` into ``workdir``, its baselines and its follow-ups."""
+  info = methods.info(config.method)
+  runs = [PlannedRun(f'{prefix}{config.method} {info.trained_net}', config, workdir)]
+  for name in config.baselines:
+    baseline = derive(config, {'method': name, 'baselines': ()})
+    runs.append(PlannedRun(f'{prefix}{name} {methods.info(name).trained_net}', baseline,
+                           os.path.join(workdir, name)))
+  for follow_up in info.follow_ups(config, workdir):
+    runs += _with_teacher(prefix + follow_up.role, follow_up.config, follow_up.workdir)
+  return runs
+
+
+def seed_workdir(workdir: str, seed: int) -> str:
+  """``DIR`` -> ``DIR/seed_<seed>``."""
+  return os.path.join(workdir, f'seed_{seed}')
+
+
+def make_plan(config: ml_collections.ConfigDict, workdir: str,
+              num_seeds: Optional[int] = None) -> tuple:
+  """The runs ``config`` asks for (see the module docstring), each config validated.
+
+  Raises :class:`KdjaxError` for the first mistake in any of them, before anything runs.
+  """
+  if num_seeds is not None and num_seeds < 1:
+    raise KdjaxError(f'--seeds must be at least 1, got {num_seeds}')
+  config_lib.validate(config)
+  runs = []
+  if _trains_teacher(config):  # once, shared by every seed
+    teacher_dir = os.path.join(workdir, 'teacher')
+    runs.append(PlannedRun('teacher', teacher_config(config), teacher_dir))
+    config = derive(config, {'teacher.checkpoint': teacher_dir})
+  if num_seeds is None:
+    runs += _runs_of(config, workdir, '')
+  else:
+    for seed in range(num_seeds):
+      runs += _runs_of(derive(config, {'seed': seed}), seed_workdir(workdir, seed),
+                       f'seed {seed}: ')
+  for run in runs:
+    config_lib.validate(run.config)
+  return tuple(runs)
+
+
+def describe(plan: tuple) -> str:
+  """The plan as lines: ``i. role: method model [<- teacher] -> workdir``."""
+  lines = []
+  for i, run in enumerate(plan, 1):
+    c = run.config
+    teacher = (f' <- {c.teacher.model} {c.teacher.checkpoint}'
+               if methods.info(c.method).uses_teacher else '')
+    lines.append(f'{i}. {run.role}: {c.method} {c.model}{teacher}, {c.num_epochs} epochs, '
+                 f'seed {c.seed} -> {run.workdir}')
+  return '\n'.join(lines)
+
+
+def _finished_results(run: PlannedRun) -> Optional[dict]:
+  """``run``'s ``results.json`` if it says the run finished its ``num_epochs``."""
+  results = jsonio.read_json(os.path.join(run.workdir, 'results.json'))
+  if results and results.get('finished') and results.get('num_epochs') == run.config.num_epochs:
+    return results
+  return None
+
+
+def execute(plan: tuple) -> list:
+  """Runs the plan in order (finished runs skipped); returns each run's results; prints the
+  summary table. A signal raises the stopped run's ``Interrupted`` (checkpoint saved)."""
+  all_results = []
+  for i, run in enumerate(plan, 1):
+    results = _finished_results(run)
+    if results is not None:
+      say(f'[{i}/{len(plan)}] {run.role}: finished in {run.workdir}, skipped')
+    else:
+      say(f'[{i}/{len(plan)}] {run.role}: {run.workdir}')
+      results = train_and_evaluate(run.config, run.workdir)
+    all_results.append(results)
+  print(summary_table(plan, all_results))
+  return all_results
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, num_seeds: Optional[int] = None) -> list:
+  """:func:`make_plan` and :func:`execute`: what ``python -m kdjax.main`` does."""
+  return execute(make_plan(config, workdir, num_seeds))
+
+
+def _top1(value) -> str:
+  return '-' if value is None else f'{value:.2f}'
+
+
+def summary_table(plan: tuple, all_results: list) -> str:
+  """An aligned table of every run's top-1 (%): a teacher's last epoch; a run's best and last
+  epoch of its trained net, the last epoch of its other eval nets (SL-teachers, branches)."""
+  rows = [('run', 'model', 'top-1 (%)')]
+  for run, results in zip(plan, all_results):
+    model = run.config.model
+    last = results.get('last_epoch') or {}
+    if run.role == 'teacher':
+      rows.append((run.role, model, _top1(results.get('last_top1'))))
+      continue
+    if results.get('best_epoch') is None:  # stopped (config.max_steps) before an evaluation
+      rows.append((f'{run.role} (no epoch finished)', model, '-'))
+      continue
+    rows += [(f'{run.role} (best epoch {results["best_epoch"]})', model,
+              _top1(results['best_top1'])),
+             (f'{run.role} (last epoch)', model, _top1(results['last_top1']))]
+    labels = results.get('net_labels') or {}
+    for net in list(labels)[1:]:
+      rows.append((f'  {labels[net]}', '', _top1((last.get(net) or {}).get('top1'))))
+  widths = [max(len(row[i]) for row in rows) for i in range(3)]
+  return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
