@@ -29,6 +29,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = 'cifar100'
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   c.data.download = True
+  # Where cifar10/cifar100's binary archive comes from (kdjax/data/cifar.py): None is the
+  # official www.cs.toronto.edu URL and its SHA-256; a mirror (http(s)://, file:// or a local
+  # path) needs the sha256 of the archive it serves. data_dir (else $KDJAX_CACHE, else
+  # ~/.cache/kdjax) is where it is cached.
+  c.data.url = ml_collections.FieldReference(None, field_type=str)
+  c.data.sha256 = ml_collections.FieldReference(None, field_type=str)
   c.data.crop_padding = 4
   c.data.flip = True
   # Training examples held out (stratified, fixed) as the quiz set of meta-learning
@@ -203,6 +209,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 <= config.trajectory.stages <= config.num_epochs,
            f'config.trajectory.stages must be between 0 and num_epochs ({config.num_epochs}), '
            f'got {config.trajectory.stages}')
+  if config.data.name in data.cifar.ARCHIVES:  # a mirror without its sha256, a bad sha256
+    data.cifar.source(config.data.name, config.data.get('url'), config.data.get('sha256'))
   _require(config.data.holdout >= 0,
            f'config.data.holdout must be >= 0, got {config.data.holdout}')
   _require(config.data.crop_padding >= 0,
