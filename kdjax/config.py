@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from kdjax import data, distributed, methods, models, platform_tuning
+from kdjax import data, distributed, methods, models, platform_tuning, teacher_zoo
 from kdjax.errors import KdjaxError
 
 
@@ -29,6 +29,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = 'cifar100'
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   c.data.download = True
+  # Where cifar10/cifar100's binary archive comes from (kdjax/data/cifar.py): None is the
+  # official www.cs.toronto.edu URL and its SHA-256; a mirror (http(s)://, file:// or a local
+  # path) needs the sha256 of the archive it serves. data_dir (else $KDJAX_CACHE, else
+  # ~/.cache/kdjax) is where it is cached.
+  c.data.url = ml_collections.FieldReference(None, field_type=str)
+  c.data.sha256 = ml_collections.FieldReference(None, field_type=str)
   c.data.crop_padding = 4
   c.data.flip = True
   # Training examples held out (stratified, fixed) as the quiz set of meta-learning
@@ -49,10 +55,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.lr_decay_rate = 0.1
 
   # The frozen teacher of distillation methods (unused by vanilla): a kdjax workdir, a
-  # teacher folder from `python -m kdjax.convert`, or a RepDistiller/mdistiller .pth.
+  # teacher folder from `python -m kdjax.convert`, a RepDistiller/mdistiller .pth, or a
+  # published teacher 'mdistiller:<model>' (downloaded once from zoo_url, converted, cached;
+  # kdjax/teacher_zoo.py; zoo_url None: mdistiller's GitHub release).
   c.teacher = ml_collections.ConfigDict()
   c.teacher.model = 'resnet32x4'
   c.teacher.checkpoint = ml_collections.FieldReference(None, field_type=str)
+  c.teacher.zoo_url = ml_collections.FieldReference(None, field_type=str)
   # With no checkpoint, train the teacher first into <workdir>/teacher (digits presets).
   c.teacher.train_if_missing = False
   c.teacher.num_epochs = ml_collections.FieldReference(None, field_type=int)
@@ -181,13 +190,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config.teacher.checkpoint is not None or config.teacher.train_if_missing,
              f'method {config.method} needs a trained teacher: set '
              f'--config.teacher.checkpoint to a kdjax workdir, a teacher folder from '
-             f'`python -m kdjax.convert`, or a RepDistiller/mdistiller .pth')
+             f'`python -m kdjax.convert`, a RepDistiller/mdistiller .pth, or a published '
+             f'teacher mdistiller:<model>')
+    if teacher_zoo.is_zoo_spec(config.teacher.checkpoint):
+      teacher_zoo.check_spec(config.teacher.checkpoint, config.teacher.model)
   _require(config.data.name in data.DATASETS,
            f'unknown dataset {config.data.name!r} (config.data.name); expected one of: '
            f'{", ".join(data.DATASETS)}')
   opt = config.optimizer
   _require(opt.lr > 0, f'config.optimizer.lr must be positive, got {opt.lr}')
-  _require(0 <= opt.momentum < 1, f'config.optimizer.momentum must be in [0, 1), got {opt.momentum}')
+  _require(0 <= opt.momentum < 1,
+           f'config.optimizer.momentum must be in [0, 1), got {opt.momentum}')
   _require(opt.weight_decay >= 0,
            f'config.optimizer.weight_decay must be >= 0, got {opt.weight_decay}')
   _require(config.batch_size > 0, f'config.batch_size must be positive, got {config.batch_size}')
@@ -205,6 +218,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 <= config.trajectory.stages <= config.num_epochs,
            f'config.trajectory.stages must be between 0 and num_epochs ({config.num_epochs}), '
            f'got {config.trajectory.stages}')
+  if config.data.name in data.cifar.ARCHIVES:  # a mirror without its sha256, a bad sha256
+    data.cifar.source(config.data.name, config.data.get('url'), config.data.get('sha256'))
   _require(config.data.holdout >= 0,
            f'config.data.holdout must be >= 0, got {config.data.holdout}')
   _require(config.data.crop_padding >= 0,

@@ -99,7 +99,6 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str,
   """
   if num_seeds is not None and num_seeds < 1:
     raise KdjaxError(f'--seeds must be at least 1, got {num_seeds}')
-  config_lib.validate(config)
   runs = []
   if _trains_teacher(config):  # once, shared by every seed
     teacher_dir = os.path.join(workdir, 'teacher')

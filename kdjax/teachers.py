@@ -72,7 +72,7 @@ def _from_pth(path: str, model: str, num_classes: int) -> tuple[dict, dict]:
 
 
 def check_fits(variables: dict, model: str, num_classes: int, source: str,
-               image_shape=(32, 32, 3)) -> dict:
+               image_shape=models.CIFAR_IMAGE_SHAPE) -> dict:
   """Casts ``variables`` to float32 arrays; raises naming the first mismatch with the model."""
   expected = models.variable_shapes(models.create(model, num_classes), image_shape)
   want = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected), sep='/')
@@ -92,7 +92,8 @@ def check_fits(variables: dict, model: str, num_classes: int, source: str,
       {k: jnp.asarray(v, jnp.float32) for k, v in have.items() if k in want}, sep='/')
 
 
-def load_variables(path: str, model: str, num_classes: int, image_shape=(32, 32, 3)) -> dict:
+def load_variables(path: str, model: str, num_classes: int,
+                   image_shape=models.CIFAR_IMAGE_SHAPE) -> dict:
   """The variables of the teacher at ``path`` (see the module docstring), checked to fit
   ``model`` with ``num_classes`` classes on images of ``image_shape``."""
   if not os.path.exists(path):

@@ -16,7 +16,7 @@ import os
 import jax
 import numpy as np
 
-from kdjax import teachers
+from kdjax import models, teachers
 from kdjax.errors import KdjaxError
 
 DIRECTORY = 'trajectory'
@@ -36,7 +36,8 @@ def record(workdir: str, epoch: int, num_epochs: int, stages: int, model: str,
                   num_classes, variables, source=f'epoch {epoch} of {num_epochs}')
 
 
-def load_snapshots(checkpoint, model: str, num_classes: int, image_shape=(32, 32, 3)) -> dict:
+def load_snapshots(checkpoint, model: str, num_classes: int,
+                   image_shape=models.CIFAR_IMAGE_SHAPE) -> dict:
   """The recorded snapshots of the teacher at ``checkpoint``, stacked (leading axis K).
 
   Raises :class:`KdjaxError` when the teacher comes without a trajectory (an imported

@@ -91,17 +91,29 @@ def test_digits_is_real_data_with_a_fixed_split():
   np.testing.assert_array_equal(test.labels, data.load_split('digits', 'test').labels)
 
 
-def test_cifar100_loads_through_tfds_data_source():
+def _tfds_prepared(data_dir, name):
+  """The files `tfds build NAME --file_format=array_record` leaves (here empty)."""
+  version = data_dir / name / '3.0.2'
+  version.mkdir(parents=True)
+  for split in ('train', 'test'):
+    (version / f'{name}-{split}.array_record-00000-of-00001').write_bytes(b'')
+
+
+def test_cifar100_loads_through_tfds_data_source_from_a_prepared_data_dir(tmp_path):
+  _tfds_prepared(tmp_path, 'cifar100')
   with tfds.testing.mock_data(num_examples=12):
-    train = data.load_split('cifar100', 'train')
+    train = data.load_split('cifar100', 'train', data_dir=str(tmp_path))
   assert train.images.shape == (12, 32, 32, 3) and train.images.dtype == np.uint8
   assert train.num_classes == 100 and train.labels.dtype == np.int32
   assert train.mean == data.sources.CIFAR100_MEAN
+  assert not (tmp_path / 'cifar').exists()  # not the archive path
 
 
-def test_missing_cifar_is_one_clear_error(tmp_path):
-  with pytest.raises(KdjaxError, match='tfds build cifar10'):
+def test_a_broken_tfds_data_dir_is_one_clear_error(tmp_path):
+  _tfds_prepared(tmp_path, 'cifar10')
+  with pytest.raises(KdjaxError, match='tfds build cifar10') as error:
     data.load_split('cifar10', 'test', data_dir=str(tmp_path), download=False)
+  assert '\n' not in str(error.value)
 
 
 def test_unknown_dataset_names_the_choices():

@@ -108,7 +108,7 @@ def variables_from_torch(name: str, state_dict: Mapping[str, Any],
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):  # to name keys in PyTorch's (forward) order
-    shapes = models.variable_shapes(model, (32, 32, 3))
+    shapes = models.variable_shapes(model, models.CIFAR_IMAGE_SHAPE)
   variables = [(collection, path, like) for collection, tree in shapes.items()
                for path, like in
                flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()]

@@ -80,7 +80,7 @@ class BuildInputs(NamedTuple):
   hyper-parameter, loaded by the loop (builders read no files)."""
   num_classes: int
   optimizer: optax.GradientTransformation  # the run's optimizer, one instance for every net
-  image_shape: tuple = (32, 32, 3)  # (H, W, C) of the dataset's images
+  image_shape: tuple = models.CIFAR_IMAGE_SHAPE  # (H, W, C) of the dataset's images
   dtype: Any = jnp.float32  # computation dtype of the nets
   bn_groups: int = 1  # BatchNorm statistics per group of the batch (learning nets)
   materialize_residuals: bool = False  # kdjax.platform_tuning.materialize_residuals

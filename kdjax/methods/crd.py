@@ -12,9 +12,10 @@
   ``state.extra['crd']``; each view is scored against the other's bank at the example itself
   and ``nce_k`` negatives, and the rows of the batch are then updated with momentum
   ``nce_momentum`` (:func:`kdjax.losses.crd`, temperature ``nce_temperature``);
-* negatives are drawn, with replacement, uniformly among the training examples of *other*
-  classes than the example's (the ``exact`` mode of mdistiller's CRD data set); the banks are
-  indexed by ``Batch.indices``, the training-set indices.
+* negatives are drawn uniformly, without replacement, among the training examples of *other*
+  classes than the example's (the ``exact`` mode of mdistiller's CRD data set,
+  :func:`other_class_sampler`); the banks are indexed by ``Batch.indices``, the training-set
+  indices.
 
 Defaults (``CFG.CRD``): CE 1.0, feat 0.8, feat_dim 128, 16384 negatives, momentum 0.5,
 temperature 0.07. The banks have one row per training example: the builder gets the
@@ -37,22 +38,35 @@ from kdjax.methods.distiller import distillation_method
 def other_class_sampler(labels: np.ndarray, num_classes: int):
   """``sample(key, idx, y, k) -> (B, k + 1)`` contrast indices: ``idx``, then ``k`` negatives.
 
-  Each negative is uniform over the training examples whose label is not ``y`` (with
-  replacement), as ``np.random.choice(cls_negative[y], k)`` in mdistiller's sampler: draw
-  ``r`` in ``[0, N - count[y])`` and skip class ``y``'s block of the class-sorted indices.
+  As mdistiller's ``CIFAR100InstanceSample`` (``np.random.choice(cls_negative[y], k,
+  replace=k > len(cls_negative[y]))``): the ``k`` negatives of an example are drawn uniformly
+  among the training examples whose label is not ``y``, **without replacement**: each row
+  gives every training example a uniform random key, its own class the largest, and takes the
+  ``k`` smallest. Only when some class has fewer than ``k`` other-class examples (never on
+  CIFAR with the default 16384) are all rows drawn with replacement: ``r`` uniform in
+  ``[0, N - count[y])``, skipping class ``y``'s block of the class-sorted indices.
   """
   labels = np.asarray(labels, np.int64)
-  order = jnp.asarray(np.argsort(labels, kind='stable'), jnp.int32)
   counts_np = np.bincount(labels, minlength=num_classes)
+  size = len(labels)
+  label_row = jnp.asarray(labels, jnp.int32)[None, :]
+  order = jnp.asarray(np.argsort(labels, kind='stable'), jnp.int32)
   counts = jnp.asarray(counts_np, jnp.int32)
   starts = jnp.asarray(np.cumsum(counts_np) - counts_np, jnp.int32)
-  size = len(labels)
 
-  def sample(key, idx, y, k):
+  def without_replacement(key, y, k):
+    keys = jax.random.uniform(key, (y.shape[0], size))
+    keys = jnp.where(label_row == y[:, None], 2.0, keys)  # uniform keys are < 1
+    return jax.lax.top_k(-keys, k)[1].astype(jnp.int32)
+
+  def with_replacement(key, y, k):
     count, start = counts[y][:, None], starts[y][:, None]
     r = jax.random.randint(key, (y.shape[0], k), 0, size - count, dtype=jnp.int32)
-    neg = order[jnp.where(r >= start, r + count, r)]
-    return jnp.concatenate([jnp.asarray(idx, jnp.int32)[:, None], neg], axis=1)
+    return order[jnp.where(r >= start, r + count, r)]
+
+  def sample(key, idx, y, k):
+    draw = without_replacement if k <= size - counts_np.max() else with_replacement
+    return jnp.concatenate([jnp.asarray(idx, jnp.int32)[:, None], draw(key, y, k)], axis=1)
 
   return sample
 

@@ -27,7 +27,8 @@ def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
   c = config.fitnet
   h = c.hint_layer
   s_hint, t_hint = hint_shapes(config, inputs, student, teacher, 'fitnet', h)
-  regressor = ConvReg(s_hint.shape[1:], t_hint.shape[1:], dtype=inputs.dtype, bn_groups=inputs.bn_groups)
+  regressor = ConvReg(s_hint.shape[1:], t_hint.shape[1:], dtype=inputs.dtype,
+                      bn_groups=inputs.bn_groups)
 
   def terms(run, out, batch, ctx):
     del batch

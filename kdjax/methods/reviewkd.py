@@ -128,7 +128,8 @@ def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
   fusion = ReviewFusion(
       in_channels=in_channels, out_channels=tuple(f.shape[-1] for f in t_maps),
       shapes=tuple(f.shape[1] for f in s_maps), out_shapes=tuple(f.shape[1] for f in t_maps),
-      mid_channel=min(c.max_mid_channel, in_channels[-1]), dtype=inputs.dtype, bn_groups=inputs.bn_groups)
+      mid_channel=min(c.max_mid_channel, in_channels[-1]), dtype=inputs.dtype,
+      bn_groups=inputs.bn_groups)
 
   def terms(run, out, batch, ctx):
     del batch

@@ -45,6 +45,7 @@ learning rate (no momentum, no weight decay) and never changes the real student.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -153,87 +154,59 @@ def virtual_step(params, grads, lr):
   return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads)
 
 
-def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
-  c = config.skd
-  if c.trajectory not in SOURCES:
-    raise KdjaxError(f'unknown skd.trajectory {c.trajectory!r}; expected one of: '
-                     f'{", ".join(SOURCES)}')
-  if not 0.0 < c.tet_mix_init < 1.0:
-    raise KdjaxError(f'skd.tet_mix_init must be in (0, 1), got {c.tet_mix_init}')
-  self_learning = c.trajectory == 'self_learning'
-  if c.slkd_terms and not self_learning:
-    raise KdjaxError('skd.slkd_terms needs the self-learning teachers: set '
-                     'skd.trajectory=self_learning')
-  student, teacher = student_and_teacher(config, inputs)
-  h = c.hint_layer
-  s_hint, t_hint = hint_shapes(config, inputs, student, teacher, 'skd', h)
+def _hint(model: nn.Module, variables, x, layer: int, train: bool = False):
+  """Stage ``layer`` of ``model`` on ``x``; ``train``: normalised with the batch's statistics
+  (a self-learning teacher's snapshot, whose running estimates still lag behind)."""
+  if train:
+    out, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    return out.features[layer]
+  return model.apply(variables, x, train=False).features[layer]
 
-  frozen = {}
-  if self_learning:
-    num_stages = c.stages
-    sl_net = inputs.create_net(config.teacher.model)
-  else:
-    frozen['trajectory'] = inputs.teacher_trajectory
-    num_stages = jax.tree.leaves(frozen['trajectory'])[0].shape[0]
-  if num_stages < 2:
-    raise KdjaxError(f'skd needs a trajectory of at least 2 stages, got {num_stages}')
 
-  if not (c.use_tbt or c.use_tet):
-    raise KdjaxError('skd needs at least one of skd.use_tbt and skd.use_tet')
-  nets, sample_inputs = {'student': student}, {}
-  dtype, num_classes = inputs.dtype, inputs.num_classes
-  if c.use_tbt:  # the student's connector and the behaviour teacher
-    hint_input = jax.ShapeDtypeStruct(t_hint.shape, dtype)
-    nets['connector'] = ConvReg(s_hint.shape[1:], t_hint.shape[1:], dtype=dtype,
-                                bn_groups=inputs.bn_groups)
-    nets['tbt'] = BehaviourTeacher(t_hint.shape[-1], c.tbt_hidden or t_hint.shape[-1],
-                                   dtype=dtype)
-    sample_inputs.update(connector=jax.ShapeDtypeStruct(s_hint.shape, dtype),
-                         tbt=(hint_input, hint_input))
-  if c.use_tet:
-    nets['tet'] = ExperienceTeacher(num_classes, num_stages, c.tet_hidden, c.tet_mix_init,
-                                    c.temperature)
-    logits_input = jax.ShapeDtypeStruct((2, num_classes), jnp.float32)
-    sample_inputs['tet'] = (logits_input, logits_input, jax.ShapeDtypeStruct((), jnp.int32))
-  meta_nets = tuple(n for n in ('tbt', 'tet') if n in nets)
-  if self_learning:
-    nets.update({name: sl_net for name in slkd.SL_TEACHERS})
-    sl_shapes = jax.eval_shape(lambda: sl_net.init(
-        jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(inputs.image_shape)), train=False))
+@dataclasses.dataclass(frozen=True)
+class SnapshotTrajectory:
+  """The teacher's recorded snapshots (``ctx.frozen['trajectory']``, stacked on axis 0)."""
+  teacher: nn.Module
+  num_stages: int
+  hint_layer: int
 
-    def init_extra(key):  # slots [s_{k-2}, s_{k-1}, s_k], filled at stage boundaries
-      del key
-      slots = jax.tree.map(lambda s: jnp.zeros((3,) + s.shape, s.dtype), sl_shapes)
-      return {'trajectory': slots, 'trajectory_count': jnp.zeros((), jnp.int32),
-              'trajectory_stage': jnp.full((), -1, jnp.int32)}
-  else:
-    init_extra = None
-
-  def hint_of(model, variables, x, train=False):
-    """Stage ``h`` of ``model`` on ``x``; ``train``: normalised with the batch's statistics
-    (a self-learning teacher's snapshot, whose running estimates still lag behind)."""
-    if train:
-      out, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
-      return out.features[h]
-    return model.apply(variables, x, train=False).features[h]
-
-  def student_stage(ctx):
-    return stage_of(ctx.epoch, config.num_epochs, num_stages).astype(jnp.int32)
-
-  def snapshot_view(batch, ctx) -> TrajectoryView:
-    stacked, k = ctx.frozen['trajectory'], student_stage(ctx)
-    last = num_stages - 1
+  def view(self, run, batch, ctx, stage, stage_logits) -> TrajectoryView:
+    """Student stage k is shown snapshots k-1, k (and k+1 as TBT's regression target)."""
+    del run, stage_logits
+    stacked, k, h = ctx.frozen['trajectory'], stage, self.hint_layer
     prev_v, cur_v, next_v = (snapshot(stacked, j) for j in (
-        jnp.maximum(k - 1, 0), k, jnp.minimum(k + 1, last)))
-    prev, next_ = (hint_of(teacher, v, batch.images) for v in (prev_v, next_v))
-    cur_out = teacher.apply(cur_v, batch.images, train=False)
+        jnp.maximum(k - 1, 0), k, jnp.minimum(k + 1, self.num_stages - 1)))
+    prev, next_ = (_hint(self.teacher, v, batch.images, h) for v in (prev_v, next_v))
+    cur_out = self.teacher.apply(cur_v, batch.images, train=False)
     cur = cur_out.features[h]
     one = jnp.ones((), jnp.float32)
     return TrajectoryView(k, prev, cur, cur_out.logits, (prev, cur, next_), one, one)
 
-  def self_learning_view(run, batch, ctx, stage_logits) -> TrajectoryView:
-    k = student_stage(ctx)
-    extra = dict(run.extra)
+
+@dataclasses.dataclass(frozen=True)
+class SelfLearningTrajectory:
+  """SL-teacher 1's variables at the last three stage boundaries, kept in ``run.extra``."""
+  sl_net: nn.Module
+  num_stages: int
+  hint_layer: int
+
+  def init_extra(self, image_shape) -> Any:
+    """``init_extra(key)``: empty slots ``[s_{k-2}, s_{k-1}, s_k]`` and their count."""
+    shapes = jax.eval_shape(lambda: self.sl_net.init(
+        jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False))
+
+    def init_extra(key):
+      del key
+      slots = jax.tree.map(lambda s: jnp.zeros((3,) + s.shape, s.dtype), shapes)
+      return {'trajectory': slots, 'trajectory_count': jnp.zeros((), jnp.int32),
+              'trajectory_stage': jnp.full((), -1, jnp.int32)}
+    return init_extra
+
+  def view(self, run, batch, ctx, stage, stage_logits) -> TrajectoryView:
+    """Shifts SL-teacher 1's current variables into the slots at a stage boundary; shows
+    the student the last two, TBT regresses the third from the two before."""
+    del ctx
+    k, extra = stage, dict(run.extra)
     boundary = k != extra['trajectory_stage']
     current = {'params': run.params('slt1'), 'batch_stats': run.batch_stats['slt1']}
     shifted = jax.tree.map(lambda slots, now: jnp.concatenate([slots[1:], now[None]]),
@@ -243,25 +216,39 @@ def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
     run.extra.update(trajectory=slots, trajectory_count=jnp.minimum(count, 3),
                      trajectory_stage=k)
     slots = jax.lax.stop_gradient(slots)
-    f = [hint_of(sl_net, snapshot(slots, j), batch.images, train=True)
+    f = [_hint(self.sl_net, snapshot(slots, j), batch.images, self.hint_layer, train=True)
          for j in range(3)]
     return TrajectoryView(k, f[1], f[2], stage_logits, (f[0], f[1], f[2]),
                           (count >= 2).astype(jnp.float32), (count >= 3).astype(jnp.float32))
 
-  def fused(sl_logits):
+
+@dataclasses.dataclass(frozen=True)
+class SkdLoss:
+  """SKD's two stages (module docstring): :meth:`meta_loss` (TBT, TET) and
+  :meth:`student_loss` (student, connector, SL-teachers)."""
+  c: ml_collections.ConfigDict  # config.skd
+  slkd_config: ml_collections.ConfigDict  # config.slkd (self-learning trajectory)
+  trajectory: Any  # SnapshotTrajectory or SelfLearningTrajectory
+  num_epochs: int
+
+  @property
+  def self_learning(self) -> bool:
+    return isinstance(self.trajectory, SelfLearningTrajectory)
+
+  def fused(self, sl_logits):
     """The fused SL-teachers' logits F (eq. 6), a target: no gradient."""
-    return jax.lax.stop_gradient(slkd.fuse(config.slkd, *sl_logits))
+    return jax.lax.stop_gradient(slkd.fuse(self.slkd_config, *sl_logits))
 
-  def view_of(run, batch, ctx, fused_logits):
-    if self_learning:
-      return self_learning_view(run, batch, ctx, fused_logits)
-    return snapshot_view(batch, ctx)
+  def view(self, run, batch, ctx, fused_logits) -> TrajectoryView:
+    stage = stage_of(ctx.epoch, self.num_epochs, self.trajectory.num_stages).astype(jnp.int32)
+    return self.trajectory.view(run, batch, ctx, stage, fused_logits)
 
-  def student_terms(run, batch, ctx, view, params=None, update_stats=True):
+  def student_terms(self, run, batch, ctx, view, params=None, update_stats=True):
     """The student's SKD terms (a_ce CE + a_kd KD to E + beta behaviour) and its logits.
 
     Without TET the KD target is the teacher's logits; without TBT there is no behaviour term.
     """
+    c = self.c
     out = run('student', batch.images, params=params, update_stats=update_stats)
     target = ctx.teacher.logits
     if c.use_tet:
@@ -271,24 +258,25 @@ def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
         'kd': c.kd_weight * losses.kd(out.logits, target, temperature=c.temperature),
     }
     if c.use_tbt:
-      hint = run('connector', out.features[h], update_stats=update_stats)
+      hint = run('connector', out.features[c.hint_layer], update_stats=update_stats)
       predicted = run('tbt', (view.prev, view.cur))
       terms['behaviour'] = (c.behaviour_weight * view.pull_weight
                             * losses.fitnet(hint, predicted))
     return terms, out.logits
 
-  def meta_loss(run, batch, ctx):
+  def meta_loss(self, run, batch, ctx):
     """Stage 1: quiz CE after the student's virtual step, + TBT's regression (phi, psi)."""
+    c = self.c
     fused_logits = None
-    if self_learning:  # the SL-teachers learn in stage 2: only their logits here
-      fused_logits = fused([run(n, batch.images, update_stats=False).logits
-                            for n in slkd.SL_TEACHERS])
-    view = view_of(run, batch, ctx, fused_logits)
+    if self.self_learning:  # the SL-teachers learn in stage 2: only their logits here
+      fused_logits = self.fused([run(n, batch.images, update_stats=False).logits
+                                 for n in slkd.SL_TEACHERS])
+    view = self.view(run, batch, ctx, fused_logits)
     view = view._replace(**{f: jax.lax.stop_gradient(getattr(view, f))
                             for f in ('prev', 'cur', 'stage_logits', 'regression')})
 
     def inner(theta):
-      terms, _ = student_terms(run, batch, ctx, view, params=theta, update_stats=False)
+      terms, _ = self.student_terms(run, batch, ctx, view, params=theta, update_stats=False)
       return sum(terms.values())
 
     theta = run.params('student')
@@ -304,29 +292,82 @@ def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
           run('tbt', (a, b)), target)
     return sum(terms.values()), terms
 
-  def student_loss(run, batch, ctx):
+  def student_loss(self, run, batch, ctx):
     """Stage 2: the student (+ connector, + SL-teachers) with the just-updated TBT/TET."""
+    c = self.c
     sl_loss, sl_terms, fused_logits = 0.0, {}, None
-    if self_learning:
-      sl_loss, sl_terms, sl_logits = slkd.sl_teacher_losses(run, batch, ctx, config.slkd)
-      fused_logits = fused(sl_logits)
-    view = view_of(run, batch, ctx, fused_logits)
-    terms, logits = student_terms(run, batch, ctx, view)
+    if self.self_learning:
+      sl_loss, sl_terms, sl_logits = slkd.sl_teacher_losses(run, batch, ctx, self.slkd_config)
+      fused_logits = self.fused(sl_logits)
+    view = self.view(run, batch, ctx, fused_logits)
+    terms, logits = self.student_terms(run, batch, ctx, view)
     if c.slkd_terms:
-      terms.update(slkd.fused_terms(logits, batch.labels, fused_logits, config.slkd))
+      terms.update(slkd.fused_terms(logits, batch.labels, fused_logits, self.slkd_config))
     loss = sum(terms.values()) + sl_loss
     monitors = {'stage': view.stage.astype(jnp.float32),
                 'kl_teacher_student': slkd.kl_monitor(logits, ctx.teacher.logits,
                                                       c.temperature)}
     return loss, {**terms, **sl_terms, **monitors}
 
+
+def _check(c: ml_collections.ConfigDict) -> None:
+  if c.trajectory not in SOURCES:
+    raise KdjaxError(f'unknown skd.trajectory {c.trajectory!r}; expected one of: '
+                     f'{", ".join(SOURCES)}')
+  if not 0.0 < c.tet_mix_init < 1.0:
+    raise KdjaxError(f'skd.tet_mix_init must be in (0, 1), got {c.tet_mix_init}')
+  if c.slkd_terms and c.trajectory != 'self_learning':
+    raise KdjaxError('skd.slkd_terms needs the self-learning teachers: set '
+                     'skd.trajectory=self_learning')
+  if not (c.use_tbt or c.use_tet):
+    raise KdjaxError('skd needs at least one of skd.use_tbt and skd.use_tet')
+
+
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+  c = config.skd
+  _check(c)
+  student, teacher = student_and_teacher(config, inputs)
+  s_hint, t_hint = hint_shapes(config, inputs, student, teacher, 'skd', c.hint_layer)
+  frozen, nets, sample_inputs, init_extra = {}, {'student': student}, {}, None
+  if c.trajectory == 'self_learning':
+    sl_net = inputs.create_net(config.teacher.model)
+    trajectory = SelfLearningTrajectory(sl_net, c.stages, c.hint_layer)
+    init_extra = trajectory.init_extra(inputs.image_shape)
+  else:
+    frozen['trajectory'] = inputs.teacher_trajectory
+    trajectory = SnapshotTrajectory(teacher, jax.tree.leaves(frozen['trajectory'])[0].shape[0],
+                                    c.hint_layer)
+  if trajectory.num_stages < 2:
+    raise KdjaxError(f'skd needs a trajectory of at least 2 stages, got '
+                     f'{trajectory.num_stages}')
+
+  dtype, num_classes = inputs.dtype, inputs.num_classes
+  if c.use_tbt:  # the student's connector and the behaviour teacher
+    hint_input = jax.ShapeDtypeStruct(t_hint.shape, dtype)
+    nets['connector'] = ConvReg(s_hint.shape[1:], t_hint.shape[1:], dtype=dtype,
+                                bn_groups=inputs.bn_groups)
+    nets['tbt'] = BehaviourTeacher(t_hint.shape[-1], c.tbt_hidden or t_hint.shape[-1],
+                                   dtype=dtype)
+    sample_inputs.update(connector=jax.ShapeDtypeStruct(s_hint.shape, dtype),
+                         tbt=(hint_input, hint_input))
+  if c.use_tet:
+    nets['tet'] = ExperienceTeacher(num_classes, trajectory.num_stages, c.tet_hidden,
+                                    c.tet_mix_init, c.temperature)
+    logits_input = jax.ShapeDtypeStruct((2, num_classes), jnp.float32)
+    sample_inputs['tet'] = (logits_input, logits_input, jax.ShapeDtypeStruct((), jnp.int32))
+  meta_nets = tuple(n for n in ('tbt', 'tet') if n in nets)
+  self_learning = c.trajectory == 'self_learning'
+  if self_learning:
+    nets.update({name: trajectory.sl_net for name in slkd.SL_TEACHERS})
+
+  loss = SkdLoss(c, config.slkd, trajectory, config.num_epochs)
   learners = tuple(n for n in nets if n not in meta_nets)
   optimizers = {name: inputs.optimizer for name in learners}
   optimizers.update({name: optax.adam(c.meta_lr) for name in meta_nets})
-  return Method('skd', nets, optimizers, student_loss,
+  return Method('skd', nets, optimizers, loss.student_loss,
                 eval_nets=('student',) + (slkd.SL_TEACHERS if self_learning else ()),
                 teacher=teacher, sample_inputs=sample_inputs, init_extra=init_extra,
-                stages=((meta_nets, meta_loss), (learners, student_loss)),
+                stages=((meta_nets, loss.meta_loss), (learners, loss.student_loss)),
                 labels=slkd.sl_labels(config) if self_learning else {},
                 frozen=frozen, needs_quiz=True)
 

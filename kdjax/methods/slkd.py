@@ -22,15 +22,15 @@ code, class ``Tech_KD``) the student's term also sends gradients into SL1 and SL
 
 Defaults (the paper): a = b = (CE 0.1, KD 0.9) -- "the same weights as the original KD" --,
 lambda = 1, eta = 3, tau = 4, F detached; rho = 0.5 comes from the authors' code (the paper
-names rho, eq. 6, but gives no value). The ``official`` preset reproduces the
-authors' code: b = (1, 1), eta = 1, F not detached.
+names rho, eq. 6, but gives no value). The ``official`` preset reproduces the authors' code:
+b = (1, 1), eta = 1, F not detached.
 
-Sequential mode (SLKD*, paper section 4.3, "Parallel and sequential learning"; the authors'
-code keeps such a trainer, commented out, beside ``Tech_KD``): within every step the SL-teachers first take
-their update on the batch (their own L_TSLj), then the student takes its update towards T
-and towards F computed by the *updated* SL-teachers on the same batch (training-mode
-BatchNorm, their running statistics not updated a second time). F is then always a
-constant for the student.
+Sequential mode (SLKD*, paper section 4.3, "Parallel and sequential learning", Tables 5 and
+6; the authors' code keeps such a trainer, commented out, beside ``Tech_KD``): within every
+step the SL-teachers first take their update on the batch (their own L_TSLj), then the
+student takes its update towards T and towards F computed by the *updated* SL-teachers on
+the same batch (training-mode BatchNorm, their running statistics not updated a second
+time). F is then always a constant for the student.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 from kdjax.errors import KdjaxError
-from kdjax.models.base import ModelOutput, output_shapes, variable_shapes
+from kdjax.models.base import CIFAR_IMAGE_SHAPE, ModelOutput, output_shapes, variable_shapes
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 
@@ -60,4 +60,5 @@ from kdjax.models import mobilenetv2  # noqa: E402,F401
 from kdjax.models import shufflenetv1  # noqa: E402,F401
 from kdjax.models import shufflenetv2  # noqa: E402,F401
 
-__all__ = ['ModelOutput', 'create', 'names', 'output_shapes', 'register', 'variable_shapes']
+__all__ = ['CIFAR_IMAGE_SHAPE', 'ModelOutput', 'create', 'names', 'output_shapes', 'register',
+           'variable_shapes']

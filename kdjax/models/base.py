@@ -22,6 +22,10 @@ import jax
 import jax.numpy as jnp
 
 
+# The input size of the CIFAR zoo (and of every dataset kdjax holds on the devices).
+CIFAR_IMAGE_SHAPE = (32, 32, 3)
+
+
 class ModelOutput(NamedTuple):
   """What every zoo model returns (see the module docstring)."""
   logits: jax.Array

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdjax import checkpoints, data, jsonio, methods, platform_tuning, teachers, trajectory
+from kdjax import (checkpoints, data, jsonio, methods, platform_tuning, teacher_zoo, teachers,
+                   trajectory)
 from kdjax.errors import KdjaxError
 from kdjax.methods.base import BuildInputs
 from kdjax.train import optim, step as step_lib
@@ -168,8 +169,7 @@ class RunSetup:
       raise KdjaxError(f'{config.method} meta-learns on a quiz set held out from the training '
                        f'set: set config.data.holdout (e.g. 5000 for CIFAR, 144 for digits)')
     if self.method.teacher is not None and teacher_variables is None:
-      teacher_variables = teachers.load_variables(config.teacher.checkpoint,
-                                                  config.teacher.model,
+      teacher_variables = teachers.load_variables(self.teacher_path(), config.teacher.model,
                                                   self.train.num_classes, image_shape)
     self.frozen: dict = step_lib.frozen_inputs(self.method, teacher_variables)
     if self.method.needs_quiz:
@@ -202,6 +202,15 @@ class RunSetup:
         learning_rate=lambda epoch: optim.lr_at_epoch(config.optimizer, epoch),
         nan_at_step=_debug(config, 'nan_at_step'))
 
+  def teacher_path(self) -> str:
+    """``config.teacher.checkpoint``, a published ``mdistiller:<model>`` resolved to its
+    converted folder in the cache (downloaded and converted on first use)."""
+    spec = self.config.teacher.checkpoint
+    if not teacher_zoo.is_zoo_spec(spec):
+      return spec
+    return teacher_zoo.resolve(spec, zoo_url=self.config.teacher.get('zoo_url'),
+                               num_classes=self.train.num_classes)
+
   def initial_state(self) -> TrainState:
     """The run's state before its first step, replicated over the mesh."""
     return step_lib.put_replicated(
@@ -222,7 +231,8 @@ class RunSetup:
 
 def _load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
   return data.load_split(config.data.name, split, data_dir=config.data.data_dir,
-                         download=config.data.download)
+                         download=config.data.download, url=config.data.url,
+                         sha256=config.data.sha256)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -246,7 +256,8 @@ def _train(run: RunSetup) -> dict:
   config, workdir, method, mesh = run.config, run.workdir, run.method, run.mesh
   primary = jax.process_index() == 0  # the one process that writes files and prints
   if primary:
-    jsonio.write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+    jsonio.write_json(os.path.join(workdir, 'config.json'),
+                      json.loads(config.to_json_best_effort()))
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                   keep=config.keep_checkpoints)
   state = run.initial_state()
@@ -263,8 +274,10 @@ def _train(run: RunSetup) -> dict:
                             test_labels, batch_size=run.eval_batch, size=len(run.test),
                             mesh=mesh)['teacher']
     progress.setdefault('teacher', acc)
+    published = teacher_zoo.published_top1(config.teacher.checkpoint, config.data.name)
     say(f'teacher {config.teacher.model} ({config.teacher.checkpoint}): top-1 '
-        f'{acc["top1"]:.2f}%, top-5 {acc["top5"]:.2f}% on the {len(run.test)} test images')
+        f'{acc["top1"]:.2f}%, top-5 {acc["top5"]:.2f}% on the {len(run.test)} test images'
+        + (f' (published: {published:.2f}%)' if published is not None else ''))
 
   last = run.total_steps if config.max_steps is None else min(run.total_steps, config.max_steps)
   writer = MetricWriter(workdir, resume_step=start, enabled=primary)

@@ -115,9 +115,9 @@ def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
   arrays. For a method with sequential ``stages`` (SLKD*, SKD's meta step), one gradient
   per stage over that stage's nets, each stage seeing the nets already updated by the
   stages before it. ``learning_rate(epoch)`` is the run's optimizer's learning rate in a
-  (1-based) epoch; losses read it as ``ctx.lr`` (SKD's virtual step). Returns ``(new_state, metrics)``; ``metrics`` holds ``loss``, every
-  named loss term (``loss/<term>``) and each learning net's gradient norm
-  (``grad_norm/<net>``).
+  (1-based) epoch; losses read it as ``ctx.lr`` (SKD's virtual step). Returns
+  ``(new_state, metrics)``; ``metrics`` holds ``loss``, every named loss term
+  (``loss/<term>``) and each learning net's gradient norm (``grad_norm/<net>``).
   """
   teacher_out = None
   if method.teacher is not None:

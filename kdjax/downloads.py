@@ -1,0 +1,257 @@
+"""Files fetched once into a local cache and verified by size and SHA-256.
+
+:func:`fetch` makes ``dest`` a verified copy of ``url``:
+
+* ``dest`` already there and verified: returned with no network at all. The first
+  verification hashes the whole file and records ``<sha256 hex> <size> <mtime in ns>`` in
+  the sidecar ``dest + '.sha256'``; later runs compare the file's size and modification time
+  with the sidecar instead of hashing it again (a file that changed is hashed again, and
+  refused if it differs).
+* otherwise the download goes to ``dest + '.part'``: resumed with an HTTP ``Range: bytes=N-``
+  request when an interrupted run left ``N`` bytes there and the server answers
+  ``206 Partial Content``, else restarted from zero. The ``.part`` is checked for size and
+  SHA-256 and only then renamed (``os.replace``) to ``dest``, so a half-written file is never
+  used. A resumed ``.part`` that does not verify is downloaded once more from zero.
+
+``url`` may be ``http(s)://``, ``file://`` or a plain local path (an air-gapped mirror). A
+progress bar (size, rate, ETA) goes to stderr. Concurrent fetches of one ``dest`` (several
+processes of a multi-host run on a shared file system) take turns on the lock file
+``dest + '.lock'``.
+
+Every failure is one :class:`~kdjax.errors.KdjaxError` line: a network failure (connection
+refused, DNS, no answer within :data:`TIMEOUT_S`, a connection cut mid-file) names the URL and
+where to put the file by hand; a wrong file (:class:`ChecksumError`) names the expected and
+the actual SHA-256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+
+from kdjax.errors import KdjaxError
+
+CACHE_ENV = 'KDJAX_CACHE'
+TIMEOUT_S = 15.0  # for connecting, and for each read of the response
+_CHUNK = 1 << 20
+_SHA256 = re.compile(r'[0-9a-f]{64}')
+
+
+class ChecksumError(KdjaxError):
+  """A file that is not the expected one: wrong SHA-256 or wrong size."""
+
+
+def cache_dir(override: str | None = None) -> str:
+  """The cache folder, created if missing: ``override``, else ``$KDJAX_CACHE``, else
+  ``~/.cache/kdjax``."""
+  folder = override or os.environ.get(CACHE_ENV) or os.path.join('~', '.cache', 'kdjax')
+  folder = os.path.abspath(os.path.expanduser(folder))
+  try:
+    os.makedirs(folder, exist_ok=True)
+    writable = os.access(folder, os.W_OK | os.X_OK)
+  except OSError as e:
+    raise KdjaxError(f'cannot create the cache folder {folder} ({e.strerror or e}); set '
+                     f'{CACHE_ENV} or config.data.data_dir to a writable folder') from e
+  if not writable:
+    raise KdjaxError(f'the cache folder {folder} is not writable; set {CACHE_ENV} or '
+                     f'config.data.data_dir to a writable folder')
+  return folder
+
+
+def check_sha256(sha256: str, what: str = 'sha256') -> str:
+  """``sha256`` in lower case; raises unless it is 64 hexadecimal digits."""
+  digest = sha256.strip().lower()
+  if not _SHA256.fullmatch(digest):
+    raise KdjaxError(f'{what} must be 64 hexadecimal digits (what sha256sum prints), got '
+                     f'{sha256!r}')
+  return digest
+
+
+def _hash_file(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    while chunk := f.read(_CHUNK):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _stamp(path: str) -> tuple[int, int]:
+  """The file's size and modification time (ns): what the sidecar's hash is valid for."""
+  stat = os.stat(path)
+  return stat.st_size, stat.st_mtime_ns
+
+
+def _read_sidecar(path: str) -> tuple[str, tuple[int, int]] | None:
+  try:
+    with open(path + '.sha256') as f:
+      digest, size, mtime_ns = f.read().split()
+    return digest, (int(size), int(mtime_ns))
+  except (OSError, ValueError):
+    return None
+
+
+def _write_sidecar(path: str, digest: str) -> None:
+  """Records ``digest`` next to ``path``; only a speed-up, so failures pass."""
+  size, mtime_ns = _stamp(path)
+  with contextlib.suppress(OSError):
+    with tempfile.NamedTemporaryFile('w', dir=os.path.dirname(path), delete=False,
+                                     suffix='.tmp') as f:
+      f.write(f'{digest} {size} {mtime_ns}\n')
+    os.replace(f.name, path + '.sha256')
+
+
+def file_sha256(path: str) -> str:
+  """The SHA-256 (hex) of the file at ``path``: from its sidecar when that was written for
+  the file's present size and modification time, else hashed (and the sidecar written)."""
+  recorded = _read_sidecar(path)
+  if recorded is not None and recorded[1] == _stamp(path):
+    return recorded[0]
+  digest = _hash_file(path)
+  _write_sidecar(path, digest)
+  return digest
+
+
+def _as_url(url: str) -> str:
+  return url if '://' in url else pathlib.Path(url).absolute().as_uri()
+
+
+def _one_line(reason: object) -> str:
+  return ' '.join(str(reason).split()) or type(reason).__name__
+
+
+def _network_failure(what: str, url: str, dest: str, reason: object) -> KdjaxError:
+  return KdjaxError(f'could not download {what} from {url} ({_one_line(reason)}); try again '
+                    f'once the network works (a partial download is resumed), or put the file '
+                    f'at {dest} by hand')
+
+
+def _open(url: str, offset: int):
+  request = urllib.request.Request(_as_url(url), headers={'User-Agent': 'kdjax'})
+  if offset:
+    request.add_header('Range', f'bytes={offset}-')
+  return urllib.request.urlopen(request, timeout=TIMEOUT_S)  # pylint: disable=consider-using-with
+
+
+def _resumes_at(response, offset: int) -> int | None:
+  """The total size when ``response`` is the rest of the file from ``offset`` (a 206 whose
+  ``Content-Range`` starts there); 0 when the total is not stated; None when it is no resume."""
+  found = re.fullmatch(r'bytes (\d+)-\d+/(\d+|\*)',
+                       (response.headers.get('Content-Range') or '').strip())
+  if getattr(response, 'status', None) != 206 or not found or int(found.group(1)) != offset:
+    return None
+  return 0 if found.group(2) == '*' else int(found.group(2))
+
+
+def _open_at(url: str, offset: int):
+  """Opens ``url`` to continue a download that has ``offset`` bytes.
+
+  Returns ``(response, where it continues, the file's size or 0 if unknown)``: at ``offset``
+  when the server answers 206 with that range, else at zero (a server without ranges, a
+  different range, or 416: the kept bytes are no prefix of this file).
+  """
+  if offset:
+    try:
+      response = _open(url, offset)
+    except urllib.error.HTTPError as e:
+      if e.code != 416:
+        raise
+    else:
+      total = _resumes_at(response, offset)
+      if total is not None:
+        return response, offset, total
+      if getattr(response, 'status', None) != 206:  # the whole file, from zero
+        return response, 0, int(response.headers.get('Content-Length') or 0)
+      response.close()
+  response = _open(url, 0)
+  return response, 0, int(response.headers.get('Content-Length') or 0)
+
+
+def _download(url: str, part: str, size: int | None, what: str, dest: str) -> bool:
+  """Downloads ``url`` into ``part``, resuming a partial one; returns whether it resumed."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  kept = os.path.getsize(part) if os.path.exists(part) else 0
+  try:
+    response, offset, total = _open_at(url, kept)
+    total = total or size
+    with response, open(part, 'ab' if offset else 'wb') as out, tqdm(
+        total=total, initial=offset, unit='B', unit_scale=True, unit_divisor=1024, desc=what,
+        file=sys.stderr, miniters=1) as bar:
+      done = offset
+      while chunk := response.read(_CHUNK):
+        out.write(chunk)
+        done += len(chunk)
+        bar.update(len(chunk))
+  except urllib.error.HTTPError as e:
+    raise _network_failure(what, url, dest, f'HTTP {e.code} {e.reason}') from e
+  except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+    raise _network_failure(what, url, dest, getattr(e, 'reason', None) or e) from e
+  if total and done < total:
+    raise _network_failure(what, url, dest,
+                           f'the connection closed after {done:,} of {total:,} bytes, which '
+                           f'are kept in {part}')
+  return offset > 0
+
+
+def _size_problem(path: str, size: int | None) -> str | None:
+  actual = os.path.getsize(path)
+  return None if size is None or actual == size else f'has {actual:,} bytes, expected {size:,}'
+
+
+def _sha256_problem(actual: str, sha256: str | None) -> str | None:
+  if sha256 is None or actual == sha256:
+    return None
+  return f'has sha256 {actual}, expected {sha256}'
+
+
+def fetch(url: str, dest: str, *, sha256: str | None, size: int | None = None,
+          what: str = 'the file') -> str:
+  """Makes ``dest`` a verified copy of ``url`` (see the module docstring) and returns it.
+
+  ``sha256``: the expected SHA-256 (hex); None trusts the first download (the caller then
+  records :func:`file_sha256` of it). ``size``: the expected size in bytes, if known.
+  ``what``: names the file in the progress bar and in errors.
+  """
+  sha256 = None if sha256 is None else check_sha256(sha256)
+  dest = os.path.abspath(dest)
+  part = dest + '.part'
+  try:
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    lock = open(dest + '.lock', 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+  except OSError as e:
+    raise KdjaxError(f'cannot write next to {dest} ({e.strerror or e}); choose a writable '
+                     f'folder') from e
+  with lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+    if os.path.exists(dest):
+      problem = _size_problem(dest, size)
+      if problem is None and sha256 is not None:
+        problem = _sha256_problem(file_sha256(dest), sha256)
+      if problem:
+        raise ChecksumError(f'{dest} is not {what}: it {problem}; delete it to download '
+                            f'{what} again from {url}')
+      return dest
+    for _ in range(2):
+      kept = os.path.getsize(part) if os.path.exists(part) else 0
+      complete = kept > 0 and kept == size  # killed between downloading and renaming
+      resumed = complete or _download(url, part, size, what, dest)
+      problem = _size_problem(part, size)
+      if problem is None:
+        digest = _hash_file(part)
+        problem = _sha256_problem(digest, sha256)
+      if problem is None:
+        os.replace(part, dest)
+        _write_sidecar(dest, digest)
+        return dest
+      os.remove(part)
+      if not resumed:  # a fresh download that is wrong: the URL serves another file
+        break
+    raise ChecksumError(f'{what} downloaded from {url} {problem}; it was deleted, not used')

@@ -1,0 +1,152 @@
+"""mdistiller's published CIFAR-100 teachers, downloaded and converted on demand.
+
+A teacher spec ``mdistiller:<name>`` (for ``config.teacher.checkpoint``) names one of the
+teachers in mdistiller's ``cifar_teachers.tar``, the GitHub release asset :data:`ZOO_URL`:
+the vanilla-trained teachers of RepDistiller (the CRD paper), which mdistiller's
+``mdistiller/models/cifar/__init__.py`` reads from
+``cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth``, a torch dict whose ``'model'`` is the
+state dict. :data:`PUBLISHED_TOP1` is their CIFAR-100 top-1 (%) as published.
+
+:func:`resolve` turns a spec into a kdjax teacher folder (:func:`kdjax.teachers.save`):
+
+1. The tar is downloaded once into ``<cache>/teachers/mdistiller/cifar_teachers.tar``
+   (:func:`kdjax.downloads.fetch`). mdistiller publishes no checksum, so the first download
+   is trusted and its URL, size and SHA-256 are recorded in ``cifar_teachers.tar.json`` next
+   to it; a later download, or a file put there, that differs is refused.
+2. Only the teacher's member is read from the tar, and only if it is a regular file; its
+   name is never used as a path, so a crafted member cannot write outside the cache. It is
+   converted by :mod:`kdjax.convert` (``torch.load(weights_only=True)``: no code runs) and
+   saved in a temporary folder, renamed to ``<cache>/teachers/mdistiller/<name>`` only when
+   complete: a killed run leaves no half teacher.
+3. Later calls return that folder, with no network and no tar.
+
+``<cache>`` is :func:`kdjax.downloads.cache_dir`: the ``cache`` argument, else
+``$KDJAX_CACHE``, else ``~/.cache/kdjax``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tarfile
+import tempfile
+
+from kdjax import convert, downloads, jsonio, teachers
+from kdjax.errors import KdjaxError
+
+PREFIX = 'mdistiller:'
+ZOO_URL = ('https://github.com/megvii-research/mdistiller/releases/download/checkpoints/'
+           'cifar_teachers.tar')
+ARCHIVE = 'cifar_teachers.tar'
+
+# CIFAR-100 top-1 (%) of the teachers in cifar_teachers.tar, as published: CRD (Tian et al.,
+# ICLR 2020) Tables 1 and 2; the SLKD paper's Table 2 lists the same.
+PUBLISHED_TOP1 = {'resnet32x4': 79.42, 'wrn_40_2': 75.61, 'resnet56': 72.34, 'resnet110': 74.31,
+                  'vgg13': 74.64, 'ResNet50': 79.34}
+TEACHERS = tuple(PUBLISHED_TOP1)
+
+
+def is_zoo_spec(spec: object) -> bool:
+  """Whether ``spec`` (a ``config.teacher.checkpoint``) names a zoo teacher, ``mdistiller:*``."""
+  return isinstance(spec, str) and spec.startswith(PREFIX)
+
+
+def published_top1(spec: object, dataset: str) -> float | None:
+  """The published CIFAR-100 top-1 of zoo teacher ``spec`` on ``dataset``, else None."""
+  if not is_zoo_spec(spec) or dataset != 'cifar100':
+    return None
+  return PUBLISHED_TOP1.get(spec.removeprefix(PREFIX))
+
+
+def member(name: str) -> str:
+  """The path of teacher ``name``'s checkpoint inside ``cifar_teachers.tar``."""
+  return f'cifar_teachers/{name}_vanilla/ckpt_epoch_240.pth'
+
+
+def _teacher_name(spec: str) -> str:
+  name = spec.removeprefix(PREFIX) if is_zoo_spec(spec) else None
+  if name not in TEACHERS:
+    raise KdjaxError(f'unknown published teacher {spec!r}; expected one of: '
+                     f'{", ".join(PREFIX + t for t in TEACHERS)}')
+  return name
+
+
+def check_spec(spec: str, model: str) -> None:
+  """Raises :class:`KdjaxError` unless ``spec`` names a zoo teacher of architecture ``model``
+  (``config.teacher.checkpoint`` and ``config.teacher.model``), before anything runs."""
+  name = _teacher_name(spec)
+  if name != model:
+    raise KdjaxError(f'config.teacher.checkpoint {spec} is a {name}, but config.teacher.model '
+                     f'is {model}')
+
+
+def _fetch_archive(url: str, path: str) -> str:
+  """Downloads the tar once, pinned to its first download's size and SHA-256; returns that."""
+  pin_path = path + '.json'
+  pin = jsonio.read_json(pin_path)
+  if os.path.exists(pin_path) and not (isinstance(pin, dict) and {'size', 'sha256'} <= set(pin)):
+    raise KdjaxError(f'{pin_path} is not a record of {ARCHIVE} (size, sha256); delete it to '
+                     f'record the next download')
+  try:
+    downloads.fetch(url, path, sha256=pin['sha256'] if pin else None,
+                    size=pin['size'] if pin else None, what=ARCHIVE)
+  except downloads.ChecksumError as e:
+    raise downloads.ChecksumError(f'{e} (the expected file is the first one downloaded, '
+                                  f'recorded in {pin_path}; delete that to accept another)'
+                                  ) from e
+  digest = downloads.file_sha256(path)
+  if not pin:
+    jsonio.write_json(pin_path, {'url': url, 'size': os.path.getsize(path), 'sha256': digest})
+  return digest
+
+
+def _extract(archive: str, name: str, dest: str) -> None:
+  """Copies the regular-file member ``name`` of the tar ``archive`` to ``dest``."""
+  try:
+    with tarfile.open(archive) as tar:
+      found = next((m for m in tar if m.name.removeprefix('./') == name), None)
+      if found is None or not found.isfile():
+        raise KdjaxError(f'{archive} has no file {name}; is it mdistiller\'s {ARCHIVE}?')
+      with tar.extractfile(found) as src, open(dest, 'wb') as out:
+        shutil.copyfileobj(src, out)
+  except (OSError, tarfile.TarError) as e:
+    raise KdjaxError(f'could not read {name} from {archive} ({e}); delete it (and '
+                     f'{ARCHIVE}.json if it is damaged) to download it again') from e
+
+
+def resolve(spec: str, *, zoo_url: str | None = None, cache: str | None = None,
+            num_classes: int = 100) -> str:
+  """The kdjax teacher folder of ``spec`` (``mdistiller:<name>``), made on the first call.
+
+  ``zoo_url``: where ``cifar_teachers.tar`` comes from (None: :data:`ZOO_URL`; a
+  ``file://`` URL or a local path for a mirror). ``cache``: the cache folder (see the module
+  docstring). ``num_classes``: the classes the teacher must have (the zoo's have 100).
+  """
+  name = _teacher_name(spec)
+  url = zoo_url or ZOO_URL
+  root = os.path.join(downloads.cache_dir(cache), 'teachers', 'mdistiller')
+  folder = os.path.join(root, name)
+  if os.path.isfile(os.path.join(folder, teachers.TEACHER_JSON)):
+    return folder
+  if importlib.util.find_spec('torch') is None:
+    raise KdjaxError(f"{spec} is a PyTorch checkpoint; converting it needs PyTorch: pip "
+                     f"install 'kdjax[torch]'")
+  archive = os.path.join(root, ARCHIVE)
+  digest = _fetch_archive(url, archive)
+  work = tempfile.mkdtemp(dir=root, prefix=f'.{name}.')
+  try:
+    pth = os.path.join(work, 'ckpt_epoch_240.pth')
+    _extract(archive, member(name), pth)
+    variables = convert.variables_from_torch(name, convert.load_pth(pth), num_classes)
+    teachers.save(os.path.join(work, name), name, num_classes, variables,
+                  source=f'{member(name)} of {url} (sha256 {digest})')
+    try:
+      os.rename(os.path.join(work, name), folder)
+    except OSError as e:  # another process was first, or something else is in the way
+      if not os.path.isfile(os.path.join(folder, teachers.TEACHER_JSON)):
+        raise KdjaxError(f'could not create the teacher folder {folder} ({e.strerror or e}); '
+                         f'delete what is there') from e
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  return folder

@@ -1,0 +1,177 @@
+"""kdjax.teacher_zoo: mdistiller's cifar_teachers.tar, downloaded and converted on demand.
+
+The tar is a small one in mdistiller's layout, served by a local HTTP server; its resnet56
+checkpoint is a real torch state dict (of a kdjax-initialised resnet56 with random BatchNorm
+statistics, laid out as PyTorch's), saved as RepDistiller's train_teacher.py saves them.
+"""
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax import convert, downloads, models, teacher_zoo, teachers
+from kdjax.convert.torch_import import torch_key
+from kdjax.errors import KdjaxError
+from fileserver import FileServer
+
+MODEL = 'resnet56'
+
+
+@pytest.fixture(name='torch', scope='module')
+def _torch():
+  return pytest.importorskip('torch')
+
+
+@pytest.fixture(name='pth', scope='module')
+def _pth(torch):
+  """The bytes of ``resnet56_vanilla/ckpt_epoch_240.pth`` (100 classes, random weights)."""
+  shapes = jax.eval_shape(lambda: models.create(MODEL, 100).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  rng = np.random.default_rng(0)
+  state = {}
+  for collection, tree in shapes.items():
+    for path, like in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items():
+      shape = like.shape
+      if len(shape) == 4:  # HWIO -> OIHW
+        shape = (shape[3], shape[2], shape[0], shape[1])
+      elif len(shape) == 2:  # (in, out) -> (out, in)
+        shape = shape[::-1]
+      fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+      if path[-1] == 'var':
+        value = rng.uniform(0.5, 1.5, shape)
+      else:  # small weights (std 1/(4 sqrt(fan in))); BatchNorm scale about 1
+        value = rng.normal(1.0 if path[-1] == 'scale' else 0.0, fan_in ** -0.5 / 4, shape)
+      key = torch_key(collection, path)
+      state[key] = torch.from_numpy(value.astype(np.float32))
+      if path[-1] == 'var':
+        state[key.replace('running_var', 'num_batches_tracked')] = torch.tensor(1000)
+  buffer = io.BytesIO()
+  torch.save({'epoch': 240, 'model': state, 'accuracy': torch.tensor(72.34)}, buffer)
+  return buffer.getvalue()
+
+
+def _tar(members: dict[str, bytes], links: dict[str, str] = ()) -> bytes:
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode='w') as tar:
+    for name, content in members.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(content)
+      tar.addfile(info, io.BytesIO(content))
+    for name, target in dict(links).items():
+      info = tarfile.TarInfo(name)
+      info.type, info.linkname = tarfile.SYMTYPE, target
+      tar.addfile(info)
+  return buffer.getvalue()
+
+
+def _zoo_tar(pth: bytes) -> bytes:
+  """cifar_teachers.tar in mdistiller's layout (the other teachers' files are stand-ins)."""
+  return _tar({'cifar_teachers/vgg13_vanilla/ckpt_epoch_240.pth': b'another teacher',
+               teacher_zoo.member(MODEL): pth,
+               'cifar_teachers/resnet56_vanilla/resnet56_best.pth': b'not this one'})
+
+
+@pytest.fixture(name='server')
+def _server(pth):
+  with FileServer() as server:
+    server.files['cifar_teachers.tar'] = _zoo_tar(pth)
+    yield server
+
+
+@jax.jit
+def _logits(variables, images):
+  return models.create(MODEL, 100).apply(variables, images, train=False).logits
+
+
+def _root(cache) -> str:
+  return os.path.join(cache, 'teachers', 'mdistiller')
+
+
+def test_resolve_converts_the_teacher_once_and_then_works_offline(server, pth, tmp_path):
+  url, cache = server.url('cifar_teachers.tar'), str(tmp_path / 'cache')
+  folder = teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache)
+  assert folder == os.path.join(_root(cache), MODEL)
+  direct = tmp_path / 'direct.pth'
+  direct.write_bytes(pth)
+  expected = convert.variables_from_torch(MODEL, convert.load_pth(direct), 100)
+  images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
+  logits = _logits(teachers.load(folder, MODEL, 100), images)
+  assert np.all(np.isfinite(logits)) and np.ptp(logits) > 0
+  np.testing.assert_array_equal(logits, _logits(expected, images))
+  archive = server.files['cifar_teachers.tar']
+  root = tmp_path / 'cache' / 'teachers' / 'mdistiller'
+  pin = json.loads((root / 'cifar_teachers.tar.json').read_text())
+  assert pin == {'url': url, 'size': len(archive), 'sha256': hashlib.sha256(archive).hexdigest()}
+  meta = json.loads((root / MODEL / teachers.TEACHER_JSON).read_text())
+  assert meta['model'] == MODEL and teacher_zoo.member(MODEL) in meta['source']
+  assert pin['sha256'] in meta['source']
+  assert not [e for e in os.listdir(root) if e.startswith('.')]  # no temporary folders
+  server.stop()
+  assert teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache) == folder
+  assert server.requests == [('cifar_teachers.tar', None)]
+
+
+def test_a_changed_archive_is_refused(server, pth, tmp_path):
+  url, cache = server.url('cifar_teachers.tar'), str(tmp_path / 'cache')
+  folder = teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache)
+  first = server.files['cifar_teachers.tar']
+  changed = _tar({teacher_zoo.member(MODEL): pth, 'cifar_teachers/extra.txt': b'new'})
+  server.files['cifar_teachers.tar'] = changed
+  os.remove(os.path.join(_root(cache), 'cifar_teachers.tar'))  # the big file, cleaned up
+  os.rename(folder, folder + '.old')
+  with pytest.raises(downloads.ChecksumError) as error:
+    teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache)
+  line = str(error.value)
+  assert '\n' not in line and url in line
+  assert hashlib.sha256(changed).hexdigest() in line
+  assert hashlib.sha256(first).hexdigest() in line
+  assert 'cifar_teachers.tar.json' in line
+  assert not os.path.exists(os.path.join(_root(cache), 'cifar_teachers.tar'))
+  assert not os.path.exists(folder)
+
+
+def test_a_failed_conversion_leaves_no_teacher_folder(server, tmp_path):
+  url, cache = server.url('cifar_teachers.tar'), str(tmp_path / 'cache')
+  with pytest.raises(KdjaxError, match='the checkpoint has 100 classes'):
+    teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache, num_classes=10)
+  assert sorted(os.listdir(_root(cache))) == [
+      'cifar_teachers.tar', 'cifar_teachers.tar.json', 'cifar_teachers.tar.lock',
+      'cifar_teachers.tar.sha256']
+
+
+def test_only_a_regular_file_member_is_read(torch, tmp_path):
+  with FileServer() as server:
+    server.files['cifar_teachers.tar'] = _tar(
+        {'cifar_teachers/resnet56_vanilla/notes.txt': b'x'},
+        links={teacher_zoo.member(MODEL): '/etc/passwd'})
+    with pytest.raises(KdjaxError, match=f'has no file {teacher_zoo.member(MODEL)}'):
+      teacher_zoo.resolve('mdistiller:resnet56', zoo_url=server.url('cifar_teachers.tar'),
+                          cache=str(tmp_path))
+  assert not [e for e in os.listdir(_root(str(tmp_path))) if e.startswith('.')]
+
+
+def test_an_unknown_teacher_lists_the_published_ones(tmp_path):
+  with pytest.raises(KdjaxError) as error:
+    teacher_zoo.resolve('mdistiller:resnet1000', zoo_url='http://127.0.0.1:9/x',
+                        cache=str(tmp_path))
+  line = str(error.value)
+  assert "unknown published teacher 'mdistiller:resnet1000'" in line and '\n' not in line
+  for name in ('resnet56', 'resnet110', 'resnet32x4', 'ResNet50', 'wrn_40_2', 'vgg13'):
+    assert f'mdistiller:{name}' in line
+
+
+def test_specs_and_published_numbers():
+  assert teacher_zoo.is_zoo_spec('mdistiller:resnet32x4')
+  assert not teacher_zoo.is_zoo_spec('/runs/teacher') and not teacher_zoo.is_zoo_spec(None)
+  assert set(teacher_zoo.PUBLISHED_TOP1) == set(teacher_zoo.TEACHERS)
+  assert set(teacher_zoo.TEACHERS) <= set(models.names())
+  assert teacher_zoo.PUBLISHED_TOP1['resnet32x4'] == 79.42
+  assert teacher_zoo.member('wrn_40_2') == 'cifar_teachers/wrn_40_2_vanilla/ckpt_epoch_240.pth'
