@@ -1,14 +1,19 @@
 """A workdir after a kill or a full disk: a half-written metrics line, a corrupt newest
-checkpoint (moved aside, rewritten, restored without a flood of tracebacks).
+checkpoint (moved aside, rewritten, restored without a flood of tracebacks), and the lock
+that keeps a second run out of a workdir in use.
 
-Everything is real: Orbax checkpoints written and corrupted on disk.
+Everything is real: Orbax checkpoints written and corrupted on disk, lock holders in
+separate processes killed with SIGKILL.
 """
 
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +22,7 @@ import pytest
 from conftest import ROOT
 from kdjax.errors import KdjaxError
 from kdjax.train import checkpoint
+from kdjax.train.workdir_lock import WorkdirLock
 from kdjax.train.writers import MetricWriter
 
 # ------------------------------------------------------------------------ metrics.jsonl
@@ -158,3 +164,58 @@ def test_restoring_a_corrupt_checkpoint_prints_one_line_not_thousands(tmp_path):
   lines = done.stderr.splitlines()
   assert len(lines) < 10 and 'Traceback' not in done.stderr, done.stderr[:3000]
   assert [l for l in lines if 'could not be restored' in l and 'moved it to' in l], lines
+
+
+# ------------------------------------------------------------------------- workdir lock
+
+_HOLD = '''
+import sys, time
+from kdjax.train.workdir_lock import WorkdirLock
+with WorkdirLock(sys.argv[1]):
+  print('locked', flush=True)
+  time.sleep(600)
+'''
+
+
+@pytest.fixture
+def holder(tmp_path):
+  """A separate process holding the lock of ``tmp_path / 'run'``; killed at the end."""
+  proc = subprocess.Popen([sys.executable, '-c', _HOLD, str(tmp_path / 'run')], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    assert proc.stdout.readline() == 'locked\n', proc.stderr.read()
+    yield proc
+  finally:
+    proc.kill()
+    proc.wait()
+
+
+def test_a_second_run_on_a_locked_workdir_fails_at_once_naming_the_holder(tmp_path, holder):
+  workdir = str(tmp_path / 'run')
+  t0 = time.monotonic()
+  with pytest.raises(KdjaxError) as error:
+    with WorkdirLock(workdir):
+      pytest.fail('took a lock another process holds')
+  assert time.monotonic() - t0 < 1.0
+  message = str(error.value)
+  assert message.startswith(f'workdir {workdir} is in use by PID {holder.pid} on '
+                            f'{socket.gethostname()} (started at ')
+  assert message.endswith('); wait for it to finish or choose another --workdir')
+  assert '\n' not in message
+  with WorkdirLock(workdir, enabled=False):  # processes other than 0 do not lock
+    pass
+
+
+def test_a_killed_holder_does_not_block_and_the_lock_is_released_on_any_exit(tmp_path, holder):
+  workdir = str(tmp_path / 'run')
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  lock_file = tmp_path / 'run' / '.lock'
+  assert f'"pid": {holder.pid}' in lock_file.read_text()  # the dead holder's record stays
+  with pytest.raises(RuntimeError, match='the run failed'):
+    with WorkdirLock(workdir):
+      assert json.loads(lock_file.read_text())['pid'] == os.getpid()
+      raise RuntimeError('the run failed')
+  assert lock_file.read_text() == ''
+  with WorkdirLock(workdir):  # released by the failure above
+    pass
