@@ -4,8 +4,17 @@ Each checkpoint holds two items: ``state`` (every net's params, BatchNorm statis
 optimizer state, the step and the root key) and ``progress`` (JSON: per-epoch evaluation
 history and the best epoch so far). Orbax writes each checkpoint into a temporary folder
 and renames it when complete, so a kill mid-write leaves the previous checkpoint as the
-latest valid one; a latest checkpoint that still fails to restore (a truncated or corrupted
-file) is skipped with a warning in favour of the one before.
+latest valid one. A newest checkpoint that still fails to restore (a truncated or corrupted
+file) is skipped in favour of the one before, and moved aside to
+``<workdir>/checkpoints_corrupt/<step>`` (kept for inspection) with one warning line, so that
+the resumed run writes that step afresh instead of falling back to the same old step at
+every later restart.
+
+A restore that fails part-way leaves Orbax's other reads of that checkpoint running after
+Orbax has closed their event loop; each of them would print a traceback ("Event loop is
+closed", the read's own error, or a warning that it was never awaited), thousands of lines
+around the one warning. Those are dropped (:func:`_quiet_abandoned_reads`); the failure
+itself is reported.
 
 A checkpoint that cannot be written (disk full, permissions, a failing network filesystem)
 stops the run with one :class:`CheckpointWriteError` line naming the step and the cause;
@@ -20,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -40,20 +51,57 @@ class _OrbaxTracebacks(logging.Filter):
 logging.getLogger('absl').addFilter(_OrbaxTracebacks())
 
 
+def _abandoned_read_error(unraisable) -> bool:
+  """Whether an unraisable exception comes from a read Orbax gave up on: a TensorStore read
+  completing after Orbax closed the event loop awaiting it, or one of Orbax's read
+  coroutines failing as it is discarded."""
+  exc, obj = unraisable.exc_value, unraisable.object
+  if obj is None and isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
+    tb = exc.__traceback__
+    return tb is not None and tb.tb_frame.f_code.co_name == 'call_soon_threadsafe'
+  code = getattr(obj, 'cr_code', None)  # a coroutine
+  return code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename
+
+
+class _QuietAbandonedReads:
+  """``sys.unraisablehook`` that drops :func:`_abandoned_read_error` and passes on the rest."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable) -> None:
+    if not _abandoned_read_error(unraisable):
+      self.previous(unraisable)
+
+
+def _quiet_abandoned_reads() -> None:
+  """Installs :class:`_QuietAbandonedReads` (once; again if something replaced it), and
+  ignores the warning about Orbax's array reads that a failed restore never started."""
+  if not isinstance(sys.unraisablehook, _QuietAbandonedReads):
+    sys.unraisablehook = _QuietAbandonedReads(sys.unraisablehook)
+  warnings.filterwarnings('ignore', category=RuntimeWarning,
+                          message="coroutine '_read_array_index_and_device_put' was never awaited")
+
+
 class CheckpointWriteError(KdjaxError):
   """A checkpoint could not be written; the previous one is kept."""
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException, limit: Optional[int] = None) -> str:
+  """``Type: first line of the message``, cut to ``limit`` characters if given (TensorStore
+  puts a whole JSON spec on its first line)."""
   text = str(error).strip()
-  return f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__
+  line = f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__
+  return line if limit is None or len(line) <= limit else line[:limit - 3] + '...'
 
 
 class Checkpointer:
   """Saves every ``every_steps`` (and on demand), keeps the last ``keep``, restores newest."""
 
   def __init__(self, directory: str, *, keep: int):
+    _quiet_abandoned_reads()
     self.directory = os.path.abspath(directory)
+    self.corrupt_directory = self.directory + '_corrupt'  # steps moved aside, see restore
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -106,21 +154,53 @@ class Checkpointer:
       self._finish_pending()
 
   def restore_latest(self, abstract_state: Any) -> Optional[tuple[Any, dict]]:
-    """(state, progress) of the newest checkpoint that restores, or ``None`` if none."""
-    steps = sorted(self._manager.all_steps(), reverse=True)
-    for step in steps:
+    """(state, progress) of the newest checkpoint that restores, or ``None`` if none.
+
+    Newer checkpoints that failed to restore are moved to :attr:`corrupt_directory` (one
+    warning line each), so the next :meth:`save` of their step writes it afresh. If none
+    restores, nothing is moved: the checkpointer is closed and a
+    :class:`~kdjax.errors.KdjaxError` names the steps and the newest one's cause.
+    """
+    failed = []  # (step, cause), newest first
+    for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore()))
-        return restored['state'], restored['progress']
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('checkpoint at step %d in %s could not be restored (%s: %s); '
-                        'trying the previous one', step, self.directory, type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else '')
-    if steps:
-      raise KdjaxError(f'no checkpoint in {self.directory} could be restored '
-                       f'(steps {steps}); move the folder away to start afresh')
+        failed.append((step, _first_line(e, limit=200)))
+        continue
+      if failed:
+        self._move_aside(failed, restored_step=step)
+      return restored['state'], restored['progress']
+    if failed:
+      self._close_quietly()
+      raise KdjaxError(f'no checkpoint in {self.directory} could be restored (steps '
+                       f'{[s for s, _ in failed]}; step {failed[0][0]}: {failed[0][1]}); '
+                       f'move the folder away to start afresh')
     return None
+
+  def _move_aside(self, failed: list, *, restored_step: int) -> None:
+    """Moves the steps of ``failed`` ((step, cause) pairs) to :attr:`corrupt_directory`,
+    saying so (process 0), and makes every process's manager forget them."""
+    for step, cause in failed if jax.process_index() == 0 else ():
+      target, n = os.path.join(self.corrupt_directory, str(step)), 1
+      while os.path.exists(target):  # the same step went bad before: keep both
+        target, n = os.path.join(self.corrupt_directory, f'{step}.{n}'), n + 1
+      try:
+        os.makedirs(self.corrupt_directory, exist_ok=True)
+        os.rename(os.path.join(self.directory, str(step)), target)
+      except OSError as e:
+        self._close_quietly()
+        raise KdjaxError(f'checkpoint at step {step} in {self.directory} could not be restored '
+                         f'({cause}) nor moved to {target} ({_first_line(e)}); move it away '
+                         f'by hand and rerun') from None
+      logging.warning('checkpoint at step %d in %s could not be restored (%s); moved it to %s '
+                      'and resumed from step %d', step, self.directory, cause, target,
+                      restored_step)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices('kdjax_checkpoint_moved_aside')
+    self._manager.reload()
 
   def latest_step(self) -> Optional[int]:
     """The newest checkpoint's step (``None`` if there is none)."""
@@ -154,6 +234,7 @@ class Checkpointer:
 
 
 def _manager(directory: str) -> ocp.CheckpointManager:
+  _quiet_abandoned_reads()
   return ocp.CheckpointManager(
       os.path.abspath(directory), item_handlers={
           'state': ocp.StandardCheckpointHandler(), 'progress': ocp.JsonCheckpointHandler()})

@@ -21,8 +21,13 @@ still going). Written to OUTDIR (default ``DIR/report`` of the first DIR):
   || S) and KL(F || S), the paper's Figure 2) and ``..._<method>_nets.png``
   (``'eval_nets'``: the top-1 of every evaluated net, an SFTN teacher and its branches).
 
-As a library: ``kdjax.report.report([dirs], out)`` returns the paths it wrote;
-:func:`find_runs`, :func:`table_rows` and the ``*_figure`` functions are the pieces.
+Every run that can be read is reported; what cannot be (a run whose ``config.json`` does not
+parse, an unreadable ``results.json``, half-written ``metrics.jsonl`` lines) is left out and
+listed, one ``PATH: why`` line each, under ``skipped:`` on stderr and in ``skipped.txt``.
+
+As a library: ``kdjax.report.report([dirs], out, skipped=None)`` returns the paths it wrote
+(and appends ``(path, why)`` pairs to ``skipped``); :func:`find_runs`, :func:`table_rows`
+and the ``*_figure`` functions are the pieces.
 """
 
 from __future__ import annotations
@@ -93,31 +98,92 @@ class RunRecord:
     return tests[0]['step'] if tests else None
 
 
-def _read_jsonl(path: str) -> list:
-  rows = []
+def _read_jsonl(path: str) -> tuple:
+  """``(rows, problem)``: the metrics rows of ``path`` (none if it is missing) and None, or
+  with what was left out: lines that are not a metrics row (half-written by a run still
+  going, or cut off by a kill or a full disk), or the whole file if it cannot be opened."""
+  rows, bad = [], []
+  try:
+    with open(path, errors='replace') as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+          if isinstance(row, dict) and 'step' in row and 'split' in row:
+            rows.append(row)
+            continue
+        except ValueError:
+          pass
+        bad.append(number)
+  except FileNotFoundError:
+    return [], None
+  except OSError as e:
+    return [], f'unreadable ({type(e).__name__}: {e.strerror}); no metrics for the run'
+  if not bad:
+    return rows, None
+  where = ', '.join(map(str, bad[:5])) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+  return rows, (f'{len(bad)} unreadable line{"s" if len(bad) > 1 else ""} left out (line '
+                f'{where}: half-written or cut off)')
+
+
+def _read_json(path: str) -> tuple:
+  """``(object, problem)``: the JSON in ``path`` and None, or None and why it could not be
+  read (None too when the file does not exist)."""
   try:
     with open(path) as f:
-      for line in f:
-        try:
-          rows.append(json.loads(line))
-        except ValueError:  # a line being written by a running run
-          pass
-  except OSError:
-    pass
-  return rows
+      return json.load(f), None
+  except FileNotFoundError:
+    return None, None
+  except (OSError, ValueError) as e:
+    why = e.strerror if isinstance(e, OSError) else (str(e).splitlines() or [''])[0]
+    return None, f'unreadable ({type(e).__name__}: {why})'
 
 
-def load_run(workdir: str) -> RunRecord:
-  """The run in ``workdir`` (which holds its ``config.json``)."""
-  config = jsonio.read_json(os.path.join(workdir, 'config.json'))
-  if config is None or 'method' not in config:
-    raise KdjaxError(f'{workdir} holds no readable kdjax config.json')
-  return RunRecord(workdir, config, jsonio.read_json(os.path.join(workdir, 'results.json')),
-             _read_jsonl(os.path.join(workdir, 'metrics.jsonl')))
+class _UnreadableRun(KdjaxError):
+  """A run whose ``config.json`` cannot be read: ``path`` and ``why``."""
+
+  def __init__(self, path: str, why: str):
+    super().__init__(f'{path}: {why}')
+    self.path, self.why = path, why
 
 
-def find_runs(dirs: Sequence[str]) -> list:
-  """Every run under ``dirs`` (recursively), each once, in path order."""
+def load_run(workdir: str, skipped: Optional[list] = None) -> RunRecord:
+  """The run in ``workdir`` (which holds its ``config.json``).
+
+  Raises :class:`KdjaxError` if ``config.json`` cannot be read. What else cannot be read
+  is left out: a ``results.json`` that does not parse (the run's numbers then come from its
+  metrics, as for a run still going) and ``metrics.jsonl`` lines that are not metrics rows;
+  each is appended to ``skipped`` as a ``(path, why)`` pair when a list is given.
+  """
+  path = os.path.join(workdir, 'config.json')
+  config, problem = _read_json(path)
+  if problem is None and not (isinstance(config, dict) and 'method' in config):
+    problem = 'missing' if config is None else 'not a kdjax config (no method)'
+  if problem:
+    raise _UnreadableRun(path, problem)
+  notes = [] if skipped is None else skipped
+  path = os.path.join(workdir, 'results.json')
+  results, problem = _read_json(path)
+  if problem is None and results is not None and not isinstance(results, dict):
+    results, problem = None, 'not a JSON object'
+  if problem:
+    notes.append((path, f'{problem}; the run is reported from its metrics.jsonl'))
+  path = os.path.join(workdir, 'metrics.jsonl')
+  metrics, problem = _read_jsonl(path)
+  if problem:
+    notes.append((path, problem))
+  return RunRecord(workdir, config, results, metrics)
+
+
+def find_runs(dirs: Sequence[str], skipped: Optional[list] = None) -> list:
+  """Every run under ``dirs`` (recursively), each once, in path order.
+
+  Without ``skipped``, a run whose ``config.json`` cannot be read raises
+  :class:`KdjaxError`. With a list, that run is left out and what was skipped is appended
+  to it as ``(path, why)`` pairs (unreadable runs, and what :func:`load_run` leaves out);
+  a :class:`KdjaxError` then says so only if no run at all could be read.
+  """
   if not dirs:
     raise KdjaxError('no run directories given')
   found = set()
@@ -132,7 +198,18 @@ def find_runs(dirs: Sequence[str]) -> list:
     if not paths:
       raise KdjaxError(f'{top} holds no kdjax run (no config.json under it)')
     found.update(paths)
-  return [load_run(path) for path in sorted(found)]
+  if skipped is None:
+    return [load_run(path) for path in sorted(found)]
+  runs = []
+  for path in sorted(found):
+    try:
+      runs.append(load_run(path, skipped))
+    except _UnreadableRun as e:
+      skipped.append((e.path, f'{e.why}; run left out'))
+  if not runs:
+    raise KdjaxError(f'no run under {", ".join(dirs)} could be read ({len(found)} tried; '
+                     f'{skipped[-1][0]}: {skipped[-1][1]})')
+  return runs
 
 
 def _by_seed(runs: Iterable[RunRecord]) -> list:
@@ -408,10 +485,21 @@ _METHOD_FIGURES = {'kl_monitors': ('kl', kl_figure), 'eval_nets': ('nets', nets_
 # -------------------------------------------------------------------------------- entry
 
 
-def report(dirs: Sequence[str], out: Optional[str] = None) -> list:
+def report(dirs: Sequence[str], out: Optional[str] = None,
+           skipped: Optional[list] = None) -> list:
   """Writes ``table.md``, ``table.csv`` and the figures of the runs under ``dirs`` into
-  ``out`` (default ``<dirs[0]>/report``); returns the paths written."""
-  runs = find_runs(dirs)
+  ``out`` (default ``<dirs[0]>/report``); returns the paths written.
+
+  Every run that can be read is reported. What cannot be (a run whose ``config.json`` does
+  not parse, an unreadable ``results.json``, half-written ``metrics.jsonl`` lines) is left
+  out and listed in ``out/skipped.txt``, one ``PATH: why`` line each, the last of the
+  returned paths (a ``skipped.txt`` of an earlier report is removed when nothing was
+  skipped); the same ``(path, why)`` pairs are appended to ``skipped`` when a list is given.
+  """
+  notes = []
+  runs = find_runs(dirs, notes)
+  if skipped is not None:
+    skipped.extend(notes)
   out = out or os.path.join(dirs[0], 'report')
   try:
     os.makedirs(out, exist_ok=True)
@@ -426,23 +514,36 @@ def report(dirs: Sequence[str], out: Optional[str] = None) -> list:
   for name, fig in figures(runs).items():
     written.append(os.path.join(out, name))
     fig.savefig(written[-1])
+  skipped_txt = os.path.join(out, 'skipped.txt')
+  if notes:
+    written.append(skipped_txt)
+    with open(skipped_txt, 'w') as f:
+      f.writelines(f'{path}: {why}\n' for path, why in notes)
+  elif os.path.exists(skipped_txt):
+    os.remove(skipped_txt)
   return written
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog='python -m kdjax.report', description=(
-      'Table (Markdown, CSV) and plots of the kdjax runs under the given folders.'))
+      'Table (Markdown, CSV) and plots of the kdjax runs under the given folders; what '
+      'cannot be read is listed under "skipped:" on stderr and in OUTDIR/skipped.txt.'))
   parser.add_argument('dirs', nargs='+', metavar='DIR', help='run folders (searched recursively)')
   parser.add_argument('--out', help='output folder (default: DIR/report of the first DIR)')
   args = parser.parse_args(argv)
+  skipped = []
   try:
-    written = report(args.dirs, args.out)
+    written = report(args.dirs, args.out, skipped)
   except KdjaxError as e:
     print(f'kdjax: error: {e}', file=sys.stderr)
     return 2
   with open(written[0]) as f:
     print(f.read(), end='')
+  if skipped:
+    print('skipped:', file=sys.stderr)
+    for path, why in skipped:
+      print(f'  {path}: {why}', file=sys.stderr)
   print(f'wrote {", ".join(written)}', file=sys.stderr)
   return 0
 

@@ -21,6 +21,7 @@ loop in lockstep; only process 0 writes files and prints. See ``docs/scaling.md`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ from kdjax.errors import KdjaxError
 from kdjax.methods.base import BuildInputs
 from kdjax.train import optim, step as step_lib
 from kdjax.train.state import TrainState, init_state
+from kdjax.train.workdir_lock import WorkdirLock
 from kdjax.train.writers import MetricWriter, Progress
 
 
@@ -243,13 +245,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run = RunSetup(config, workdir)
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
+  # The lock is taken outside the clean-up below: a run refused because another holds the
+  # workdir must never remove what that run writes.
+  with _locked(workdir):
+    try:
+      return _train(run)
+    except BaseException:
+      if created and jax.process_index() == 0 and not _saved_a_step(workdir):
+        shutil.rmtree(workdir, ignore_errors=True)  # nothing worth keeping was written
+      raise
+
+
+@contextlib.contextmanager
+def _locked(workdir: str):
+  """Holds ``workdir``'s :class:`WorkdirLock` (process 0 takes it; with several processes
+  all of them learn whether it got it, so none waits for a run that is not going to start)."""
+  lock, error = WorkdirLock(workdir), None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except KdjaxError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if refused and error is None:
+      error = KdjaxError(f'workdir {workdir!r} is in use by another run (process 0 could not '
+                         f'lock it)')
+  if error is not None:
+    raise error
   try:
-    return _train(run)
-  except BaseException:
-    if (created and jax.process_index() == 0
-        and not os.path.exists(os.path.join(workdir, 'checkpoints'))):
-      shutil.rmtree(workdir, ignore_errors=True)
-    raise
+    yield
+  finally:
+    lock.release()
+
+
+def _saved_a_step(workdir: str) -> bool:
+  """Whether a checkpoint step was saved in ``workdir`` (Orbax names step folders by number)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
 def _train(run: RunSetup) -> dict:

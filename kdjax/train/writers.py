@@ -47,13 +47,34 @@ class MetricWriter:
 
 
 def _truncate_after(path: str, step: int) -> None:
-  """Drops lines written after ``step``: a resumed run rewrites them."""
+  """Drops lines written after ``step`` (a resumed run rewrites them); replaces the file
+  atomically.
+
+  A line that is not a JSON object with a ``step`` (the half-written last line of a run
+  killed mid-write, or the zeros a full disk or a crash can leave) is dropped too, with one
+  warning line on stderr naming the file and how many lines went.
+  """
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-  with open(path, 'w') as f:
-    f.writelines(lines)
+  kept, dropped = [], 0
+  with open(path, errors='replace') as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        keep = json.loads(line)['step'] <= step
+      except (ValueError, TypeError, KeyError):
+        dropped += 1
+        continue
+      if keep:
+        kept.append(line.rstrip('\n') + '\n')
+  with open(path + '.tmp', 'w') as f:  # a kill now leaves the old file whole
+    f.writelines(kept)
+  os.replace(path + '.tmp', path)
+  if dropped:
+    print(f'warning: dropped {dropped} unreadable line{"s" if dropped > 1 else ""} of {path} '
+          f'(half-written when a run was killed or the disk was full)', file=sys.stderr,
+          flush=True)
 
 
 class Progress:
