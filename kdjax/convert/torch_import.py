@@ -62,7 +62,7 @@ def strip_data_parallel(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   return {k.removeprefix(DATA_PARALLEL_PREFIX): v for k, v in state_dict.items()}
 
 
-def _mismatch_message(name: str, num_classes: int, missing: list[str],
+def _mismatch_message(name: str, num_classes: int, zoo: str, missing: list[str],
                       unexpected: list[str],
                       wrong: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> str:
   """One line naming the first mismatched key, with counts of the rest."""
@@ -78,28 +78,34 @@ def _mismatch_message(name: str, num_classes: int, missing: list[str],
   if unexpected:
     problems.append(f'unexpected key {unexpected[0]!r}'
                     + (f' (and {len(unexpected) - 1} more)' if len(unexpected) > 1 else ''))
+  # CIFAR's and ImageNet's ResNet18/ResNet50 are different networks of the same name.
+  twins = [z for z in models.IMAGE_SHAPES if z != zoo and name in models.names(z)]
   # Only the classifier's class count differs: say so rather than blame the architecture.
   classes = {have[0] for _, have, want in wrong
              if len(have) in (1, 2) and have[1:] == want[1:] and want[0] == num_classes}
   if not missing and not unexpected and len(classes) == 1 and len(wrong) <= 2:
     hint = f' (the checkpoint has {classes.pop()} classes)'
+  elif twins:
+    hint = f' (is the checkpoint for the {twins[0]} zoo\'s {name}?)'
   else:
     hint = ' (is the checkpoint for another architecture?)'
-  return (f'state dict does not fit {name} with {num_classes} classes: '
+  model = f"the {zoo} zoo's {name}" if twins else name
+  return (f'state dict does not fit {model} with {num_classes} classes: '
           f'{"; ".join(problems)}{hint}')
 
 
-def variables_from_torch(name: str, state_dict: Mapping[str, Any],
-                         num_classes: int = 100) -> dict[str, Any]:
-  """Converts a PyTorch ``state_dict`` (name -> array) of zoo model ``name``.
+def variables_from_torch(name: str, state_dict: Mapping[str, Any], num_classes: int = 100,
+                         zoo: str = 'cifar') -> dict[str, Any]:
+  """Converts a PyTorch ``state_dict`` (name -> array) of model ``name`` of ``zoo``.
 
   Returns ``{'params': ..., 'batch_stats': ...}`` for
-  ``kdjax.models.create(name, num_classes).apply``. Raises :class:`KdjaxError` naming the
-  first key of the wrong shape (PyTorch shapes) and the first left-over key in the state
-  dict's order, and the first missing key in the model's forward order, with counts of the
-  rest. A ``module.`` (DataParallel) prefix is removed.
+  ``kdjax.models.create(name, num_classes, zoo=zoo).apply``. Raises :class:`KdjaxError`
+  naming the first key of the wrong shape (PyTorch shapes) and the first left-over key in
+  the state dict's order, and the first missing key in the model's forward order, with
+  counts of the rest. A ``module.`` (DataParallel) prefix is removed. The ImageNet ResNets
+  carry torchvision's names, so torchvision's ``resnet{18,34,50,101}`` weights convert too.
   """
-  model = models.create(name, num_classes)
+  model = models.create(name, num_classes, zoo=zoo)
   call_order: dict[tuple[str, ...], int] = {}
 
   def record(next_fun, args, kwargs, context):
@@ -108,7 +114,7 @@ def variables_from_torch(name: str, state_dict: Mapping[str, Any],
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):  # to name keys in PyTorch's (forward) order
-    shapes = models.variable_shapes(model, models.CIFAR_IMAGE_SHAPE)
+    shapes = models.variable_shapes(model, models.IMAGE_SHAPES[zoo])
   variables = [(collection, path, like) for collection, tree in shapes.items()
                for path, like in
                flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()]
@@ -133,7 +139,7 @@ def variables_from_torch(name: str, state_dict: Mapping[str, Any],
       continue
     filled[collection][path] = jnp.asarray(value, dtype=like.dtype)
   if missing or unexpected or wrong:
-    raise KdjaxError(_mismatch_message(name, num_classes, missing, unexpected, wrong))
+    raise KdjaxError(_mismatch_message(name, num_classes, zoo, missing, unexpected, wrong))
   return {collection: flax.traverse_util.unflatten_dict(flat)
           for collection, flat in filled.items()}
 

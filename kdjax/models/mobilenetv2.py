@@ -31,11 +31,15 @@ SETTING = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
 STAGE_BLOCKS = ((0, 1), (2,), (3, 4), (5, 6))
 
 
-def _conv_bn(x, features, kernel_size, train, prefix, index, *, dtype, bn_groups, stride=1,
-             groups=1):
-  """Conv (no bias, fan-out init) + BN, the torch modules ``{prefix}{index}``/``{index+1}``."""
+def conv_bn(x, features, kernel_size, train, prefix, index, *, dtype, bn_groups, stride=1,
+            groups=1, kernel_init=kaiming_normal_fan_out):
+  """Conv (no bias) + BN, the torch modules ``{prefix}{index}``/``{index+1}``.
+
+  The kernel is initialised fan-out as here, or by ``kernel_init`` (``None``: PyTorch's
+  default, which :mod:`kdjax.models.mobilenetv1` keeps).
+  """
   x = conv(features, kernel_size, stride=stride, groups=groups, in_features=x.shape[-1],
-           kernel_init=kaiming_normal_fan_out, dtype=dtype, name=f'{prefix}{index}')(x)
+           kernel_init=kernel_init, dtype=dtype, name=f'{prefix}{index}')(x)
   return BatchNorm(batch_groups=bn_groups, dtype=dtype, name=f'{prefix}{index + 1}')(x, train)
 
 
@@ -55,7 +59,7 @@ class InvertedResidual(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    cb = functools.partial(_conv_bn, train=train, prefix='conv.', dtype=self.dtype,
+    cb = functools.partial(conv_bn, train=train, prefix='conv.', dtype=self.dtype,
                            bn_groups=self.bn_groups)
     hidden = x.shape[-1] * self.expand_ratio
     out = nn.relu(cb(x, hidden, 1, index=0))
@@ -88,7 +92,7 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, start: int = 0) -> ModelOutput:
-    cb = functools.partial(_conv_bn, train=train, index=0, dtype=self.dtype,
+    cb = functools.partial(conv_bn, train=train, index=0, dtype=self.dtype,
                            bn_groups=self.bn_groups)
     feats = []
     for stage in range(start, 5):

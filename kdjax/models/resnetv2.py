@@ -14,6 +14,7 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from kdjax.models import register
@@ -22,6 +23,21 @@ from kdjax.models.layers import BatchNorm, at_least_float32, conv, dense, kaimin
 from kdjax.models.resnet import BasicBlock, Bottleneck, make_layer, run_layer
 
 _PLANES = (64, 128, 256, 512)
+
+
+def run_stage(block: type[BasicBlock | Bottleneck], stage: int, num_blocks: int, x: jax.Array,
+              train: bool, **kwargs):
+  """Runs ``layer{stage}`` (1..4) of the ImageNet ResNet layout on ``x``.
+
+  ``num_blocks`` blocks of ``_PLANES[stage - 1]`` planes, the first strided by 2 from
+  ``layer2`` on; ``layer1`` reads 64 channels. Returns
+  :func:`~kdjax.models.resnet.run_layer`'s ``(output, preact)``. Shared with
+  :mod:`kdjax.models.imagenet_resnet`.
+  """
+  in_planes = 64 if stage == 1 else _PLANES[stage - 2] * block.expansion
+  blocks = make_layer(block, f'layer{stage}', in_planes, _PLANES[stage - 1], num_blocks,
+                      1 if stage == 1 else 2, **kwargs)
+  return run_layer(blocks, x, train)
 
 
 class ResNetV2(nn.Module):
@@ -47,10 +63,7 @@ class ResNetV2(nn.Module):
             x, train))
         preact = x
       else:
-        in_planes = 64 if stage == 1 else _PLANES[stage - 2] * block.expansion
-        blocks = make_layer(block, f'layer{stage}', in_planes, _PLANES[stage - 1],
-                            self.num_blocks[stage - 1], 1 if stage == 1 else 2, **kw)
-        x, preact = run_layer(blocks, x, train)
+        x, preact = run_stage(block, stage, self.num_blocks[stage - 1], x, train, **kw)
       feats.append(x)
       preacts.append(preact)
     # nn.AdaptiveAvgPool2d((1, 1)), then flatten.
