@@ -80,5 +80,5 @@ from kdjax.models import shufflenetv2  # noqa: E402,F401
 from kdjax.models import imagenet_resnet  # noqa: E402,F401
 from kdjax.models import mobilenetv1  # noqa: E402,F401
 
-__all__ = ['CIFAR_IMAGE_SHAPE', 'IMAGE_SHAPES', 'ModelOutput', 'create', 'names', 'output_shapes', 'register',
-           'variable_shapes']
+__all__ = ['CIFAR_IMAGE_SHAPE', 'IMAGE_SHAPES', 'ModelOutput', 'create', 'names', 'output_shapes',
+           'register', 'variable_shapes']
