@@ -34,6 +34,7 @@ import warnings
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from kdjax.errors import KdjaxError
@@ -241,25 +242,50 @@ def _manager(directory: str) -> ocp.CheckpointManager:
 
 
 def restore_on_host(directory: str) -> Optional[tuple[int, Any]]:
-  """``(step, state)`` of the newest checkpoint in ``directory`` as a plain nested dict.
+  """``(step, state)`` of the newest checkpoint in ``directory`` that restores, as a plain
+  nested dict (a newer one that fails is skipped with a warning, and left in place: this
+  reads another run's workdir).
 
   Needs no knowledge of the state's structure, and works whatever number of devices wrote
-  it (the arrays land on the first local device). ``None`` if there is no checkpoint.
+  it (the arrays land on the first local device). ``None`` if there is no checkpoint;
+  :class:`KdjaxError` if none restores.
   """
+  _quiet_abandoned_reads()
   manager = _manager(directory)
   try:
-    step = manager.latest_step()
-    if step is None:
-      return None
-    metadata = manager.item_metadata(step)['state']
+    steps = sorted(manager.all_steps(), reverse=True)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          metadata)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))
-    return step, restored['state']
+    for step in steps:
+      try:
+        metadata = manager.item_metadata(step)['state']
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))
+        return step, restored['state']
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('checkpoint at step %d in %s could not be restored (%s); trying the '
+                        'previous one', step, directory, _first_line(e))
+    if steps:
+      raise KdjaxError(f'no checkpoint in {directory} could be restored (steps {steps})')
+    return None
   finally:
     manager.close()
+
+
+def save_tree(path: str, tree: Any) -> None:
+  """Writes a pytree of host arrays as one Orbax checkpoint at ``path`` (a teacher folder's
+  variables), replacing what is there."""
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    checkpointer.save(path, jax.tree.map(np.asarray, tree), force=True)
+
+
+def restore_tree(path: str) -> Any:
+  """The pytree :func:`save_tree` wrote at ``path``; a damaged one raises the read's error
+  without the tracebacks of Orbax's abandoned reads (see the module docstring)."""
+  _quiet_abandoned_reads()
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    return checkpointer.restore(path)
 
 
 def abstract_like(state: Any) -> Any:

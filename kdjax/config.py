@@ -12,6 +12,8 @@ and 210.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from kdjax import data, distributed, methods, models, platform_tuning, teacher_zoo
@@ -84,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.max_steps = ml_collections.FieldReference(None, field_type=int)  # stop early (tests)
+  # A workdir whose run ended (results.json) but holds no checkpoint is refused, never
+  # silently overwritten from step 0; restart=True starts it over.
+  c.restart = False
   # Multi-process runs (kdjax/distributed.py, docs/scaling.md): 'auto' starts
   # jax.distributed under srun / mpirun / a TPU pod slice / the KDJAX_* variables;
   # 'true' insists, 'false' never starts it.
@@ -174,6 +179,15 @@ def _require(condition: bool, message: str) -> None:
     raise KdjaxError(message)
 
 
+def _temperatures(config: ml_collections.ConfigDict):
+  """``(block, field, value)`` of every method block's temperature (``temperature``,
+  ``nce_temperature``, ...): softmax temperatures divide logits, so they must be > 0."""
+  for block in methods.default_configs():
+    for field, value in config[block].items():
+      if field.endswith('temperature'):
+        yield block, field, value
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the fields every run uses; raises :class:`KdjaxError` on the first bad one.
 
@@ -197,8 +211,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.data.name in data.DATASETS,
            f'unknown dataset {config.data.name!r} (config.data.name); expected one of: '
            f'{", ".join(data.DATASETS)}')
+  _require(isinstance(config.seed, int) and config.seed >= 0,
+           f'config.seed must be an integer >= 0, got {config.seed!r}')
   opt = config.optimizer
-  _require(opt.lr > 0, f'config.optimizer.lr must be positive, got {opt.lr}')
+  _require(math.isfinite(opt.lr) and opt.lr > 0,
+           f'config.optimizer.lr must be a positive finite number, got {opt.lr}')
   _require(0 <= opt.momentum < 1,
            f'config.optimizer.momentum must be in [0, 1), got {opt.momentum}')
   _require(opt.weight_decay >= 0,
@@ -207,6 +224,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.eval_batch_size > 0,
            f'config.eval_batch_size must be positive, got {config.eval_batch_size}')
   _require(config.num_epochs > 0, f'config.num_epochs must be positive, got {config.num_epochs}')
+  decay = opt.lr_decay_epochs
+  _require(isinstance(decay, (tuple, list)) and all(isinstance(e, int) for e in decay),
+           f'config.optimizer.lr_decay_epochs must be a tuple of whole epochs, e.g. '
+           f'"(150,180,210)", got {decay!r}')
+  _require(math.isfinite(opt.lr_decay_rate) and opt.lr_decay_rate > 0,
+           f'config.optimizer.lr_decay_rate must be a positive number, got {opt.lr_decay_rate}')
+  _require(config.max_steps is None or config.max_steps > 0,
+           f'config.max_steps must be positive (or None: the whole run), got {config.max_steps}')
+  for block, field, value in _temperatures(config):
+    _require(math.isfinite(value) and value > 0,
+             f'config.{block}.{field} must be positive, got {value}')
   _require(config.dtype in ('float32', 'bfloat16'),
            f'config.dtype must be float32 or bfloat16, got {config.dtype!r}')
   _require(config.bn_stats in ('global', 'per_device'),
@@ -222,8 +250,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     data.cifar.source(config.data.name, config.data.get('url'), config.data.get('sha256'))
   _require(config.data.holdout >= 0,
            f'config.data.holdout must be >= 0, got {config.data.holdout}')
-  _require(config.data.crop_padding >= 0,
-           f'config.data.crop_padding must be >= 0, got {config.data.crop_padding}')
+  image = models.CIFAR_IMAGE_SHAPE[0]  # every dataset held on the devices is 32x32
+  _require(0 <= config.data.crop_padding <= image,
+           f'config.data.crop_padding must be between 0 and the image size {image}, got '
+           f'{config.data.crop_padding}')
   _require(config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
            'config.log_every_steps and config.checkpoint_every_steps must be positive')
   _require(config.keep_checkpoints >= 1,

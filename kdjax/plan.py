@@ -16,7 +16,7 @@ asks for:
    itself (its ``INFO.follow_ups``: SFTN's students), each preceded by the teacher it
    trains first, if any.
 
-Every config of the plan is validated before anything runs. :func:`execute` runs them in order
+Every config of the plan is validated, and every workdir checked, before anything runs. :func:`execute` runs them in order
 through :func:`~kdjax.train.loop.train_and_evaluate`; a run whose ``results.json`` says it
 finished (the same number of epochs) is skipped, so a command can be re-run after a kill, or
 with a larger N, without losing finished work. A signal stops the plan with the
@@ -35,7 +35,7 @@ from kdjax import config as config_lib
 from kdjax import jsonio, methods
 from kdjax.configdict import derive
 from kdjax.errors import KdjaxError
-from kdjax.train.loop import Interrupted, say, train_and_evaluate
+from kdjax.train.loop import Interrupted, check_workdir, say, train_and_evaluate
 
 
 __all__ = ['Interrupted', 'PlannedRun', 'describe', 'execute', 'make_plan', 'run',
@@ -112,6 +112,7 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str,
                        f'seed {seed}: ')
   for run in runs:
     config_lib.validate(run.config)
+    check_workdir(run.workdir)
   return tuple(runs)
 
 
@@ -140,11 +141,13 @@ def execute(plan: tuple) -> list:
   summary table. A signal raises the stopped run's ``Interrupted`` (checkpoint saved)."""
   all_results = []
   for i, run in enumerate(plan, 1):
+    where = f'[{i}/{len(plan)}] {run.role}: ' if len(plan) > 1 else ''
     results = _finished_results(run)
     if results is not None:
-      say(f'[{i}/{len(plan)}] {run.role}: finished in {run.workdir}, skipped')
+      say(f'{where}finished in {run.workdir}, skipped')
     else:
-      say(f'[{i}/{len(plan)}] {run.role}: {run.workdir}')
+      if where:
+        say(f'{where}{run.workdir}')
       results = train_and_evaluate(run.config, run.workdir)
     all_results.append(results)
   print(summary_table(plan, all_results))

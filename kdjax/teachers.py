@@ -21,10 +21,8 @@ import json
 import os
 
 import flax
-import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from kdjax import checkpoints, convert, methods, models
 from kdjax.errors import KdjaxError
@@ -37,9 +35,7 @@ def save(directory: str, model: str, num_classes: int, variables: dict, *,
   """Writes a teacher folder: ``teacher.json`` and the variables (Orbax)."""
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(directory, 'variables'),
-                      jax.tree.map(np.asarray, variables), force=True)
+  checkpoints.save_tree(os.path.join(directory, 'variables'), variables)
   with open(os.path.join(directory, TEACHER_JSON), 'w') as f:
     json.dump({'model': model, 'num_classes': num_classes, 'source': source}, f, indent=2)
 
@@ -61,9 +57,7 @@ def _from_workdir(path: str) -> tuple[dict, dict]:
 def _from_folder(path: str) -> tuple[dict, dict]:
   with open(os.path.join(path, TEACHER_JSON)) as f:
     meta = json.load(f)
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    variables = checkpointer.restore(os.path.join(path, 'variables'))
-  return variables, meta
+  return checkpoints.restore_tree(os.path.join(path, 'variables')), meta
 
 
 def _from_pth(path: str, model: str, num_classes: int) -> tuple[dict, dict]:
@@ -99,14 +93,23 @@ def load_variables(path: str, model: str, num_classes: int,
   if not os.path.exists(path):
     raise KdjaxError(f'teacher checkpoint {path!r} does not exist (config.teacher.checkpoint)')
   if path.endswith(('.pth', '.pt', '.tar')) and os.path.isfile(path):
-    variables, meta = _from_pth(path, model, num_classes)
+    read = lambda: _from_pth(path, model, num_classes)
   elif os.path.exists(os.path.join(path, TEACHER_JSON)):
-    variables, meta = _from_folder(path)
+    read = lambda: _from_folder(path)
   elif os.path.exists(os.path.join(path, 'checkpoints')):
-    variables, meta = _from_workdir(path)
+    read = lambda: _from_workdir(path)
   else:
     raise KdjaxError(f'teacher checkpoint {path!r} is neither a kdjax workdir, a teacher '
                      f'folder from `python -m kdjax.convert`, nor a .pth file')
+  try:
+    variables, meta = read()
+  except KdjaxError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # a damaged or incomplete folder
+    text = str(e).strip()
+    reason = f'{type(e).__name__}: {text.splitlines()[0]}' if text else type(e).__name__
+    raise KdjaxError(f'teacher {path!r} could not be read ({reason[:300]}); is it complete? '
+                     f'Convert or train it again') from None
   if meta.get('model') and meta['model'] != model:
     raise KdjaxError(f'teacher {path!r} is a {meta["model"]}, but config.teacher.model is '
                      f'{model}')

@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -109,13 +110,22 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _check_writable(workdir: str) -> None:
+def check_workdir(workdir: str) -> None:
+  """Raises :class:`KdjaxError` unless ``workdir`` exists as a folder or can be created:
+  its nearest existing parent must be a folder in which a folder can really be made (probed
+  and removed; permission bits say nothing of /proc or a read-only mount, or to root)."""
   parent = os.path.abspath(workdir)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
-  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-    raise KdjaxError(f'workdir {workdir!r} is not writable ({parent!r} does not allow '
-                     f'creating files); choose another --workdir')
+  if parent == os.path.abspath(workdir) and os.path.isdir(parent):
+    return
+  try:
+    if not os.path.isdir(parent):
+      raise NotADirectoryError(0, 'not a folder')
+    os.rmdir(tempfile.mkdtemp(prefix='.kdjax_probe_', dir=parent))
+  except OSError as e:
+    raise KdjaxError(f'cannot create the workdir {workdir!r} ({parent!r}: '
+                     f'{e.strerror or e}); choose another --workdir') from None
 
 
 class RunSetup:
@@ -130,7 +140,7 @@ class RunSetup:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
                teacher_variables=None, teacher_trajectory=None):
-    _check_writable(workdir)
+    check_workdir(workdir)
     self.config, self.workdir = config, workdir
     n_dev = jax.device_count()
     if config.batch_size % n_dev:
@@ -244,7 +254,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   run = RunSetup(config, workdir)
   created = not os.path.exists(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise KdjaxError(f'cannot create the workdir {workdir!r} ({e.strerror or e}); choose '
+                     f'another --workdir') from None
   # The lock is taken outside the clean-up below: a run refused because another holds the
   # workdir must never remove what that run writes.
   with _locked(workdir):
@@ -287,22 +301,48 @@ def _saved_a_step(workdir: str) -> bool:
 
 
 def _train(run: RunSetup) -> dict:
-  config, workdir, method, mesh = run.config, run.workdir, run.method, run.mesh
+  """Restores or starts the run's state, then trains; the checkpoint manager is closed on
+  every way out (its writes finish, no library noise after kdjax's own line)."""
+  ckpt = checkpoints.Checkpointer(os.path.join(run.workdir, 'checkpoints'),
+                                  keep=run.config.keep_checkpoints)
+  try:
+    return _train_from_checkpoint(run, ckpt)
+  finally:
+    ckpt.close(quiet=True)  # after a normal end already closed: nothing to do
+
+
+def _refuse_silent_restart(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir whose run ended (``results.json``) or evaluated an epoch but holds no
+  checkpoint any more would be overwritten from step 0: refused unless ``config.restart``."""
+  ended = os.path.exists(os.path.join(workdir, 'results.json'))
+  metrics, evaluated = os.path.join(workdir, 'metrics.jsonl'), False
+  if os.path.exists(metrics):
+    with open(metrics, errors='replace') as f:
+      evaluated = '"split": "test/' in f.read()
+  if (ended or evaluated) and not config.get('restart'):
+    raise KdjaxError(f'workdir {workdir!r} holds the results of an earlier run but no '
+                     f'checkpoint to resume from; --config.restart=true starts over and '
+                     f'overwrites them, or choose another --workdir')
+
+
+def _train_from_checkpoint(run: RunSetup, ckpt: checkpoints.Checkpointer) -> dict:
+  config, workdir, mesh = run.config, run.workdir, run.mesh
   primary = jax.process_index() == 0  # the one process that writes files and prints
-  if primary:
-    jsonio.write_json(os.path.join(workdir, 'config.json'),
-                      json.loads(config.to_json_best_effort()))
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                  keep=config.keep_checkpoints)
   state = run.initial_state()
   progress = {'history': [], 'best_top1': None, 'best_epoch': None}
   restored = ckpt.restore_latest(checkpoints.abstract_like(state))
   if restored is not None:
     state, progress = restored
     say(f'resumed from the checkpoint at step {int(state.step)} in {workdir}')
+  else:  # every process sees the workdir, so every one refuses alike
+    _refuse_silent_restart(config, workdir)
+  if primary:
+    jsonio.write_json(os.path.join(workdir, 'config.json'),
+                      json.loads(config.to_json_best_effort()))
   start = int(state.step)
 
-  frozen, train_images, train_labels, test_images, test_labels = run.device_arrays()
+  arrays = run.device_arrays()
+  frozen, _, _, test_images, test_labels = arrays
   if run.teacher_eval_step is not None:
     acc = step_lib.evaluate(run.teacher_eval_step, {'teacher': frozen['teacher']}, test_images,
                             test_labels, batch_size=run.eval_batch, size=len(run.test),
@@ -314,7 +354,16 @@ def _train(run: RunSetup) -> dict:
         + (f' (published: {published:.2f}%)' if published is not None else ''))
 
   last = run.total_steps if config.max_steps is None else min(run.total_steps, config.max_steps)
-  writer = MetricWriter(workdir, resume_step=start, enabled=primary)
+  with contextlib.closing(MetricWriter(workdir, resume_step=start, enabled=primary)) as writer:
+    return _loop(run, ckpt, writer, arrays, state, progress, start, last)
+
+
+def _loop(run: RunSetup, ckpt, writer: MetricWriter, arrays: tuple, state: TrainState,
+          progress: dict, start: int, last: int) -> dict:
+  """Steps ``start..last-1``: log, check, evaluate, checkpoint; then the results."""
+  config, workdir, method, mesh = run.config, run.workdir, run.method, run.mesh
+  primary = jax.process_index() == 0
+  frozen, train_images, train_labels, test_images, test_labels = arrays
   bar = Progress(last, start, enabled=primary)
   window, t_window, stopped_by = [], time.perf_counter(), None
   images_per_second = None
@@ -340,9 +389,7 @@ def _train(run: RunSetup) -> dict:
         bar.update(done, (done - 1) // run.steps_per_epoch + 1, means['loss'])
         bad = _first_non_finite(per_step, first_step=done - len(per_step) + 1)
         if bad is not None:
-          error = _non_finite_error(config, *bad, kept=ckpt.latest_step())
-          ckpt.close(quiet=True)  # the last good checkpoint finishes writing
-          raise error
+          raise _non_finite_error(config, *bad, kept=ckpt.latest_step())
         window, t_window = [], time.perf_counter()
       if epoch_end:
         epoch = done // run.steps_per_epoch
@@ -367,7 +414,6 @@ def _train(run: RunSetup) -> dict:
   final_step = int(state.step)
   ckpt.save(final_step, state, progress, wait=True)
   ckpt.close()
-  writer.close()
   results = _results(run, progress, final_step, images_per_second)
   if primary:
     jsonio.write_json(os.path.join(workdir, 'results.json'), results)
