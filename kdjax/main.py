@@ -16,6 +16,7 @@ The flow: ``main`` -> :mod:`kdjax.plan` (config -> runs) -> :mod:`kdjax.train.lo
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import sys
 
@@ -26,7 +27,8 @@ from kdjax import distributed, platform_tuning
 from kdjax.errors import KdjaxError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file, e.g. '
-                                          'experiments/slkd.py:digits', lock_config=True)
+                                          'experiments/slkd.py:digits, or a packaged one by '
+                                          'name: slkd:digits', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, '
                                'results.json); default runs/<config>[_<preset>]')
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Run seeds 0..N-1 one after another into '
@@ -80,10 +82,31 @@ def _config_file_error(error: Exception) -> str:
           f'{text.splitlines()[-1].strip()}')
 
 
+def packaged_config(value: str) -> str:
+  """``--config``'s value with a bare preset name (``slkd`` or ``slkd:digits``) turned into
+  the path of the packaged ``kdjax/experiments/slkd.py``; a path that exists, or any value
+  with a folder or ``.py`` in it, is left as it is."""
+  path, colon, preset = value.partition(':')
+  if os.path.exists(path) or os.sep in path or path.endswith('.py'):
+    return value
+  packaged = importlib.resources.files('kdjax.experiments') / f'{path}.py'
+  return f'{packaged}{colon}{preset}' if packaged.is_file() else value
+
+
+def _with_packaged_configs(argv: list) -> list:
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith('--config='):
+      out[i] = '--config=' + packaged_config(arg[len('--config='):])
+    elif arg == '--config' and i + 1 < len(out):
+      out[i + 1] = packaged_config(out[i + 1])
+  return out
+
+
 def _parse_flags(argv):
   """absl's flag parsing, with every mistake (bad file, unknown key) as one line."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(_with_packaged_configs(argv))
   except Exception as e:  # pylint: disable=broad-except
     message = ' '.join(str(e).split()) or type(e).__name__
     if 'Failed loading config file' in str(e) or isinstance(e, OSError):

@@ -44,4 +44,6 @@ def get_config(arg=None):
   if 'slkd' in variants:
     config.skd.trajectory = 'self_learning'
     config.skd.slkd_terms = True
+  else:  # the snapshot trajectory needs a teacher kdjax trained: a published one has none
+    config.teacher.checkpoint = None
   return config
