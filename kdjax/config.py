@@ -153,9 +153,11 @@ DIGITS_TEACHER, DIGITS_STUDENT = 'resnet20', 'resnet8'
 def distillation_config(method: str, preset: str | None) -> ml_collections.ConfigDict:
   """A distillation run of ``method``: a pair preset of :data:`PAIRS` or ``digits``.
 
-  Without a preset: CIFAR-100 ``res32x4_res8x4``. CIFAR presets need
-  ``--config.teacher.checkpoint``; ``digits`` trains its teacher first into
-  ``<workdir>/teacher`` and reuses it on later runs.
+  Without a preset: CIFAR-100 ``res32x4_res8x4``. A CIFAR preset distils from its pair's
+  published teacher, ``mdistiller:<teacher>`` (downloaded, verified and converted once into
+  the cache, :mod:`kdjax.teacher_zoo`), unless ``--config.teacher.checkpoint`` names
+  another; ``digits`` trains its teacher first into ``<workdir>/teacher`` and reuses it on
+  later runs.
   """
   c = base_config()
   c.method = method
@@ -166,6 +168,7 @@ def distillation_config(method: str, preset: str | None) -> ml_collections.Confi
     c.teacher.train_if_missing = True
   elif preset in PAIRS:
     c.teacher.model, c.model, c.optimizer.lr = PAIRS[preset]
+    c.teacher.checkpoint = teacher_zoo.PREFIX + c.teacher.model
   else:
     raise KdjaxError(f'unknown preset {preset!r} for {method}; expected digits or one of: '
                      f'{", ".join(PAIRS)}')

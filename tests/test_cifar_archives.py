@@ -6,9 +6,7 @@ the bytes written with an indexing formula of their own.
 """
 
 import hashlib
-import io
 import os
-import tarfile
 import time
 
 import numpy as np
@@ -18,62 +16,8 @@ from kdjax import data
 from kdjax.config import base_config, validate
 from kdjax.data import cifar
 from kdjax.errors import KdjaxError
+import archives
 from fileserver import FileServer, closed_port_url
-
-
-def _tar_gz(members: dict[str, bytes]) -> bytes:
-  """A .tar.gz with ``members`` (name -> bytes), their folders first, as ``tar czf`` makes."""
-  buffer = io.BytesIO()
-  with tarfile.open(fileobj=buffer, mode='w:gz') as tar:
-    for folder in sorted({name.split('/')[0] for name in members}):
-      info = tarfile.TarInfo(folder)
-      info.type = tarfile.DIRTYPE
-      tar.addfile(info)
-    for name, content in members.items():
-      info = tarfile.TarInfo(name)
-      info.size = len(content)
-      tar.addfile(info, io.BytesIO(content))
-  return buffer.getvalue()
-
-
-def _records(rng, count: int, labels: list[np.ndarray]) -> np.ndarray:
-  """``count`` records: the label bytes ``labels`` (one array per byte), then random pixels."""
-  pixels = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
-  return np.concatenate([np.stack(labels, axis=1).astype(np.uint8), pixels], axis=1)
-
-
-def _cifar100(seed=0, train=50, test=20):
-  """(archive bytes, {split: records}) in the layout of cifar-100-binary.tar.gz."""
-  rng = np.random.default_rng(seed)
-  records = {split: _records(rng, n, [rng.integers(0, 20, n), rng.integers(0, 100, n)])
-             for split, n in (('train', train), ('test', test))}
-  # Record 0 of train: pixel (row 1, column 2) is (R, G, B) = (10, 20, 30); (2, 1) is not.
-  for channel, value in enumerate((10, 20, 30)):
-    records['train'][0, 2 + channel * 1024 + 1 * 32 + 2] = value
-    records['train'][0, 2 + channel * 1024 + 2 * 32 + 1] = 200 + channel
-  archive = _tar_gz({
-      'cifar-100-binary/coarse_label_names.txt': b'aquatic_mammals\nfish\n',
-      'cifar-100-binary/fine_label_names.txt': b'apple\naquarium_fish\n',
-      'cifar-100-binary/train.bin': records['train'].tobytes(),
-      'cifar-100-binary/test.bin': records['test'].tobytes(),
-  })
-  return archive, records
-
-
-def _cifar10(seed=0, per_batch=4, test=6):
-  """(archive bytes, {split: records}) in the layout of cifar-10-binary.tar.gz."""
-  rng = np.random.default_rng(seed)
-  batches = [_records(rng, per_batch, [rng.integers(0, 10, per_batch)]) for _ in range(5)]
-  for number, batch in enumerate(batches, 1):
-    batch[:, 1] = number  # the first red pixel says which batch a record came from
-  test_records = _records(rng, test, [rng.integers(0, 10, test)])
-  archive = _tar_gz({
-      'cifar-10-batches-bin/batches.meta.txt': b'airplane\nautomobile\n',
-      **{f'cifar-10-batches-bin/data_batch_{i}.bin': b.tobytes() for i, b in enumerate(batches, 1)},
-      'cifar-10-batches-bin/readme.html': b'<html></html>',
-      'cifar-10-batches-bin/test_batch.bin': test_records.tobytes(),
-  })
-  return archive, {'train': np.concatenate(batches), 'test': test_records}
 
 
 def _expected_images(records: np.ndarray, label_bytes: int) -> np.ndarray:
@@ -94,7 +38,7 @@ def _server():
 
 @pytest.fixture(name='c100')
 def _c100(server):
-  archive, records = _cifar100()
+  archive, records = archives.cifar100()
   server.files['cifar-100-binary.tar.gz'] = archive
   return server.url('cifar-100-binary.tar.gz'), _sha(archive), records
 
@@ -123,7 +67,7 @@ def test_cifar100_images_are_channel_major_rows_and_the_label_is_the_fine_byte(c
 
 
 def test_cifar10_train_is_the_five_batches_in_order(server, tmp_path):
-  archive, records = _cifar10()
+  archive, records = archives.cifar10()
   server.files['c10.tar.gz'] = archive
   kw = dict(data_dir=str(tmp_path), url=server.url('c10.tar.gz'), sha256=_sha(archive))
   train, test = data.load_split('cifar10', 'train', **kw), data.load_split('cifar10', 'test', **kw)
@@ -149,7 +93,7 @@ def test_a_second_load_with_the_server_stopped_uses_the_cache(server, c100, tmp_
 def test_another_archive_is_parsed_anew(c100, tmp_path):
   url, sha, records = c100
   cifar.load('cifar100', 'train', cache=str(tmp_path), url=url, sha256=sha)
-  archive, new_records = _cifar100(seed=1)
+  archive, new_records = archives.cifar100(seed=1)
   path = tmp_path / 'cifar' / 'cifar-100-binary.tar.gz'
   path.write_bytes(archive)  # another archive put there by hand, a while later
   later = path.stat().st_mtime_ns + 10**9
@@ -245,13 +189,13 @@ def test_an_unwritable_cache_folder_is_one_line(tmp_path):
 
 
 def test_a_damaged_member_is_one_line(server, tmp_path):
-  archive = _tar_gz({'cifar-100-binary/train.bin': b'\0' * 3075,
+  archive = archives.tar_gz({'cifar-100-binary/train.bin': b'\0' * 3075,
                      'cifar-100-binary/test.bin': b''})
   server.files['bad.tar.gz'] = archive
   with pytest.raises(KdjaxError, match='3,075 bytes, not a whole number of 3074-byte records'):
     cifar.load('cifar100', 'test', cache=str(tmp_path), url=server.url('bad.tar.gz'),
                sha256=_sha(archive))
-  archive = _tar_gz({'cifar-100-binary/test.bin': b''})
+  archive = archives.tar_gz({'cifar-100-binary/test.bin': b''})
   server.files['short.tar.gz'] = archive
   with pytest.raises(KdjaxError, match='has no member cifar-100-binary/train.bin'):
     cifar.load('cifar100', 'test', cache=str(tmp_path / 'other'),

@@ -6,20 +6,17 @@ statistics, laid out as PyTorch's), saved as RepDistiller's train_teacher.py sav
 """
 
 import hashlib
-import io
 import json
 import os
-import tarfile
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from kdjax import convert, downloads, models, teacher_zoo, teachers
-from kdjax.convert.torch_import import torch_key
 from kdjax.errors import KdjaxError
+import archives
 from fileserver import FileServer
 
 MODEL = 'resnet56'
@@ -33,48 +30,12 @@ def _torch():
 @pytest.fixture(name='pth', scope='module')
 def _pth(torch):
   """The bytes of ``resnet56_vanilla/ckpt_epoch_240.pth`` (100 classes, random weights)."""
-  shapes = jax.eval_shape(lambda: models.create(MODEL, 100).init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  rng = np.random.default_rng(0)
-  state = {}
-  for collection, tree in shapes.items():
-    for path, like in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items():
-      shape = like.shape
-      if len(shape) == 4:  # HWIO -> OIHW
-        shape = (shape[3], shape[2], shape[0], shape[1])
-      elif len(shape) == 2:  # (in, out) -> (out, in)
-        shape = shape[::-1]
-      fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-      if path[-1] == 'var':
-        value = rng.uniform(0.5, 1.5, shape)
-      else:  # small weights (std 1/(4 sqrt(fan in))); BatchNorm scale about 1
-        value = rng.normal(1.0 if path[-1] == 'scale' else 0.0, fan_in ** -0.5 / 4, shape)
-      key = torch_key(collection, path)
-      state[key] = torch.from_numpy(value.astype(np.float32))
-      if path[-1] == 'var':
-        state[key.replace('running_var', 'num_batches_tracked')] = torch.tensor(1000)
-  buffer = io.BytesIO()
-  torch.save({'epoch': 240, 'model': state, 'accuracy': torch.tensor(72.34)}, buffer)
-  return buffer.getvalue()
-
-
-def _tar(members: dict[str, bytes], links: dict[str, str] = ()) -> bytes:
-  buffer = io.BytesIO()
-  with tarfile.open(fileobj=buffer, mode='w') as tar:
-    for name, content in members.items():
-      info = tarfile.TarInfo(name)
-      info.size = len(content)
-      tar.addfile(info, io.BytesIO(content))
-    for name, target in dict(links).items():
-      info = tarfile.TarInfo(name)
-      info.type, info.linkname = tarfile.SYMTYPE, target
-      tar.addfile(info)
-  return buffer.getvalue()
+  return archives.teacher_pth(torch, MODEL)
 
 
 def _zoo_tar(pth: bytes) -> bytes:
   """cifar_teachers.tar in mdistiller's layout (the other teachers' files are stand-ins)."""
-  return _tar({'cifar_teachers/vgg13_vanilla/ckpt_epoch_240.pth': b'another teacher',
+  return archives.tar({'cifar_teachers/vgg13_vanilla/ckpt_epoch_240.pth': b'another teacher',
                teacher_zoo.member(MODEL): pth,
                'cifar_teachers/resnet56_vanilla/resnet56_best.pth': b'not this one'})
 
@@ -103,7 +64,7 @@ def test_resolve_converts_the_teacher_once_and_then_works_offline(server, pth, t
   direct.write_bytes(pth)
   expected = convert.variables_from_torch(MODEL, convert.load_pth(direct), 100)
   images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
-  logits = _logits(teachers.load(folder, MODEL, 100), images)
+  logits = _logits(teachers.load_variables(folder, MODEL, 100), images)
   assert np.all(np.isfinite(logits)) and np.ptp(logits) > 0
   np.testing.assert_array_equal(logits, _logits(expected, images))
   archive = server.files['cifar_teachers.tar']
@@ -123,7 +84,7 @@ def test_a_changed_archive_is_refused(server, pth, tmp_path):
   url, cache = server.url('cifar_teachers.tar'), str(tmp_path / 'cache')
   folder = teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache)
   first = server.files['cifar_teachers.tar']
-  changed = _tar({teacher_zoo.member(MODEL): pth, 'cifar_teachers/extra.txt': b'new'})
+  changed = archives.tar({teacher_zoo.member(MODEL): pth, 'cifar_teachers/extra.txt': b'new'})
   server.files['cifar_teachers.tar'] = changed
   os.remove(os.path.join(_root(cache), 'cifar_teachers.tar'))  # the big file, cleaned up
   os.rename(folder, folder + '.old')
@@ -149,7 +110,7 @@ def test_a_failed_conversion_leaves_no_teacher_folder(server, tmp_path):
 
 def test_only_a_regular_file_member_is_read(torch, tmp_path):
   with FileServer() as server:
-    server.files['cifar_teachers.tar'] = _tar(
+    server.files['cifar_teachers.tar'] = archives.tar(
         {'cifar_teachers/resnet56_vanilla/notes.txt': b'x'},
         links={teacher_zoo.member(MODEL): '/etc/passwd'})
     with pytest.raises(KdjaxError, match=f'has no file {teacher_zoo.member(MODEL)}'):
