@@ -24,7 +24,7 @@ from kdjax.errors import KdjaxError
 # ------------------------------------------------------------------- hand-made workdirs
 
 
-def _write_run(path, method, seed, top1s, *, teacher='resnet20', student='resnet8',
+def write_run(path, method, seed, top1s, *, teacher='resnet20', student='resnet8',
                finished=True, results=True, reference=None, steps_per_epoch=4, nets=None):
   """A workdir as ``train_and_evaluate`` leaves it: config.json, metrics.jsonl with two
   train rows and one test row per net per epoch, and results.json (unless ``results`` is
@@ -66,12 +66,12 @@ def _write_run(path, method, seed, top1s, *, teacher='resnet20', student='resnet
 @pytest.fixture
 def fake_runs(tmp_path):
   """KD and SLKD, two seeds each, and their vanilla teacher; one SLKD seed is running."""
-  _write_run(tmp_path / 'kd' / 'teacher', 'vanilla', 0, [50.0, 80.0, 90.0], teacher='resnet32',
+  write_run(tmp_path / 'kd' / 'teacher', 'vanilla', 0, [50.0, 80.0, 90.0], teacher='resnet32',
              student='resnet20')
-  _write_run(tmp_path / 'kd' / 'seed_0', 'kd', 0, [40.0, 70.0, 65.0], reference=73.33)
-  _write_run(tmp_path / 'kd' / 'seed_1', 'kd', 1, [45.0, 60.0, 75.0], reference=73.33)
-  _write_run(tmp_path / 'slkd' / 'seed_0', 'slkd', 0, [30.0, 80.0, 85.0])
-  _write_run(tmp_path / 'slkd' / 'seed_1', 'slkd', 1, [35.0, 82.0], results=False)
+  write_run(tmp_path / 'kd' / 'seed_0', 'kd', 0, [40.0, 70.0, 65.0], reference=73.33)
+  write_run(tmp_path / 'kd' / 'seed_1', 'kd', 1, [45.0, 60.0, 75.0], reference=73.33)
+  write_run(tmp_path / 'slkd' / 'seed_0', 'slkd', 0, [30.0, 80.0, 85.0])
+  write_run(tmp_path / 'slkd' / 'seed_1', 'slkd', 1, [35.0, 82.0], results=False)
   return tmp_path
 
 
@@ -138,7 +138,7 @@ def test_figures_have_one_line_per_run(fake_runs):
 
 
 def test_sftn_branch_figure(tmp_path):
-  _write_run(tmp_path / 'sftn', 'sftn', 0, [50.0, 60.0], student='resnet20',
+  write_run(tmp_path / 'sftn', 'sftn', 0, [50.0, 60.0], student='resnet20',
              nets={'teacher': [50.0, 60.0], 'branch1': [20.0, 30.0], 'branch2': [25.0, 35.0]})
   runs = report.find_runs([str(tmp_path)])
   (row,) = report.table_rows(runs)
@@ -175,32 +175,6 @@ def test_a_folder_without_runs_is_one_error_line(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- seeds
-
-
-def test_plan_trains_the_teacher_once_and_skips_finished_runs(tmp_path, capsys):
-  config = tiny_config('kd', num_epochs=3, **{'teacher.model': 'resnet20',
-                                              'teacher.train_if_missing': True,
-                                              'baselines': ('dkd',)})
-  runs = plan.make_plan(config, str(tmp_path), num_seeds=2)
-  assert [r.role for r in runs] == ['teacher', 'seed 0: kd student', 'seed 0: dkd student',
-                                    'seed 1: kd student', 'seed 1: dkd student']
-  assert [r.workdir for r in runs] == [str(tmp_path / d) for d in (
-      'teacher', 'seed_0', 'seed_0/dkd', 'seed_1', 'seed_1/dkd')]
-  teacher = runs[0].config
-  assert (teacher.method, teacher.model, teacher.seed) == ('vanilla', 'resnet20', 0)
-  assert {r.config.teacher.checkpoint for r in runs[1:]} == {str(tmp_path / 'teacher')}
-  assert [(r.config.method, r.config.seed) for r in runs[1:]] == [
-      ('kd', 0), ('dkd', 0), ('kd', 1), ('dkd', 1)]
-  assert config.teacher.checkpoint is None and config.seed == 0  # the caller's config as it was
-  assert plan.describe(runs).splitlines()[1].startswith('2. seed 0: kd student: kd resnet8 <- ')
-  # Runs whose results.json says they finished their epochs are not run again.
-  for run in runs:
-    _write_run(run.workdir, run.config.method, run.config.seed, [1.0, 2.0, 3.0])
-  results = plan.execute(runs)
-  assert [r['seed'] for r in results] == [0, 0, 0, 1, 1] and results[1]['best_top1'] == 3.0
-  assert capsys.readouterr().err.count(', skipped') == 5
-  with pytest.raises(KdjaxError, match='at least 1'):
-    plan.make_plan(config, str(tmp_path), num_seeds=0)
 
 
 def test_seeds_flag_below_one_is_one_error_line(tmp_path):

@@ -3,7 +3,7 @@ left out (an unreadable config.json, results.json, half-written metrics lines) i
 under "skipped:" on stderr and in ``skipped.txt``, never dropped silently nor fatal.
 
 The run folders are real files in the format the training loop writes (made by
-``test_report._write_run``), then damaged as a kill or a full disk leaves them.
+``test_report.write_run``), then damaged as a kill or a full disk leaves them.
 """
 
 import csv
@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT
 from kdjax import report
 from kdjax.errors import KdjaxError
-from test_report import _write_run
+from test_report import write_run
 
 
 def _cut(path, keep: int) -> None:
@@ -33,7 +33,7 @@ def damaged_runs(tmp_path):
   root = tmp_path / 'kd'
   for seed, top1s in enumerate(([40.0, 70.0, 65.0], [45.0, 60.0, 75.0], [50.0, 72.0, 71.0],
                                 [30.0, 31.0, 32.0])):
-    _write_run(root / f'seed_{seed}', 'kd', seed, top1s)
+    write_run(root / f'seed_{seed}', 'kd', seed, top1s)
   with open(root / 'seed_1' / 'metrics.jsonl', 'a') as f:
     f.write('{"step": 13, "split": "train", "lo')
   _cut(root / 'seed_2' / 'results.json', 40)
@@ -76,7 +76,7 @@ def test_report_reports_every_readable_run_and_lists_what_it_skipped(damaged_run
 
   # a clean report into the same folder drops the stale list
   for seed in (1, 2, 3):
-    _write_run(damaged_runs / f'seed_{seed}', 'kd', seed, [1.0, 2.0, 3.0])
+    write_run(damaged_runs / f'seed_{seed}', 'kd', seed, [1.0, 2.0, 3.0])
   written = report.report([str(damaged_runs)], str(out))
   assert not (out / 'skipped.txt').exists() and 'skipped.txt' not in str(written)
 
@@ -97,7 +97,7 @@ def test_cli_prints_a_skipped_section_on_stderr(damaged_runs, tmp_path):
 
 def test_only_unreadable_runs_is_one_error_line_and_find_runs_without_a_list_is_strict(
     tmp_path, capsys):
-  _write_run(tmp_path / 'run', 'kd', 0, [1.0])
+  write_run(tmp_path / 'run', 'kd', 0, [1.0])
   (tmp_path / 'run' / 'config.json').write_text('{"method": "kd", "se')
   config = tmp_path / 'run' / 'config.json'
   with pytest.raises(KdjaxError, match=f'^{re.escape(str(config))}: unreadable '

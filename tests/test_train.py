@@ -138,7 +138,7 @@ def test_eight_devices_match_one_device(tmp_path):
 @pytest.mark.parametrize('args, message', [
     (['--config.model=resnet9'], "unknown model 'resnet9'"),
     (['--config.data.name=mnist'], "unknown dataset 'mnist'"),
-    (['--config.optimizer.lr=-0.1'], 'config.optimizer.lr must be positive'),
+    (['--config.optimizer.lr=-0.1'], 'config.optimizer.lr must be a positive'),
     (['--config.no_such_key=1'], 'unknown config field'),
     (['--config=experiments/no_such_method.py'], 'could not load the config file'),
 ])
@@ -168,5 +168,5 @@ def test_non_writable_workdir_is_refused(tmp_path):
 def test_workdir_under_a_file_is_refused(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
-  with pytest.raises(KdjaxError, match='is not writable'):
+  with pytest.raises(KdjaxError, match='cannot create the workdir'):
     train_and_evaluate(tiny_config(), str(blocker / 'run'))
