@@ -72,3 +72,10 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
   assert lines[1].startswith(f'2. seed 0: skd student: skd resnet8 <- resnet20 '
                              f'{workdir}/teacher, 8 epochs, seed 0 -> {workdir}/seed_0')
   assert not workdir.exists()
+
+
+def test_a_packaged_preset_by_name(tmp_path):
+  """``kdjax --config kd:digits`` finds kdjax/experiments/kd.py, as after a pip install."""
+  done = run_cli(['--config', 'kd:digits', f'--workdir={tmp_path / "kd"}', '--dry-run'])
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.splitlines()[-1].startswith('2. kd student: kd resnet8 <- resnet20 ')
