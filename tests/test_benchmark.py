@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py keeps working: its tiny mode runs and writes sane numbers."""
+"""The benchmarks keep working: small runs of them write sane numbers."""
 
 import json
 import math
@@ -31,3 +31,18 @@ def test_throughput_benchmark_tiny_mode(tmp_path):
   assert loop['steps'] == 12 and loop['windows_used'] >= 1
   for key in ('loop_images_per_s', 'step_images_per_s', 'loop_over_step'):
     assert math.isfinite(loop[key]) and loop[key] > 0, (key, loop[key])
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_small_run(tmp_path):
+  out = tmp_path / 'input.json'
+  proc = subprocess.run([sys.executable, 'benchmarks/input_pipeline.py', '--images', '48',
+                         '--width', '100', '--height', '75', '--image-size', '32', '--batch', '4',
+                         '--workers', '1', '--out', str(out)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert [(r['mode'], r['kind'], r['workers']) for r in report['runs']] == [
+      ('train', 'direct', 1), ('train', 'grain', 1), ('eval', 'direct', 1), ('eval', 'grain', 1)]
+  for run in report['runs']:
+    assert run['images_per_second'] > 0 and run['images_per_cpu_second'] > 0, run

@@ -1,0 +1,125 @@
+"""Sources of encoded images read one example at a time: ImageNet-sized data on the host.
+
+A source is a sequence of ``(encoded image bytes, label)``, with ``num_classes`` and
+``describe(index)`` (what to name in a warning about that example). Nothing is decoded
+here: :mod:`kdjax.data.host_pipeline` decodes and augments in its grain workers. Both
+sources pickle small enough to be sent to every worker process.
+
+* :class:`ImageFolder`: torchvision's ``ImageFolder`` layout, which mdistiller's ImageNet
+  loader reads: ``<folder>/<class>/**/<image>``. The classes are the sub-folders sorted by
+  name (label = position in that order) and the examples are found as torchvision's
+  ``datasets.folder.make_dataset`` finds them: class by class in that order, walking each
+  class folder (following links) in sorted order, files in sorted order, keeping the names
+  with one of :data:`IMG_EXTENSIONS` (case-insensitive).
+* :class:`TfdsImages`: a TFDS-prepared dataset (``tfds build imagenet2012
+  --file_format=array_record``; preparing it needs TensorFlow, reading it does not), read
+  through ``tfds.data_source`` with the image left encoded (``tfds.decode.SkipDecoding``).
+
+:func:`imagenet` opens a split of ImageNet from a data dir holding either.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+
+from kdjax.errors import KdjaxError
+
+# torchvision.datasets.folder.IMG_EXTENSIONS
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+
+
+class ImageFolder:
+  """The images under ``folder``, one sub-folder per class (torchvision's ``ImageFolder``)."""
+
+  def __init__(self, folder: str):
+    self.folder = os.path.abspath(folder)
+    if not os.path.isdir(self.folder):
+      raise KdjaxError(f'image folder {folder} does not exist; expected <root>/train/<class>/'
+                       f'*.JPEG and <root>/val/<class>/*.JPEG as torchvision\'s ImageFolder')
+    self.classes = tuple(sorted(e.name for e in os.scandir(self.folder) if e.is_dir()))
+    if not self.classes:
+      raise KdjaxError(f'image folder {folder} has no class sub-folders; expected '
+                       f'{folder}/<class>/<image>')
+    paths, labels = [], []
+    for label, name in enumerate(self.classes):
+      class_dir = os.path.join(self.folder, name)
+      for root, _, files in sorted(os.walk(class_dir, followlinks=True)):
+        for file in sorted(files):
+          if file.lower().endswith(IMG_EXTENSIONS):
+            paths.append(os.path.relpath(os.path.join(root, file), self.folder))
+            labels.append(label)
+    if not paths:
+      raise KdjaxError(f'image folder {folder} holds no image ({", ".join(IMG_EXTENSIONS)}) '
+                       f'in its {len(self.classes)} class folders')
+    # One array of byte strings rather than a list of str: a few dozen bytes per example,
+    # which is what each grain worker receives.
+    self._paths = np.asarray([os.fsencode(p) for p in paths])
+    self._labels = np.asarray(labels, np.int32)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.classes)
+
+  def __len__(self) -> int:
+    return len(self._labels)
+
+  def __getitem__(self, index: int) -> tuple[bytes, int]:
+    with open(self.describe(index), 'rb') as f:
+      return f.read(), int(self._labels[index])
+
+  def describe(self, index: int) -> str:
+    """The file of example ``index``."""
+    return os.path.join(self.folder, os.fsdecode(self._paths[index]))
+
+
+class TfdsImages:
+  """Split ``split`` of the TFDS-prepared ``name`` in ``data_dir``, images still encoded."""
+
+  def __init__(self, name: str, split: str, data_dir: str):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    self.name, self.split = name, split
+    try:
+      self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                      decoders={'image': tfds.decode.SkipDecoding()})
+      self.num_classes = self._source.dataset_info.features['label'].num_classes
+    except Exception as e:  # tfds raises many types (missing files, versions, ...)
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      raise KdjaxError(f'could not open {name} ({split}) in the TensorFlow Datasets data_dir '
+                       f'{data_dir}: {reason}. Prepare it with `tfds build {name} '
+                       f'--file_format=array_record` (needs TensorFlow)') from e
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> tuple[bytes, int]:
+    record = self._source[index]
+    return record['image'], int(record['label'])
+
+  def describe(self, index: int) -> str:
+    return f'{self.name} {self.split} record {index}'
+
+
+_TFDS_SPLITS = {'train': 'train', 'test': 'validation'}
+_FOLDER_SPLITS = {'train': 'train', 'test': 'val'}
+
+
+def imagenet(data_dir: str, split: str):
+  """Split ``'train'`` or ``'test'`` (the validation set) of ImageNet in ``data_dir``.
+
+  ``data_dir`` holds either the ImageFolder layout (``train/<wnid>/*.JPEG`` and
+  ``val/<wnid>/*.JPEG``, as mdistiller reads it) or a TFDS-prepared ``imagenet2012``
+  (``imagenet2012/<version>/*.array_record*``); the folders win when both are there.
+  """
+  if split not in _FOLDER_SPLITS:
+    raise KdjaxError(f'unknown split {split!r}; expected train or test')
+  folder = os.path.join(data_dir, _FOLDER_SPLITS[split])
+  if os.path.isdir(folder):
+    return ImageFolder(folder)
+  if glob.glob(os.path.join(glob.escape(data_dir), 'imagenet2012', '*', '*.array_record*')):
+    return TfdsImages('imagenet2012', _TFDS_SPLITS[split], data_dir)
+  raise KdjaxError(f'no ImageNet in {data_dir}: expected {folder}/<wnid>/*.JPEG (the '
+                   f'ImageFolder layout) or {os.path.join(data_dir, "imagenet2012")}/<version>/ '
+                   f'prepared by `tfds build imagenet2012 --file_format=array_record`')
