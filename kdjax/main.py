@@ -58,7 +58,7 @@ def main(argv) -> None:
   try:
     platform_tuning.apply(config)  # XLA reads its flags once, when the backend starts
     distributed.initialize(config.get('distributed', 'auto'))  # before any device is used
-    from kdjax import plan  # pylint: disable=import-outside-toplevel  (JAX starts here)
+    from kdjax import plan  # pylint: disable=import-outside-toplevel  (after the flags are set)
     runs = plan.make_plan(config, workdir, _SEEDS.value)
     if _DRY_RUN.value:
       print(plan.describe(runs))
