@@ -35,7 +35,8 @@ Building runs the teacher's forward on jitted batches of ``config.teacher.cache_
 (image, variant) pairs split over the devices of :func:`kdjax.train.step.make_mesh`, with a
 progress line (forwards/s, ETA) on stderr; it needs one process (a multi-process run loads a
 cache built beforehand). ``python -m kdjax.teacher_cache --config ...`` (``kdjax-cache-teacher``;
-the flags of ``python -m kdjax.main``) builds the caches of a command's runs ahead of time; a
+the flags of ``python -m kdjax.main``, of which ``--seeds`` and ``--dry-run`` change nothing:
+the seeds share their teacher's cache) builds the caches of a command's runs ahead of time; a
 run with ``config.teacher.cache`` otherwise builds (or completes) its own.
 
 Memory: ``N V classes`` logits (CIFAR-100 in float32: 50,000 x 162 x 100 x 4 B = 3.2 GB), in
