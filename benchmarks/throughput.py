@@ -18,6 +18,17 @@ step's FLOPs from XLA's cost analysis, the achieved FLOP/s, and that as a fracti
 matrix-multiply peak measured on the same device in the same run (a jitted square matmul of
 ``--dtype``, best of several; measured before every method, the run's best is the peak).
 
+**The teacher-logit cache.** With ``--teacher-cache`` each method (one whose losses read only
+the teacher's logits: kd, dkd, slkd, skd) is timed twice in the same run: the step that runs
+the teacher, then the step that gathers the teacher's logits from the cache instead
+(``config.teacher.cache``, :mod:`kdjax.teacher_cache`; row ``<method> (teacher cache)``, the
+same fields), the cache a random ``(50,000, 162, 100)`` float32 array on the devices (speed
+does not depend on its values). The cache's one-off cost is measured with its own builder
+(:func:`kdjax.teacher_cache.make_forward`, ``--cache-build-batch`` forwards per call, the
+median of ``--cache-build-calls`` timed calls): teacher forwards per second, the hours to
+build CIFAR-100's 50,000 x 162 forwards, and how many runs of ``config.num_epochs`` (240)
+epochs repay it: build time / (240 x 50,000 x (1 / cached img/s - 1 / uncached img/s)).
+
 **The loop.** For ``--loop-method`` it then runs the real training loop,
 :func:`kdjax.train.loop.train_and_evaluate`, on the embedded digits data set (32x32x3, the
 CIFAR shape) for ``--loop-steps`` steps into a temporary workdir (metrics every
@@ -61,9 +72,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax import config as config_lib
-from kdjax import data, methods, models, platform_tuning, teachers, trajectory
+from kdjax import data, methods, models, platform_tuning, teacher_cache, teachers, trajectory
 from kdjax.config import base_config, digits_preset
 from kdjax.train import loop as loop_lib
+from kdjax.train import step as step_lib
 
 # config.PAIRS (teacher, student, lr) plus the digits pair, a small one for quick runs.
 PAIRS = {**{name: pair[:2] for name, pair in config_lib.PAIRS.items()},
@@ -150,6 +162,12 @@ def _separate(method):
   return [dataclasses.replace(method, stages=(((net,), loss_for(net)),)) for net in method.nets]
 
 
+def _method_of(name: str) -> str:
+  """The kdjax method a benchmark row's name runs."""
+  name = name.removesuffix(':separate')
+  return {'vanilla_teacher': 'vanilla', 'skd+slkd': 'skd'}.get(name, name)
+
+
 def _config(method_name: str, pair: str, batch: int, dtype: str):
   """The method's config on ``pair``.
 
@@ -160,7 +178,7 @@ def _config(method_name: str, pair: str, batch: int, dtype: str):
   """
   teacher, student = PAIRS[pair]
   config = base_config()
-  config.method = {'vanilla_teacher': 'vanilla', 'skd+slkd': 'skd'}.get(method_name, method_name)
+  config.method = _method_of(method_name)
   if method_name == 'skd+slkd':
     config.skd.trajectory = 'self_learning'
     config.skd.slkd_terms = True
@@ -178,12 +196,47 @@ def _cost_flops(compiled) -> float:
   return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
 
+def _random_cache(config, datasets) -> np.ndarray:
+  """A teacher-logit cache of the training set's shape, random float32 (timing only)."""
+  train = datasets[0]
+  shape = (len(train), data.num_variants(config.data.crop_padding, config.data.flip),
+           train.num_classes)
+  return np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+
+
+def bench_cache_build(run: loop_lib.RunSetup, teacher_vars, batch: int, calls: int) -> dict:
+  """The teacher-logit cache builder's forwards per second on ``run``'s teacher and data."""
+  config, train = run.config, run.train
+  forward = teacher_cache.make_forward(
+      run.method.teacher, run.mesh, num_images=len(train), mean=train.mean, std=train.std,
+      crop_padding=config.data.crop_padding, flip=config.data.flip, dtype=run.dtype,
+      batch=batch)
+  variables, images = step_lib.put_replicated((teacher_vars, train.images), run.mesh)
+  jax.block_until_ready(forward(variables, images, np.int32(0)))  # compiles
+  times = []
+  for i in range(calls):
+    t = time.perf_counter()
+    jax.block_until_ready(forward(variables, images, np.int32((i + 1) * batch)))
+    times.append(time.perf_counter() - t)
+  forwards = len(train) * data.num_variants(config.data.crop_padding, config.data.flip)
+  rate = batch / statistics.median(times)
+  return {'cache_build_batch': batch, 'cache_build_images_per_s': rate,
+          'cache_build_hours': forwards / rate / 3600, 'cache_forwards': forwards,
+          'cache_gb': forwards * train.num_classes * 4 / 1e9}
+
+
 def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: int,
-                 dtype: str, datasets: tuple, workdir: str) -> dict:
-  """Times the train step of ``method_name`` on ``pair``; returns one result row."""
+                 dtype: str, datasets: tuple, workdir: str, cache_build: tuple | None = None
+                 ) -> dict:
+  """Times the train step of ``method_name`` on ``pair``; returns one result row.
+
+  ``cache_build = (batch, calls)``: the step with the teacher-logit cache (a random one),
+  and the cache builder's speed (:func:`bench_cache_build`).
+  """
   separate = method_name.endswith(':separate')
   method_name = method_name.removesuffix(':separate')
   config = _config(method_name, pair, batch, dtype)
+  config.teacher.cache = cache_build is not None
   if method_name.startswith('skd'):  # a quiz set held out, as experiments/skd.py does
     config.data.holdout = 5000
   trajectory_stages = None
@@ -191,10 +244,10 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
     trajectory_stages = trajectory.stack([
         _random_variables(config.teacher.model, SYNTHETIC_CLASSES, 10 + j)
         for j in range(config.skd.stages)])
-  run = loop_lib.RunSetup(config, workdir, datasets=datasets,
-                          teacher_variables=_random_variables(config.teacher.model,
-                                                              SYNTHETIC_CLASSES),
-                          teacher_trajectory=trajectory_stages)
+  teacher_vars = _random_variables(config.teacher.model, SYNTHETIC_CLASSES)
+  run = loop_lib.RunSetup(config, workdir, datasets=datasets, teacher_variables=teacher_vars,
+                          teacher_trajectory=trajectory_stages,
+                          teacher_logits=_random_cache(config, datasets) if cache_build else None)
   state = run.initial_state()
   frozen, images, labels, _, _ = run.device_arrays()
   idx = [run.batch_indices(i) for i in range(4)]
@@ -217,8 +270,14 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
       times.append(time.perf_counter() - t)
   med = statistics.median(times)
   label = 'vanilla (teacher)' if method_name == 'vanilla_teacher' else method_name
+  build = {}
+  if cache_build is not None:
+    del state, frozen  # the step's buffers, before the builder's
+    build = bench_cache_build(run, teacher_vars, *cache_build)
   return {
-      'method': label + (' (separate steps)' if separate else ''), 'pair': pair,
+      **build,
+      'method': label + (' (separate steps)' if separate else '') + (
+          ' (teacher cache)' if cache_build else ''), 'pair': pair,
       'teacher': config.teacher.model, 'net': config.model,
       'batch': batch, 'dtype': dtype, 'devices': jax.device_count(),
       'platform': jax.devices()[0].platform, 'compile_s': compile_s,
@@ -348,10 +407,32 @@ STEP_COLUMNS = [
     ('step_memory_mb', 'step MiB', '{:.0f}'), ('step_gflops', 'GFLOP/step', '{:.1f}'),
     ('achieved_gflops_per_s', 'GFLOP/s', '{:.1f}'),
     ('fraction_of_matmul_peak', 'of matmul peak', '{:.2f}')]
+CACHE_COLUMNS = [
+    ('method', 'method', '{}'), ('uncached_images_per_s', 'step img/s', '{:.1f}'),
+    ('images_per_s', 'cached step img/s', '{:.1f}'), ('speedup', 'speed-up', '{:.2f}x'),
+    ('cache_build_images_per_s', 'build forwards/s', '{:.1f}'),
+    ('cache_build_hours', 'build h (50,000 x 162)', '{:.2f}'),
+    ('runs_to_repay', 'runs of 240 epochs to repay', '{:.2f}')]
 LOOP_COLUMNS = [
     ('method', 'method', '{}'), ('net', 'net', '{}'), ('steps', 'steps', '{}'),
     ('windows_used', 'windows', '{}'), ('loop_images_per_s', 'loop img/s', '{:.1f}'),
     ('step_images_per_s', 'bare step img/s', '{:.1f}'), ('loop_over_step', 'loop/step', '{:.3f}')]
+
+
+def _repay(rows: list[dict], epochs: int) -> None:
+  """Sets each cached row's speed-up over, and the runs that repay its build against, the
+  uncached row of its method."""
+  uncached = {r['method']: r for r in rows if 'cache_build_images_per_s' not in r}
+  for row in rows:
+    plain = uncached.get(row['method'].removesuffix(' (teacher cache)'))
+    if 'cache_build_images_per_s' not in row or plain is None:
+      continue
+    images_per_run = epochs * SYNTHETIC_TRAIN_SIZE
+    saved = images_per_run * (1 / plain['images_per_s'] - 1 / row['images_per_s'])
+    row.update(uncached_images_per_s=plain['images_per_s'],
+               speedup=row['images_per_s'] / plain['images_per_s'],
+               saved_hours_per_run=saved / 3600, run_epochs=epochs,
+               runs_to_repay=row['cache_build_hours'] * 3600 / saved if saved > 0 else math.inf)
 
 
 def main(argv=None) -> int:
@@ -381,6 +462,13 @@ def main(argv=None) -> int:
   parser.add_argument('--loop-log-every', type=int, default=10)
   parser.add_argument('--loop-bare-steps', type=int, default=10,
                       help='bare steps timed before and after the loop each')
+  parser.add_argument('--teacher-cache', action='store_true',
+                      help='each method that reads only the teacher\'s logits also with the '
+                           'teacher-logit cache (config.teacher.cache), and its build cost')
+  parser.add_argument('--cache-build-batch', type=int, default=base_config().teacher.cache_batch,
+                      help="the cache builder's teacher forwards per call")
+  parser.add_argument('--cache-build-calls', type=int, default=3,
+                      help="the cache builder's timed calls (after one that compiles)")
   parser.add_argument('--tiny', action='store_true',
                       help='seconds, for the test: vanilla resnet8, batch 16: 2 timed steps, '
                            'the loop for 12 steps; a 512x512 matmul')
@@ -405,15 +493,21 @@ def main(argv=None) -> int:
   peaks, rows = [], []
   failed = []
   datasets = _synthetic_datasets()
-  for name in names:
+  cache_build = (args.cache_build_batch, args.cache_build_calls)
+  variants = [(name, None) for name in names]
+  if args.teacher_cache:  # the cached step of each method the cache can serve
+    variants = [v for name in names for v in ((name, None), (name, cache_build))
+                if v[1] is None or methods.info(_method_of(name)).teacher_logits_only]
+  for name, build in variants:
     peaks.append(matmul_peak(args.dtype, args.matmul_size))
     try:
       with tempfile.TemporaryDirectory(prefix='kdjax_bench_step_') as tmp:
         row = bench_method(name, args.pair, args.batch, args.steps, args.warmup, args.dtype,
-                           datasets, tmp)
+                           datasets, tmp, cache_build=build)
     except Exception as e:  # pylint: disable=broad-except  # one broken method: go on
-      failed.append({'method': name, 'error': f'{type(e).__name__}: {e}'[:500]})
-      print(f'{name}: FAILED {failed[-1]["error"]}', file=sys.stderr, flush=True)
+      label = name + (' (teacher cache)' if build else '')
+      failed.append({'method': label, 'error': f'{type(e).__name__}: {e}'[:500]})
+      print(f'{label}: FAILED {failed[-1]["error"]}', file=sys.stderr, flush=True)
       continue
     row['matmul_peak_gflops_here'] = peaks[-1] / 1e9
     rows.append(row)
@@ -424,6 +518,7 @@ def main(argv=None) -> int:
   for row in rows:
     row['matmul_peak_gflops'] = peak / 1e9
     row['fraction_of_matmul_peak'] = row['achieved_gflops_per_s'] * 1e9 / peak
+  _repay(rows, base_config().num_epochs)
   loops = []
   for name in loop_names:
     try:
@@ -449,6 +544,10 @@ def main(argv=None) -> int:
         f'{peak / 1e9:.1f} GFLOP/s; load average before {load_before}, after '
         f'{machine["load_average_after"]}; XLA_FLAGS={machine["xla_flags"]!r}')
   print(_format_table(rows, STEP_COLUMNS))
+  cached = [row for row in rows if 'runs_to_repay' in row]
+  if cached:
+    print()
+    print(_format_table(cached, CACHE_COLUMNS))
   if loops:
     print()
     print(_format_table(loops, LOOP_COLUMNS))

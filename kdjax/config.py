@@ -16,7 +16,7 @@ import math
 
 import ml_collections
 
-from kdjax import data, distributed, methods, models, platform_tuning, teacher_zoo
+from kdjax import data, distributed, methods, models, platform_tuning, teacher_cache, teacher_zoo
 from kdjax.errors import KdjaxError
 
 
@@ -69,6 +69,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.num_epochs = ml_collections.FieldReference(None, field_type=int)
   # K > 0: the teacher trained first records its trajectory (SKD's snapshots), see below.
   c.teacher.trajectory_stages = 0
+  # The teacher-logit cache (kdjax/teacher_cache.py): the teacher's logits on every crop and
+  # flip of every training image, computed once into $KDJAX_CACHE/teacher_logits/<key>/ and
+  # gathered by each step instead of running the teacher; for methods that read only the
+  # teacher's logits (KD, DKD, SLKD, SKD). float32: the same run to rounding; 'bfloat16'
+  # halves the cache (3.2 GB in float32 for CIFAR-100) but rounds the logits: not exact.
+  c.teacher.cache = False
+  c.teacher.cache_dtype = 'float32'
+  c.teacher.cache_batch = 2048  # teacher forwards per jitted call while building it
+  c.teacher.cache_chunk_images = 0  # images per file of it; 0: about 64 MiB of logits each
 
   # K > 0: record the trained net's variables at the end of each of K equal stages of the
   # run into <workdir>/trajectory/stage_<j> (kdjax/trajectory.py; SKD's teacher snapshots).
@@ -262,6 +271,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.keep_checkpoints >= 1,
            f'config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
   distributed.normalize_mode(config.get('distributed', 'auto'))
+  teacher_cache.check_config(config)
   nan_at = config.get('debug', {}).get('nan_at_step')
   _require(nan_at is None or nan_at >= 1,
            f'config.debug.nan_at_step must be >= 1 (a 1-based step) or None, got {nan_at}')

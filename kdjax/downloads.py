@@ -67,6 +67,20 @@ def cache_dir(override: str | None = None) -> str:
   return folder
 
 
+@contextlib.contextmanager
+def file_lock(path: str):
+  """Holds an exclusive ``flock`` on the file ``path`` (created, with its folder, if missing)
+  for the ``with`` block: processes that share the file system take turns."""
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+  except OSError as e:
+    raise KdjaxError(f'cannot write {path} ({e.strerror or e}); choose a writable folder') from e
+  with lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+    yield
+
+
 def check_sha256(sha256: str, what: str = 'sha256') -> str:
   """``sha256`` in lower case; raises unless it is 64 hexadecimal digits."""
   digest = sha256.strip().lower()
@@ -223,14 +237,7 @@ def fetch(url: str, dest: str, *, sha256: str | None, size: int | None = None,
   sha256 = None if sha256 is None else check_sha256(sha256)
   dest = os.path.abspath(dest)
   part = dest + '.part'
-  try:
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    lock = open(dest + '.lock', 'a', encoding='utf-8')  # pylint: disable=consider-using-with
-  except OSError as e:
-    raise KdjaxError(f'cannot write next to {dest} ({e.strerror or e}); choose a writable '
-                     f'folder') from e
-  with lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+  with file_lock(dest + '.lock'):
     if os.path.exists(dest):
       problem = _size_problem(dest, size)
       if problem is None and sha256 is not None:

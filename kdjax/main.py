@@ -10,6 +10,9 @@ runs, their workdirs) and trains nothing. A mistake in the config or the inputs 
 line starting with ``kdjax: error:`` and exits with status 2; a SIGTERM/SIGINT saves a
 checkpoint and exits with status 0.
 
+``python -m kdjax.teacher_cache`` takes the same flags (:func:`command`, :func:`parse_flags`)
+and builds the teacher-logit caches of the plan's runs instead of training them.
+
 The flow: ``main`` -> :mod:`kdjax.plan` (config -> runs) -> :mod:`kdjax.train.loop` (one run)
 -> :mod:`kdjax.train.step` (one jitted step) -> :mod:`kdjax.methods` -> models and losses.
 """
@@ -45,6 +48,25 @@ def default_workdir(config_arg: str) -> str:
 
 
 def main(argv) -> None:
+  command(argv, _run_plan)
+
+
+def _run_plan(config, workdir: str) -> None:
+  from kdjax import plan  # pylint: disable=import-outside-toplevel  (after the flags are set)
+  runs = plan.make_plan(config, workdir, _SEEDS.value)
+  if _DRY_RUN.value:
+    print(plan.describe(runs))
+    return
+  try:
+    plan.execute(runs)
+  except plan.Interrupted as e:
+    print(f'kdjax: {e}', file=sys.stderr)
+
+
+def command(argv, action) -> None:
+  """The frame of kdjax's commands: the ``--config`` file read, the workdir (``--workdir``
+  or :func:`default_workdir`), the platform and ``jax.distributed`` set up, then
+  ``action(config, workdir)``; a mistake is one ``kdjax: error:`` line and status 2."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)  # kdjax prints its own progress lines
@@ -58,12 +80,7 @@ def main(argv) -> None:
   try:
     platform_tuning.apply(config)  # XLA reads its flags once, when the backend starts
     distributed.initialize(config.get('distributed', 'auto'))  # before any device is used
-    from kdjax import plan  # pylint: disable=import-outside-toplevel  (after the flags are set)
-    runs = plan.make_plan(config, workdir, _SEEDS.value)
-    if _DRY_RUN.value:
-      print(plan.describe(runs))
-      return
-    plan.execute(runs)
+    action(config, workdir)
   except KdjaxError as e:
     print(f'kdjax: error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -71,8 +88,6 @@ def main(argv) -> None:
     where = f' ({e.filename})' if e.filename else ''
     print(f'kdjax: error: {e.strerror or e}{where}', file=sys.stderr)
     sys.exit(2)
-  except plan.Interrupted as e:
-    print(f'kdjax: {e}', file=sys.stderr)
 
 
 def _config_file_error(error: Exception) -> str:
@@ -103,7 +118,7 @@ def _with_packaged_configs(argv: list) -> list:
   return out
 
 
-def _parse_flags(argv):
+def parse_flags(argv):
   """absl's flag parsing, with every mistake (bad file, unknown key) as one line."""
   try:
     return flags.FLAGS(_with_packaged_configs(argv))
@@ -129,7 +144,7 @@ def _plain(text) -> str:
 
 def run() -> None:
   flags.mark_flag_as_required('config')
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

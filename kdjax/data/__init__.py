@@ -1,9 +1,12 @@
 """Datasets, on-device augmentation, and the deterministic batch order."""
 
-from kdjax.data.augment import normalize, random_crop, random_flip, train_transform
+from kdjax.data.augment import (Augmentation, augment, draw_augmentation, normalize, num_variants,
+                                random_crop, random_flip, train_transform, variant_augmentation,
+                                variant_index)
 from kdjax.data.order import batch_indices, epoch_permutation, eval_batches, holdout_split
 from kdjax.data.sources import DATASETS, Dataset, load_split
 
-__all__ = ['DATASETS', 'Dataset', 'batch_indices', 'epoch_permutation', 'eval_batches',
-           'holdout_split',
-           'load_split', 'normalize', 'random_crop', 'random_flip', 'train_transform']
+__all__ = ['DATASETS', 'Augmentation', 'Dataset', 'augment', 'batch_indices',
+           'draw_augmentation', 'epoch_permutation', 'eval_batches', 'holdout_split',
+           'load_split', 'normalize', 'num_variants', 'random_crop', 'random_flip',
+           'train_transform', 'variant_augmentation', 'variant_index']

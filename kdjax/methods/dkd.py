@@ -18,7 +18,7 @@ from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teac
 from kdjax.methods.distiller import distillation_method, warmup
 
 
-INFO = MethodInfo('DKD')
+INFO = MethodInfo('DKD', teacher_logits_only=True)
 
 
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:

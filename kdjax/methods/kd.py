@@ -12,7 +12,7 @@ from kdjax import losses
 from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
 
 
-INFO = MethodInfo('KD')
+INFO = MethodInfo('KD', teacher_logits_only=True)
 
 
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:

@@ -69,7 +69,9 @@ def _inputs(config) -> tuple:
   return ('teacher_trajectory',) if config.skd.trajectory == 'snapshots' else ()
 
 
-INFO = MethodInfo('SKD', inputs=_inputs)
+# Its losses read only ctx.teacher.logits, with either trajectory: the snapshots run the
+# teacher's architecture on their own variables (ctx.frozen['trajectory']), not ctx.teacher.
+INFO = MethodInfo('SKD', inputs=_inputs, teacher_logits_only=True)
 
 
 def stage_of(epoch, num_epochs: int, stages: int):

@@ -42,7 +42,7 @@ from kdjax import losses
 from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
 
 SL_TEACHERS = ('slt1', 'slt2')
-INFO = MethodInfo('SLKD', figures=('kl_monitors',))
+INFO = MethodInfo('SLKD', teacher_logits_only=True, figures=('kl_monitors',))
 
 
 def _ce_kd(logits, labels, target_logits, ce_weight, kd_weight, temperature):

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdjax import (checkpoints, data, jsonio, methods, platform_tuning, teacher_zoo, teachers,
-                   trajectory)
+from kdjax import (checkpoints, data, jsonio, methods, platform_tuning, teacher_cache,
+                   teacher_zoo, teachers, trajectory)
 from kdjax.errors import KdjaxError
 from kdjax.methods.base import BuildInputs
 from kdjax.train import optim, step as step_lib
@@ -133,14 +133,19 @@ class RunSetup:
 
   The datasets, the teacher's variables and its trajectory are loaded as the config says,
   unless given (the throughput benchmark passes synthetic CIFAR-sized data and a random
-  teacher): the run is then the same, on those inputs. :attr:`train_step` is the jitted step
-  the loop runs, ``(state, frozen, train_images, train_labels, idx) -> (state, metrics)``
-  with the arrays of :meth:`device_arrays` and the indices of :meth:`batch_indices`.
+  teacher): the run is then the same, on those inputs. With ``config.teacher.cache`` the
+  teacher-logit cache (:mod:`kdjax.teacher_cache`) is loaded, or built first, unless given as
+  ``teacher_logits`` (the benchmark's random one), and joins the frozen inputs as
+  ``frozen['teacher_logits']``; the step then gathers the teacher's logits from it.
+  :attr:`train_step` is the jitted step the loop runs,
+  ``(state, frozen, train_images, train_labels, idx) -> (state, metrics)`` with the arrays of
+  :meth:`device_arrays` and the indices of :meth:`batch_indices`.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
-               teacher_variables=None, teacher_trajectory=None):
+               teacher_variables=None, teacher_trajectory=None, teacher_logits=None):
     check_workdir(workdir)
+    teacher_cache.check_config(config)
     self.config, self.workdir = config, workdir
     n_dev = jax.device_count()
     if config.batch_size % n_dev:
@@ -184,6 +189,12 @@ class RunSetup:
       teacher_variables = teachers.load_variables(self.teacher_path(), config.teacher.model,
                                                   self.train.num_classes, image_shape)
     self.frozen: dict = step_lib.frozen_inputs(self.method, teacher_variables)
+    if config.teacher.cache and self.method.teacher is not None:
+      if teacher_logits is None:
+        teacher_logits = teacher_cache.teacher_logits(config, self.method.teacher,
+                                                      teacher_variables, self.train, self.mesh)
+      teacher_cache.check_fits(teacher_logits)
+      self.frozen['teacher_logits'] = teacher_logits
     if self.method.needs_quiz:
       self.frozen['quiz_pool'] = quiz_pool
     self.eval_batch = -(-config.eval_batch_size // n_dev) * n_dev
@@ -212,7 +223,7 @@ class RunSetup:
         crop_padding=config.data.crop_padding, flip=config.data.flip,
         steps_per_epoch=self.steps_per_epoch,
         learning_rate=lambda epoch: optim.lr_at_epoch(config.optimizer, epoch),
-        nan_at_step=_debug(config, 'nan_at_step'))
+        nan_at_step=_debug(config, 'nan_at_step'), teacher_cache='teacher_logits' in self.frozen)
 
   def teacher_path(self) -> str:
     """``config.teacher.checkpoint``, a published ``mdistiller:<model>`` resolved to its

@@ -2,7 +2,8 @@
 
 One train step is one pure function ``(state, frozen, images, labels, idx) ->
 (state, metrics)``: gather the batch ``idx`` from the on-device training set, augment it,
-run the frozen teacher (inference mode, outside differentiation), take ONE
+run the frozen teacher (inference mode, outside differentiation; or gather its logits from
+the teacher-logit cache, :mod:`kdjax.teacher_cache`), take ONE
 ``jax.value_and_grad`` of the method's loss over the dict of all learning nets' params,
 and apply each net's own optimizer. Parameters are replicated, the batch is split over
 the ``data`` axis; BatchNorm statistics of a batch are those of the global batch unless
@@ -108,19 +109,26 @@ def frozen_inputs(method: Method, teacher_vars=None) -> dict:
 
 
 def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
-                 *, steps_per_epoch: int, learning_rate: Callable | None = None):
+                 *, steps_per_epoch: int, learning_rate: Callable | None = None,
+                 teacher_logits: jax.Array | None = None):
   """The fused update on a prepared batch: ONE gradient over all nets, each net's optimizer.
 
   ``frozen`` is :func:`frozen_inputs`: the teacher's variables and the method's frozen
   arrays. For a method with sequential ``stages`` (SLKD*, SKD's meta step), one gradient
   per stage over that stage's nets, each stage seeing the nets already updated by the
   stages before it. ``learning_rate(epoch)`` is the run's optimizer's learning rate in a
-  (1-based) epoch; losses read it as ``ctx.lr`` (SKD's virtual step). Returns
+  (1-based) epoch; losses read it as ``ctx.lr`` (SKD's virtual step). ``teacher_logits``:
+  the teacher's logits on ``batch.images`` when they are known already (the teacher-logit
+  cache, :mod:`kdjax.teacher_cache`); the teacher then does not run and ``ctx.teacher`` is
+  ``ModelOutput(teacher_logits in float32, None, None, None)``. Returns
   ``(new_state, metrics)``; ``metrics`` holds ``loss``, every named loss term
   (``loss/<term>``) and each learning net's gradient norm (``grad_norm/<net>``).
   """
   teacher_out = None
-  if method.teacher is not None:
+  if teacher_logits is not None:
+    teacher_out = ModelOutput(jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)), None,
+                              None, None)
+  elif method.teacher is not None:
     teacher_out = jax.lax.stop_gradient(_float32_logits(
         method.teacher.apply(frozen['teacher'], batch.images, train=False)))
   epoch = state.step // steps_per_epoch + 1
@@ -156,13 +164,18 @@ def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
 
 def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int, flip: bool,
                     steps_per_epoch: int, learning_rate: Callable | None = None,
-                    dtype=jnp.float32, nan_at_step: int | None = None) -> Callable:
+                    dtype=jnp.float32, nan_at_step: int | None = None,
+                    teacher_cache: bool = False) -> Callable:
   """The jitted ``(state, frozen, images, labels, idx) -> (state, metrics)``.
 
   Gathers batch ``idx`` from the on-device training set, augments it, and applies
   :func:`apply_update` (``frozen``: :func:`frozen_inputs`, plus ``quiz_pool``, the held-out
   training indices, for a method that ``needs_quiz``); ``state`` is donated, metrics stay
   on the device.
+  ``teacher_cache``: ``frozen['teacher_logits']`` is the teacher-logit cache, ``(N, V,
+  classes)`` (:mod:`kdjax.teacher_cache`); the step gathers row ``[i, v]`` for each image
+  ``i`` of the batch and the variant ``v`` of the crop and flip it drew
+  (:func:`kdjax.data.variant_index` of the same key) instead of running the teacher.
   ``nan_at_step = k`` (``config.debug.nan_at_step``, a test and diagnosis hook) turns the
   images of the k-th update (1-based, the step numbering of logs and checkpoints) into
   NaN; with ``None`` nothing of it is in the compiled step.
@@ -183,8 +196,14 @@ def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int,
       qx = jax.lax.with_sharding_constraint(data.normalize(images[qidx], mean, std, dtype),
                                             data_sharded(mesh))
       quiz = Batch(qx, labels[qidx], qidx)
+    teacher_logits = None
+    if teacher_cache:
+      aug = data.draw_augmentation(aug_key, idx.shape[0], crop_padding=crop_padding, flip=flip)
+      variants = data.variant_index(aug, crop_padding=crop_padding, flip=flip)
+      teacher_logits = frozen['teacher_logits'][idx, variants]
     return apply_update(method, state, frozen, Batch(x, labels[idx], idx, quiz), loss_key,
-                        steps_per_epoch=steps_per_epoch, learning_rate=learning_rate)
+                        steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
+                        teacher_logits=teacher_logits)
 
   rep = replicated(mesh)
   return jax.jit(step_fn, in_shardings=(rep, rep, rep, rep, data_sharded(mesh)),
