@@ -127,19 +127,6 @@ def _read_jsonl(path: str) -> tuple:
                 f'{where}: half-written or cut off)')
 
 
-def _read_json(path: str) -> tuple:
-  """``(object, problem)``: the JSON in ``path`` and None, or None and why it could not be
-  read (None too when the file does not exist)."""
-  try:
-    with open(path) as f:
-      return json.load(f), None
-  except FileNotFoundError:
-    return None, None
-  except (OSError, ValueError) as e:
-    why = e.strerror if isinstance(e, OSError) else (str(e).splitlines() or [''])[0]
-    return None, f'unreadable ({type(e).__name__}: {why})'
-
-
 class _UnreadableRun(KdjaxError):
   """A run whose ``config.json`` cannot be read: ``path`` and ``why``."""
 
@@ -157,14 +144,14 @@ def load_run(workdir: str, skipped: Optional[list] = None) -> RunRecord:
   each is appended to ``skipped`` as a ``(path, why)`` pair when a list is given.
   """
   path = os.path.join(workdir, 'config.json')
-  config, problem = _read_json(path)
+  config, problem = jsonio.read_json_or_why(path)
   if problem is None and not (isinstance(config, dict) and 'method' in config):
     problem = 'missing' if config is None else 'not a kdjax config (no method)'
   if problem:
     raise _UnreadableRun(path, problem)
   notes = [] if skipped is None else skipped
   path = os.path.join(workdir, 'results.json')
-  results, problem = _read_json(path)
+  results, problem = jsonio.read_json_or_why(path)
   if problem is None and results is not None and not isinstance(results, dict):
     results, problem = None, 'not a JSON object'
   if problem:
