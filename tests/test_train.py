@@ -64,11 +64,63 @@ def _kill_and_resume(tmp_path, args):
   return restore_state(straight), restore_state(killed)
 
 
+def _checkpoint_being_written(workdir):
+  """True while Orbax writes a checkpoint: its temporary folder exists (``<step>.orbax-
+  checkpoint-tmp-<time>``; renamed to ``<step>`` when complete)."""
+  try:
+    return any('tmp' in entry.name for entry in os.scandir(workdir / 'checkpoints'))
+  except FileNotFoundError:
+    return False
+
+
+def _evaluated(workdir):
+  """True once an epoch-end evaluation line is in ``metrics.jsonl``."""
+  try:
+    return '"test/student"' in (workdir / 'metrics.jsonl').read_text()
+  except FileNotFoundError:
+    return False
+
+
+# Where the fault-injection test kills the run: (what, condition on the workdir). Each kill
+# is followed by a rerun of the same command, which the next point kills again.
+_KILL_POINTS = (
+    ('while compiling, before any checkpoint', lambda w: (w / 'config.json').exists()),
+    ('right after the step-8 checkpoint', lambda w: (w / 'checkpoints' / '8').exists()),
+    ('during a checkpoint write', _checkpoint_being_written),
+    ('at the epoch end', _evaluated),
+)
+
+
 @pytest.mark.slow
-def test_run_killed_mid_training_resumes_bit_identical(tmp_path):
-  a, b = _kill_and_resume(tmp_path, TINY + ['--config.max_steps=16', '--config.num_epochs=1'])
-  assert int(a['step']) == int(b['step']) == 16
+def test_killed_at_every_point_resumes_bit_identical(tmp_path):
+  """SIGKILL during compilation, right after a checkpoint, during a checkpoint write and at
+  an epoch end, a rerun after each: the final state equals an uninterrupted run's bit for
+  bit, and so does the result."""
+  args = TINY + ['--config.checkpoint_every_steps=2', '--config.num_epochs=2',
+                 '--config.max_steps=48']  # the epoch ends at step 44
+  straight = tmp_path / 'straight'
+  done = run_cli(args + [f'--workdir={straight}'])
+  assert done.returncode == 0, done.stderr[-2000:]
+  killed = tmp_path / 'killed'
+  for where, reached in _KILL_POINTS:
+    proc = subprocess.Popen([sys.executable, '-m', 'kdjax.main', *args, f'--workdir={killed}'],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not reached(killed):
+      assert proc.poll() is None and time.time() < deadline, f'never got {where}'
+      time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / 'results.json').exists(), f'the run ended before {where}'
+  resumed = run_cli(args + [f'--workdir={killed}'])
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'resumed from the checkpoint at step' in resumed.stderr
+  a, b = restore_state(straight), restore_state(killed)
+  assert int(a['step']) == int(b['step']) == 48
   assert _leaves_equal(a, b)
+  scores = lambda w: {k: v for k, v in json.loads((w / 'results.json').read_text()).items()
+                      if k in ('step', 'best_top1', 'best_epoch', 'last_top1', 'last_top5')}
+  assert scores(straight) == scores(killed)
 
 
 @pytest.mark.slow
