@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ROOT, restore_state, run_cli, tiny_config
 from kdjax.errors import KdjaxError
+from kdjax.train import optim
 from kdjax.train.loop import train_and_evaluate
 
 TINY = ['--config', 'experiments/vanilla.py:digits', '--config.model=resnet8',
@@ -222,3 +223,18 @@ def test_workdir_under_a_file_is_refused(tmp_path):
   blocker.write_text('')
   with pytest.raises(KdjaxError, match='cannot create the workdir'):
     train_and_evaluate(tiny_config(), str(blocker / 'run'))
+
+
+def test_schedules_follow_their_formulas():
+  """'step': mdistiller's adjust_learning_rate (lr * 0.1 ** (decay epochs passed), from the
+  first step of the decay epoch); 'cosine': linear warm-up, then lr * (1 + cos(pi t)) / 2."""
+  config = tiny_config(num_epochs=10, **{'optimizer.lr': 0.1, 'optimizer.schedule': 'step',
+                                         'optimizer.lr_decay_epochs': (3, 6)})
+  step = optim.lr_schedule(config.optimizer, 5, 10)
+  assert [float(step(i)) for i in (0, 14, 15, 29, 30, 49)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+  config.optimizer.schedule, config.optimizer.warmup_epochs = 'cosine', 2
+  cosine = optim.lr_schedule(config.optimizer, 5, 10)
+  t = lambda i: (i - 10) / 40
+  assert [float(cosine(i)) for i in (0, 5, 10, 30, 49)] == pytest.approx(
+      [0.01, 0.055] + [0.05 * (1 + np.cos(np.pi * t(i))) for i in (10, 30, 49)], abs=1e-7)

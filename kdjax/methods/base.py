@@ -72,7 +72,7 @@ class StepContext(NamedTuple):
   rng: jax.Array
   teacher: Any = None  # the frozen teacher's ModelOutput, or None
   frozen: Any = None  # the frozen inputs: {'teacher': its variables, **method.frozen}
-  lr: Any = None  # config.optimizer's learning rate in this epoch (SKD's virtual step)
+  lr: Any = None  # config.optimizer's learning rate of this update (SKD's virtual step)
 
 
 class BuildInputs(NamedTuple):

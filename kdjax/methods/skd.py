@@ -33,8 +33,8 @@ Meta step (stage 1, nets TBT and TET; MetaDistil's look-ahead, Zhou et al., ACL 
 virtual SGD step of the student on its loss, ``theta' = theta - lr * grad_theta L_S(theta;
 phi, psi)``, then the cross-entropy of the virtually updated student on a quiz batch held
 out from the training set, differentiated with respect to (phi, psi) through the virtual
-step (``jax.grad`` inside ``jax.value_and_grad``; ``lr`` is the student's learning rate in this
-epoch, ``StepContext.lr``, times ``virtual_lr_scale``):
+step (``jax.grad`` inside ``jax.value_and_grad``; ``lr`` is the student's learning rate of this
+update, ``StepContext.lr``, times ``virtual_lr_scale``):
 
     L_meta(phi, psi) = CE(y_q, S_theta'(x_q)) + gamma * MSE(B_phi(f_{k-2|k-1}, ...), f_next)
 

@@ -176,7 +176,7 @@ class RunSetup:
                                                      self.train.num_classes, image_shape)
     self.method = methods.build(config, BuildInputs(
         num_classes=self.train.num_classes,
-        optimizer=optim.sgd(config.optimizer, self.steps_per_epoch),
+        optimizer=optim.sgd(config.optimizer, self.steps_per_epoch, config.num_epochs),
         image_shape=image_shape, dtype=self.dtype,
         bn_groups=n_dev if config.bn_stats == 'per_device' else 1,
         materialize_residuals=platform_tuning.materialize_residuals(config),
@@ -222,7 +222,8 @@ class RunSetup:
         method, self.mesh, mean=self.train.mean, std=self.train.std, dtype=self.dtype,
         crop_padding=config.data.crop_padding, flip=config.data.flip,
         steps_per_epoch=self.steps_per_epoch,
-        learning_rate=lambda epoch: optim.lr_at_epoch(config.optimizer, epoch),
+        learning_rate=optim.lr_schedule(config.optimizer, self.steps_per_epoch,
+                                       config.num_epochs),
         nan_at_step=_debug(config, 'nan_at_step'), teacher_cache='teacher_logits' in self.frozen)
 
   def teacher_path(self) -> str:

@@ -116,8 +116,8 @@ def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
   ``frozen`` is :func:`frozen_inputs`: the teacher's variables and the method's frozen
   arrays. For a method with sequential ``stages`` (SLKD*, SKD's meta step), one gradient
   per stage over that stage's nets, each stage seeing the nets already updated by the
-  stages before it. ``learning_rate(epoch)`` is the run's optimizer's learning rate in a
-  (1-based) epoch; losses read it as ``ctx.lr`` (SKD's virtual step). ``teacher_logits``:
+  stages before it. ``learning_rate(step)`` is the run's optimizer's schedule (the learning
+  rate of this update); losses read it as ``ctx.lr`` (SKD's virtual step). ``teacher_logits``:
   the teacher's logits on ``batch.images`` when they are known already (the teacher-logit
   cache, :mod:`kdjax.teacher_cache`); the teacher then does not run and ``ctx.teacher`` is
   ``ModelOutput(teacher_logits in float32, None, None, None)``. Returns
@@ -133,7 +133,7 @@ def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
         method.teacher.apply(frozen['teacher'], batch.images, train=False)))
   epoch = state.step // steps_per_epoch + 1
   ctx = StepContext(step=state.step, epoch=epoch, rng=key, teacher=teacher_out, frozen=frozen,
-                    lr=None if learning_rate is None else learning_rate(epoch))
+                    lr=None if learning_rate is None else learning_rate(state.step))
   params, batch_stats, opt_state = dict(state.params), dict(state.batch_stats), dict(
       state.opt_state)
   extra = state.extra
