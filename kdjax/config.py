@@ -166,18 +166,49 @@ PAIRS = {
     'res50_mv2': ('ResNet50', 'MobileNetV2', 0.01),
 }
 
+# mdistiller's ImageNet pairs (its configs/imagenet/<preset>/*.yaml): preset -> (teacher,
+# student) of the imagenet zoo. The teacher is the torchvision ImageNet model mdistiller
+# loads, a published teacher 'torchvision:<name>' (kdjax.teacher_zoo.TORCHVISION).
+IMAGENET_PAIRS = {
+    'r34_r18': ('ResNet34', 'ResNet18'),
+    'r50_mv1': ('ResNet50', 'MobileNetV1'),
+}
+
+
+def imagenet_preset(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """mdistiller's ImageNet recipe (``configs/imagenet/r34_r18/kd.yaml`` and its siblings).
+
+  ImageNet from ``config.data.data_dir`` (an ImageFolder ``train/``, ``val/`` or a
+  TFDS-prepared ``imagenet2012``) through the host pipeline, the imagenet zoo on 224x224
+  crops (evaluation: resize 256, center crop 224); batch 512, 100 epochs, SGD lr 0.2,
+  momentum 0.9, weight decay 1e-4, lr x0.1 at epochs 30, 60 and 90; test batch 128; metrics
+  every 50 steps (``LOG.TENSORBOARD_FREQ``). The number of classes comes from the data
+  (1000 for ImageNet).
+  """
+  config.data.name, config.zoo = 'imagenet', 'imagenet'
+  config.data.image_size, config.data.resize_size = 224, 256
+  config.batch_size, config.eval_batch_size, config.num_epochs = 512, 128, 100
+  config.optimizer.lr, config.optimizer.momentum = 0.2, 0.9
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.lr_decay_epochs, config.optimizer.lr_decay_rate = (30, 60, 90), 0.1
+  config.log_every_steps = 50
+  return config
+
+
 # The digits pipeline: a small teacher trained first, then a smaller student.
 DIGITS_TEACHER, DIGITS_STUDENT = 'resnet20', 'resnet8'
 
 
 def distillation_config(method: str, preset: str | None) -> ml_collections.ConfigDict:
-  """A distillation run of ``method``: a pair preset of :data:`PAIRS` or ``digits``.
+  """A distillation run of ``method``: a pair preset of :data:`PAIRS`, of
+  :data:`IMAGENET_PAIRS`, or ``digits``.
 
   Without a preset: CIFAR-100 ``res32x4_res8x4``. A CIFAR preset distils from its pair's
   published teacher, ``mdistiller:<teacher>`` (downloaded, verified and converted once into
   the cache, :mod:`kdjax.teacher_zoo`), unless ``--config.teacher.checkpoint`` names
-  another; ``digits`` trains its teacher first into ``<workdir>/teacher`` and reuses it on
-  later runs.
+  another; an ImageNet preset (:func:`imagenet_preset`) from torchvision's,
+  ``torchvision:<name>``, likewise; ``digits`` trains its teacher first into
+  ``<workdir>/teacher`` and reuses it on later runs.
   """
   c = base_config()
   c.method = method
@@ -189,9 +220,13 @@ def distillation_config(method: str, preset: str | None) -> ml_collections.Confi
   elif preset in PAIRS:
     c.teacher.model, c.model, c.optimizer.lr = PAIRS[preset]
     c.teacher.checkpoint = teacher_zoo.PREFIX + c.teacher.model
+  elif preset in IMAGENET_PAIRS:
+    imagenet_preset(c)
+    c.teacher.model, c.model = IMAGENET_PAIRS[preset]
+    c.teacher.checkpoint = teacher_zoo.torchvision_spec(c.teacher.model)
   else:
     raise KdjaxError(f'unknown preset {preset!r} for {method}; expected digits or one of: '
-                     f'{", ".join(PAIRS)}')
+                     f'{", ".join([*PAIRS, *IMAGENET_PAIRS])}')
   c.preset = preset
   return c
 

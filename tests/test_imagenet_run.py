@@ -1,8 +1,8 @@
 """ImageNet runs through the host pipeline, on a tiny ImageFolder of real JPEGs written here.
 
-The ImageNet presets are shrunk to fit: the CIFAR zoo's resnet8 student and a random
-teacher (resnet8 too) on 32x32 crops (``config.zoo=cifar``, ``config.data.image_size=32``), batch 8. The
-data is three classes of JPEGs of varied sizes and aspect ratios: 36 training images (4
+The ImageNet presets are shrunk to fit: the CIFAR zoo's resnet8 student and a random teacher
+(resnet8 too) on 32x32 crops (``config.zoo=cifar``, ``config.data.image_size=32``), batch 8.
+The data is three classes of JPEGs of varied sizes and aspect ratios: 36 training images (4
 steps per epoch) and 15 validation images.
 """
 

@@ -1,9 +1,9 @@
 """Sources of encoded images read one example at a time: ImageNet-sized data on the host.
 
-A source is a sequence of ``(encoded image bytes, label)``, with ``num_classes``,
-``labels`` (every example's label) and ``describe(index)`` (what to name in a warning about that example). Nothing is decoded
-here: :mod:`kdjax.data.host_pipeline` decodes and augments in its grain workers. Both
-sources pickle small enough to be sent to every worker process.
+A source is a sequence of ``(encoded image bytes, label)``, with ``num_classes``, ``labels``
+(every example's label) and ``describe(index)`` (what to name in a warning about that
+example). Nothing is decoded here: :mod:`kdjax.data.host_pipeline` decodes and augments in
+its grain workers. Both sources pickle small enough to be sent to every worker process.
 
 * :class:`ImageFolder`: torchvision's ``ImageFolder`` layout, which mdistiller's ImageNet
   loader reads: ``<folder>/<class>/**/<image>``. The classes are the sub-folders sorted by
