@@ -155,3 +155,64 @@ def test_missing_or_empty_image_data_is_one_line(imagenet, tmp_path):
   (tmp_path / 'noimages' / 'train' / 'n01').mkdir(parents=True)
   with pytest.raises(KdjaxError, match='holds no image'):
     loop.RunSetup(_config('vanilla', tmp_path / 'noimages'), str(tmp_path / 'run'))
+
+
+def _cli_args(preset, data_dir, teacher, workdir, *extra):
+  return [f'--config=experiments/{preset}', f'--config.data.data_dir={data_dir}',
+          f'--config.teacher.checkpoint={teacher}', *SHRUNK, *extra, f'--workdir={workdir}']
+
+
+def _metrics(workdir) -> list:
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+@pytest.mark.parametrize('preset', ['kd.py:r34_r18', 'slkd.py:r34_r18'])
+def test_imagenet_preset_shrunk_runs_through_main(imagenet, tmp_path, preset):
+  """The preset's recipe and method through ``python -m kdjax.main`` with grain worker
+  processes: 4 steps (one epoch), then top-1 over all 15 val images."""
+  data_dir, teacher = imagenet
+  workdir = tmp_path / 'run'
+  done = run_cli(_cli_args(preset, data_dir, teacher, workdir, '--config.max_steps=4',
+                           '--config.data.workers=1'))
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((workdir / 'results.json').read_text())
+  assert (results['dataset'], results['step'], results['epochs_done']) == ('imagenet', 4, 1)
+  for top1 in (results['teacher_top1'], results['last_top1']):
+    assert round(top1 * 15 / 100, 6).is_integer()  # hits out of exactly 15 val images
+  config = json.loads((workdir / 'config.json').read_text())
+  assert (config['optimizer']['lr'], config['num_epochs']) == (0.2, 100)
+  method = preset.split('.')[0]
+  assert (config[method]['temperature'], config[method]['kd_weight']) == (1.0, 0.5)
+  train = [m for m in _metrics(workdir) if m['split'] == 'train']
+  assert [m['step'] for m in train] == [2, 4]
+  terms = {'kd': ('loss/kd',), 'slkd': ('loss/slt1_kd', 'loss/slt2_kd')}[method]
+  for m in train:
+    assert all(np.isfinite(m[t]) and m[t] > 0 for t in terms), m
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_and_resumed_ends_bit_identical(imagenet, tmp_path):
+  """SIGKILL right after the checkpoint of step 6 (mid epoch 2), then the same command: the
+  final state equals an uninterrupted run's bit for bit."""
+  data_dir, teacher = imagenet
+  straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+  extra = ('--config.num_epochs=2', '--config.checkpoint_every_steps=3',
+           '--config.data.workers=0')
+  done = run_cli(_cli_args('kd.py:r34_r18', data_dir, teacher, straight, *extra))
+  assert done.returncode == 0, done.stderr[-3000:]
+  args = _cli_args('kd.py:r34_r18', data_dir, teacher, killed, *extra)
+  proc = subprocess.Popen([sys.executable, '-m', 'kdjax.main', *args], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / 'checkpoints' / '6').exists():
+    assert proc.poll() is None and time.time() < deadline, 'no checkpoint at step 6 appeared'
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'results.json').exists(), 'killed before its end'
+  resumed = run_cli(args)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resumed from the checkpoint at step 6' in resumed.stderr
+  assert _leaves_equal(restore_state(straight), restore_state(killed))
+  assert (json.loads((killed / 'results.json').read_text())['last_top1'] ==
+          json.loads((straight / 'results.json').read_text())['last_top1'])
