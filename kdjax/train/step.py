@@ -5,9 +5,10 @@ One train step is one pure function ``(state, frozen, images, labels, idx) ->
 run the frozen teacher (inference mode, outside differentiation; or gather its logits from
 the teacher-logit cache, :mod:`kdjax.teacher_cache`), take ONE
 ``jax.value_and_grad`` of the method's loss over the dict of all learning nets' params,
-and apply each net's own optimizer. Parameters are replicated, the batch is split over
-the ``data`` axis; BatchNorm statistics of a batch are those of the global batch unless
-the nets were built with ``bn_groups = number of devices`` (per-device statistics).
+and apply each net's own optimizer (:func:`make_host_train_step`: the same on a batch
+already augmented on the host, e.g. ImageNet's). Parameters are replicated, the batch is
+split over the ``data`` axis; BatchNorm statistics of a batch are those of the global batch
+unless the nets were built with ``bn_groups = number of devices`` (per-device statistics).
 
 Mixed precision (``dtype = bfloat16``): images and activations are bfloat16, parameters,
 BatchNorm statistics, gradients and optimizer state float32; logits are cast to float32
