@@ -166,7 +166,8 @@ def _metrics(workdir) -> list:
   return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
 
 
-@pytest.mark.parametrize('preset', ['kd.py:r34_r18', 'slkd.py:r34_r18'])
+@pytest.mark.parametrize('preset', [  # SLKD's three nets: about a minute here, slow
+    'kd.py:r34_r18', pytest.param('slkd.py:r34_r18', marks=pytest.mark.slow)])
 def test_imagenet_preset_shrunk_runs_through_main(imagenet, tmp_path, preset):
   """The preset's recipe and method through ``python -m kdjax.main`` with grain worker
   processes: 4 steps (one epoch), then top-1 over all 15 val images."""
