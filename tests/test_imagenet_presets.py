@@ -81,3 +81,19 @@ def test_presets_mdistiller_has_no_recipe_for_are_refused():
     _preset('ofd', 'r34_r18')
   with pytest.raises(KdjaxError, match='as many stages'):
     _preset('sftn', 'r50_mv1')
+
+
+@pytest.mark.parametrize('preset,in_channels,out_channels,mid', [
+    ('r34_r18', (64, 128, 256, 512, 512), (64, 128, 256, 512, 512), 512),
+    ('r50_mv1', (128, 256, 512, 1024, 1024), (256, 512, 1024, 2048, 2048), 256)])
+def test_reviewkd_levels_derived_from_the_nets_are_the_yaml_ones(preset, in_channels,
+                                                                 out_channels, mid):
+  """IN_CHANNELS, OUT_CHANNELS, SHAPES, OUT_SHAPES ([1, 7, 14, 28, 56], listed deepest
+  first in the yaml) and MAX_MID_CHANNEL of configs/imagenet/<preset>/reviewkd.yaml."""
+  config = _preset('reviewkd', preset)
+  fusion = methods.build(config, BuildInputs(
+      num_classes=1000, optimizer=optim.sgd(config.optimizer, 100), image_shape=(224, 224, 3),
+      zoo='imagenet')).nets['abfs']
+  assert (fusion.in_channels, fusion.out_channels) == (in_channels, out_channels)
+  assert fusion.shapes == fusion.out_shapes == (56, 28, 14, 7, 1)
+  assert fusion.mid_channel == mid
