@@ -4,6 +4,7 @@ not a test).
     python benchmarks/throughput.py --method kd --pair res32x4_res8x4 --batch 64
     python benchmarks/throughput.py --method all --out benchmarks/results/throughput.json
     python benchmarks/throughput.py --tiny --out /tmp/tiny.json   # seconds: what the test runs
+    python benchmarks/throughput.py --dataset imagenet --method kd --batch 16 --workers 1 2
 
 **The step.** For each method it builds the run the training loop would
 (:class:`kdjax.train.loop.RunSetup`, the loop's own setup and jitted step: gather,
@@ -50,6 +51,18 @@ their outputs on the CPU unless ``--residual-outputs fuse`` (``config.platform``
 :mod:`kdjax.platform_tuning`, applied before JAX starts its backend, as ``kdjax.main`` does);
 ``XLA_FLAGS`` from the environment are kept and recorded in the JSON.
 
+**ImageNet** (``--dataset imagenet``): whether the host feeds the devices. On a folder of
+``--images`` SYNTHETIC ImageNet-like JPEGs (500x375, ~110 kB, written by
+``benchmarks/input_pipeline.py``'s ``write_folder``) it times the host pipeline alone,
+:func:`kdjax.data.host_pipeline.train_pipeline` (read, JPEG decode, RandomResizedCrop 224,
+flip) with each number of ``--workers`` grain processes: images/s and images per CPU-second
+(the per-core rate); then for each method the loop's host-batch train step
+(:class:`~kdjax.train.loop.RunSetup` of the ``--pair`` preset, ``r34_r18`` by default, on
+that folder; a random teacher) on one batch of the pipeline, put on the devices: images/s as
+above. ``pipeline / step`` >= 1 means the host keeps up with the step; below, the step waits
+for the host (more workers, cores or hosts needed). With ``--tiny``: 48 small JPEGs, a
+resnet8 of the CIFAR zoo on 32x32 crops (what the test runs).
+
 Results go to stdout as tables and to a JSON file (``--out``).
 """
 
@@ -73,7 +86,8 @@ import numpy as np
 
 from kdjax import config as config_lib
 from kdjax import data, methods, models, platform_tuning, teacher_cache, teachers, trajectory
-from kdjax.config import base_config, digits_preset
+from kdjax.config import base_config, digits_preset, distillation_config, imagenet_preset
+from kdjax.data import image_sources
 from kdjax.train import loop as loop_lib
 from kdjax.train import step as step_lib
 
@@ -392,6 +406,94 @@ def bench_loop(method_name: str, pair: str, batch: int, dtype: str, steps: int,
 # --------------------------------------------------------------------------- output
 
 
+# --------------------------------------------------------------------------- ImageNet
+
+
+def _imagenet_config(method_name: str, pair: str, batch: int, dtype: str, data_dir: str,
+                     tiny: bool):
+  """``method_name`` on the ImageNet preset ``pair`` (vanilla: its student) at batch ``batch``;
+  ``tiny``: resnet8 of the CIFAR zoo (teacher too) on 32x32 crops."""
+  if method_name == 'vanilla':
+    config = imagenet_preset(base_config())
+    config.model = config_lib.IMAGENET_PAIRS[pair][1]
+  else:
+    config = distillation_config(method_name, pair)
+  config.data.data_dir, config.batch_size, config.dtype = data_dir, batch, dtype
+  if tiny:
+    config.zoo, config.model, config.teacher.model = 'cifar', 'resnet8', 'resnet8'
+    config.data.image_size, config.data.resize_size = 32, 36
+  return config
+
+
+def bench_imagenet_step(method_name: str, config, steps: int, warmup: int, workdir: str) -> dict:
+  """The host-batch train step of ``config``'s run, timed on one batch of its pipeline."""
+  num_classes = image_sources.ImageFolder(os.path.join(config.data.data_dir, 'train')).num_classes
+  teacher_vars = None
+  if methods.info(config.method).uses_teacher:
+    net = models.create(config.teacher.model, num_classes, zoo=config.zoo)
+    teacher_vars = jax.device_get(net.init(jax.random.PRNGKey(1), jnp.zeros(
+        (1, config.data.image_size, config.data.image_size, 3)), train=False))
+  config.data.workers = 0
+  run = loop_lib.RunSetup(config, workdir, teacher_variables=teacher_vars)
+  state = run.initial_state()
+  feed = run.open_feed(None, 0)
+  try:
+    inputs = feed.train_inputs(0)
+    t0 = time.perf_counter()
+    compiled = run.train_step.lower(state, feed.frozen, *inputs).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for i in range(warmup + steps):
+      t = time.perf_counter()
+      state, metrics = compiled(state, feed.frozen, *inputs)
+      jax.block_until_ready(metrics['loss'])
+      if i >= warmup:
+        times.append(time.perf_counter() - t)
+  finally:
+    feed.close()
+  med = statistics.median(times)
+  return {'method': method_name, 'net': config.model, 'teacher': config.teacher.model,
+          'batch': config.batch_size, 'image_size': config.data.image_size,
+          'compile_s': compile_s, 'step_images_per_s': config.batch_size / med,
+          'step_images_per_s_min': config.batch_size / max(times),
+          'step_images_per_s_max': config.batch_size / min(times),
+          'step_gflops': _cost_flops(compiled) / 1e9, 'timed_steps': len(times)}
+
+
+def bench_imagenet(args, names: list) -> tuple[list, list, dict]:
+  """``(pipeline rows, step rows, folder facts)`` of ``--dataset imagenet``."""
+  import input_pipeline  # pylint: disable=import-outside-toplevel  # benchmarks/, beside this
+  size = 32 if args.tiny else 224
+  width, height = (48, 40) if args.tiny else (500, 375)
+  pipeline, steps = [], []
+  with tempfile.TemporaryDirectory(prefix='kdjax_bench_imagenet_') as root:
+    train = os.path.join(root, 'train')
+    mean_kb = input_pipeline.write_folder(train, args.images, width, height)
+    os.symlink(train, os.path.join(root, 'val'))  # RunSetup opens both splits
+    source = image_sources.ImageFolder(train)
+    for workers in args.workers:
+      rate, per_cpu = input_pipeline.through_grain(source, True, workers, args.batch, size)
+      pipeline.append({'workers': workers, 'pipeline_images_per_s': rate,
+                       'pipeline_images_per_cpu_s': per_cpu, 'batch': args.batch,
+                       'image_size': size})
+      print(f'pipeline, {workers} worker(s): {rate:.1f} img/s, {per_cpu:.1f} per CPU-second',
+            file=sys.stderr, flush=True)
+    for name in names:
+      config = _imagenet_config(name, args.pair, args.batch, args.dtype, root, args.tiny)
+      with tempfile.TemporaryDirectory(prefix='kdjax_bench_step_') as tmp:
+        row = bench_imagenet_step(name, config, args.steps, args.warmup, tmp)
+      best = max(p['pipeline_images_per_s'] for p in pipeline)
+      row.update(pipeline_images_per_s=best,
+                 pipeline_over_step=best / row['step_images_per_s'])
+      steps.append(row)
+      print(f'{name}: step {row["step_images_per_s"]:.1f} img/s, pipeline {best:.1f} img/s',
+            file=sys.stderr, flush=True)
+  return pipeline, steps, {'images': args.images, 'size': [width, height], 'mean_kB': mean_kb}
+
+
+# --------------------------------------------------------------------------- output
+
+
 def _format_table(rows: list[dict], cols) -> str:
   lines = ['| ' + ' | '.join(h for _, h, _ in cols) + ' |',
            '|' + '|'.join('---' for _ in cols) + '|']
@@ -413,6 +515,14 @@ CACHE_COLUMNS = [
     ('cache_build_images_per_s', 'build forwards/s', '{:.1f}'),
     ('cache_build_hours', 'build h (50,000 x 162)', '{:.2f}'),
     ('runs_to_repay', 'runs of 240 epochs to repay', '{:.2f}')]
+PIPELINE_COLUMNS = [
+    ('workers', 'grain workers', '{}'), ('pipeline_images_per_s', 'pipeline img/s', '{:.1f}'),
+    ('pipeline_images_per_cpu_s', 'img per CPU-second', '{:.1f}')]
+IMAGENET_COLUMNS = [
+    ('method', 'method', '{}'), ('net', 'net', '{}'), ('batch', 'batch', '{}'),
+    ('step_images_per_s', 'step img/s', '{:.1f}'), ('compile_s', 'compile s', '{:.1f}'),
+    ('pipeline_images_per_s', 'pipeline img/s (best)', '{:.1f}'),
+    ('pipeline_over_step', 'pipeline/step', '{:.2f}')]
 LOOP_COLUMNS = [
     ('method', 'method', '{}'), ('net', 'net', '{}'), ('steps', 'steps', '{}'),
     ('windows_used', 'windows', '{}'), ('loop_images_per_s', 'loop img/s', '{:.1f}'),
@@ -442,7 +552,16 @@ def main(argv=None) -> int:
                            "teacher; '<method>:separate' runs each net's update as its own "
                            "step; 'skd+slkd' is SKD on SLKD), or 'all' (every method of "
                            "kdjax.methods.names(), the teacher and skd+slkd)")
-  parser.add_argument('--pair', default='res32x4_res8x4', choices=sorted(PAIRS))
+  parser.add_argument('--dataset', default='cifar', choices=['cifar', 'imagenet'],
+                      help='cifar: the steps and loop on CIFAR-sized data; imagenet: the host '
+                           'pipeline beside the host-batch step (see the docstring)')
+  parser.add_argument('--pair', default=None,
+                      choices=sorted(PAIRS) + sorted(config_lib.IMAGENET_PAIRS),
+                      help='default res32x4_res8x4 (cifar), r34_r18 (imagenet)')
+  parser.add_argument('--images', type=int, default=512,
+                      help='imagenet: synthetic JPEGs the pipeline reads')
+  parser.add_argument('--workers', type=int, nargs='+', default=[1, 2],
+                      help='imagenet: grain worker processes to time the pipeline with')
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--steps', type=int, default=10, help='timed steps per method')
   parser.add_argument('--warmup', type=int, default=2)
@@ -474,7 +593,15 @@ def main(argv=None) -> int:
                            'the loop for 12 steps; a 512x512 matmul')
   parser.add_argument('--out', default='benchmarks/results/throughput.json')
   args = parser.parse_args(argv)
-  if args.tiny:
+  imagenet = args.dataset == 'imagenet'
+  if args.pair is None:
+    args.pair = 'r34_r18' if imagenet else 'res32x4_res8x4'
+  if (args.pair in config_lib.IMAGENET_PAIRS) != imagenet:
+    parser.error(f'--pair {args.pair} is not a pair of --dataset {args.dataset}')
+  if imagenet and args.tiny:
+    args.batch, args.steps, args.warmup, args.images, args.workers = 8, 2, 1, 48, [1]
+    args.method = 'vanilla'
+  elif args.tiny:
     args.pair, args.batch, args.steps, args.warmup = 'res20_res8', 16, 2, 1
     args.matmul_size = 512
     args.loop_steps, args.loop_log_every, args.loop_bare_steps = 12, 4, 2
@@ -489,6 +616,8 @@ def main(argv=None) -> int:
            if args.method == 'all' else args.method.split(','))
   loop_names = [] if args.loop_method == 'none' else args.loop_method.split(',')
   load_before = _load_average()
+  if imagenet:
+    return _main_imagenet(args, names, load_before)
   t_start = time.perf_counter()
   peaks, rows = [], []
   failed = []
@@ -561,6 +690,30 @@ def main(argv=None) -> int:
   for fail in failed:
     print(f'FAILED {fail["method"]}: {fail["error"]}', file=sys.stderr)
   return 1 if failed else 0
+
+
+def _main_imagenet(args, names: list, load_before: list) -> int:
+  """``--dataset imagenet``: the tables and the JSON of :func:`bench_imagenet`."""
+  t_start = time.perf_counter()
+  pipeline, steps, folder = bench_imagenet(args, names)
+  machine = {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
+             'cpus_usable': len(os.sched_getaffinity(0)), 'jax': jax.__version__,
+             'devices': [str(d) for d in jax.devices()],
+             'device_kind': jax.devices()[0].device_kind,
+             'load_average_before': load_before, 'load_average_after': _load_average(),
+             'wall_s': time.perf_counter() - t_start}
+  print(f'{folder["images"]} synthetic JPEGs of {folder["size"][0]}x{folder["size"][1]} '
+        f'({folder["mean_kB"]:.0f} kB on average); {machine["cpus_usable"]} CPUs; load average '
+        f'before {load_before}, after {machine["load_average_after"]}')
+  print(_format_table(pipeline, PIPELINE_COLUMNS))
+  print()
+  print(_format_table(steps, IMAGENET_COLUMNS))
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, 'w') as f:
+    json.dump({'machine': machine, 'args': vars(args), 'folder': folder,
+               'pipeline': pipeline, 'steps': steps}, f, indent=2)
+  print(f'wrote {args.out}', file=sys.stderr)
+  return 0
 
 
 if __name__ == '__main__':

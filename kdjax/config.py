@@ -26,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = 'vanilla'
   c.seed = 0
   c.model = 'resnet32x4'  # the net being trained: the student, or the teacher for vanilla
+  # The model zoo of config.model and config.teacher.model (kdjax.models.IMAGE_SHAPES): 'cifar'
+  # (32x32 images) or 'imagenet' (224x224).
+  c.zoo = 'cifar'
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'cifar100'
@@ -42,6 +45,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Training examples held out (stratified, fixed) as the quiz set of meta-learning
   # methods (SKD); they are never trained on. 0: none.
   c.data.holdout = 0
+  # Datasets too large for the devices (data.HOST_DATASETS: imagenet, read from data_dir;
+  # kdjax/data/host_pipeline.py): grain workers decode and augment on the host,
+  # RandomResizedCrop(image_size) + flip for training, Resize(resize_size) +
+  # CenterCrop(image_size) for evaluation; workers: grain worker processes (None: one per
+  # CPU less one; 0: decode in the training process). crop_padding and flip are unused there.
+  c.data.image_size = 224
+  c.data.resize_size = 256
+  c.data.workers = ml_collections.FieldReference(None, field_type=int)
 
   c.batch_size = 64  # global, over all devices
   c.eval_batch_size = 256
@@ -165,18 +176,49 @@ PAIRS = {
     'res50_mv2': ('ResNet50', 'MobileNetV2', 0.01),
 }
 
+# mdistiller's ImageNet pairs (its configs/imagenet/<preset>/*.yaml): preset -> (teacher,
+# student) of the imagenet zoo. The teacher is the torchvision ImageNet model mdistiller
+# loads, a published teacher 'torchvision:<name>' (kdjax.teacher_zoo.TORCHVISION).
+IMAGENET_PAIRS = {
+    'r34_r18': ('ResNet34', 'ResNet18'),
+    'r50_mv1': ('ResNet50', 'MobileNetV1'),
+}
+
+
+def imagenet_preset(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """mdistiller's ImageNet recipe (``configs/imagenet/r34_r18/kd.yaml`` and its siblings).
+
+  ImageNet from ``config.data.data_dir`` (an ImageFolder ``train/``, ``val/`` or a
+  TFDS-prepared ``imagenet2012``) through the host pipeline, the imagenet zoo on 224x224
+  crops (evaluation: resize 256, center crop 224); batch 512, 100 epochs, SGD lr 0.2,
+  momentum 0.9, weight decay 1e-4, lr x0.1 at epochs 30, 60 and 90; test batch 128; metrics
+  every 50 steps (``LOG.TENSORBOARD_FREQ``). The number of classes comes from the data
+  (1000 for ImageNet).
+  """
+  config.data.name, config.zoo = 'imagenet', 'imagenet'
+  config.data.image_size, config.data.resize_size = 224, 256
+  config.batch_size, config.eval_batch_size, config.num_epochs = 512, 128, 100
+  config.optimizer.lr, config.optimizer.momentum = 0.2, 0.9
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.lr_decay_epochs, config.optimizer.lr_decay_rate = (30, 60, 90), 0.1
+  config.log_every_steps = 50
+  return config
+
+
 # The digits pipeline: a small teacher trained first, then a smaller student.
 DIGITS_TEACHER, DIGITS_STUDENT = 'resnet20', 'resnet8'
 
 
 def distillation_config(method: str, preset: str | None) -> ml_collections.ConfigDict:
-  """A distillation run of ``method``: a pair preset of :data:`PAIRS` or ``digits``.
+  """A distillation run of ``method``: a pair preset of :data:`PAIRS`, of
+  :data:`IMAGENET_PAIRS`, or ``digits``.
 
   Without a preset: CIFAR-100 ``res32x4_res8x4``. A CIFAR preset distils from its pair's
   published teacher, ``mdistiller:<teacher>`` (downloaded, verified and converted once into
   the cache, :mod:`kdjax.teacher_zoo`), unless ``--config.teacher.checkpoint`` names
-  another; ``digits`` trains its teacher first into ``<workdir>/teacher`` and reuses it on
-  later runs.
+  another; an ImageNet preset (:func:`imagenet_preset`) from torchvision's,
+  ``torchvision:<name>``, likewise; ``digits`` trains its teacher first into
+  ``<workdir>/teacher`` and reuses it on later runs.
   """
   c = base_config()
   c.method = method
@@ -188,9 +230,13 @@ def distillation_config(method: str, preset: str | None) -> ml_collections.Confi
   elif preset in PAIRS:
     c.teacher.model, c.model, c.optimizer.lr = PAIRS[preset]
     c.teacher.checkpoint = teacher_zoo.PREFIX + c.teacher.model
+  elif preset in IMAGENET_PAIRS:
+    imagenet_preset(c)
+    c.teacher.model, c.model = IMAGENET_PAIRS[preset]
+    c.teacher.checkpoint = teacher_zoo.torchvision_spec(c.teacher.model)
   else:
     raise KdjaxError(f'unknown preset {preset!r} for {method}; expected digits or one of: '
-                     f'{", ".join(PAIRS)}')
+                     f'{", ".join([*PAIRS, *IMAGENET_PAIRS])}')
   c.preset = preset
   return c
 
@@ -216,13 +262,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   :mod:`kdjax.plan` calls it once for every run of a plan, before any of them starts.
   """
   method = methods.info(config.method)
-  _require(config.model in models.names(),
-           f'unknown model {config.model!r} (config.model); expected one of: '
-           f'{", ".join(models.names())}')
+  zoo = config.get('zoo', 'cifar')
+  _require(zoo in models.IMAGE_SHAPES,
+           f'unknown model zoo {zoo!r} (config.zoo); expected one of: '
+           f'{", ".join(models.IMAGE_SHAPES)}')
+  _require(config.model in models.names(zoo),
+           f'unknown model {config.model!r} in the {zoo} zoo (config.model); expected one '
+           f'of: {", ".join(models.names(zoo))}')
   if method.uses_teacher:
-    _require(config.teacher.model in models.names(),
-             f'unknown teacher model {config.teacher.model!r} (config.teacher.model); '
-             f'expected one of: {", ".join(models.names())}')
+    _require(config.teacher.model in models.names(zoo),
+             f'unknown teacher model {config.teacher.model!r} in the {zoo} zoo '
+             f'(config.teacher.model); expected one of: {", ".join(models.names(zoo))}')
     _require(config.teacher.checkpoint is not None or config.teacher.train_if_missing,
              f'method {config.method} needs a trained teacher: set '
              f'--config.teacher.checkpoint to a kdjax workdir, a teacher folder from '
@@ -230,9 +280,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f'teacher mdistiller:<model>')
     if teacher_zoo.is_zoo_spec(config.teacher.checkpoint):
       teacher_zoo.check_spec(config.teacher.checkpoint, config.teacher.model)
-  _require(config.data.name in data.DATASETS,
+  _require(config.data.name in data.DATASETS + data.HOST_DATASETS,
            f'unknown dataset {config.data.name!r} (config.data.name); expected one of: '
-           f'{", ".join(data.DATASETS)}')
+           f'{", ".join(data.DATASETS + data.HOST_DATASETS)}')
   _require(isinstance(config.seed, int) and config.seed >= 0,
            f'config.seed must be an integer >= 0, got {config.seed!r}')
   opt = config.optimizer
@@ -277,6 +327,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     data.cifar.source(config.data.name, config.data.get('url'), config.data.get('sha256'))
   _require(config.data.holdout >= 0,
            f'config.data.holdout must be >= 0, got {config.data.holdout}')
+  if config.data.name in data.HOST_DATASETS:
+    _validate_host_data(config, zoo)
+  else:
+    _require(zoo == 'cifar', f'the {zoo} zoo\'s models take '
+             f'{models.IMAGE_SHAPES[zoo][0]}x{models.IMAGE_SHAPES[zoo][1]} images, and '
+             f'{config.data.name} is 32x32: set --config.zoo=cifar')
   image = models.CIFAR_IMAGE_SHAPE[0]  # every dataset held on the devices is 32x32
   _require(0 <= config.data.crop_padding <= image,
            f'config.data.crop_padding must be between 0 and the image size {image}, got '
@@ -290,3 +346,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
   nan_at = config.get('debug', {}).get('nan_at_step')
   _require(nan_at is None or nan_at >= 1,
            f'config.debug.nan_at_step must be >= 1 (a 1-based step) or None, got {nan_at}')
+
+
+def _validate_host_data(config: ml_collections.ConfigDict, zoo: str) -> None:
+  """The fields of a run on a host dataset (:data:`kdjax.data.HOST_DATASETS`)."""
+  d = config.data
+  _require(bool(d.data_dir), f'{d.name} is read from config.data.data_dir: set it to a folder '
+                             f'holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (ImageFolder) '
+                             f'or a TFDS-prepared imagenet2012')
+  size = models.IMAGE_SHAPES[zoo][0]
+  _require(d.image_size == size,
+           f'config.data.image_size is {d.image_size}, but the {zoo} zoo\'s models take '
+           f'{size}x{size} images: set --config.data.image_size={size}')
+  _require(d.resize_size >= d.image_size,
+           f'config.data.resize_size ({d.resize_size}) must be at least config.data.image_size '
+           f'({d.image_size}): evaluation resizes, then center-crops')
+  _require(d.workers is None or d.workers >= 0,
+           f'config.data.workers must be >= 0 (0: decode in the training process) or None, '
+           f'got {d.workers}')
+  _require(not d.holdout, f'config.data.holdout is not supported on {d.name} (no quiz set is '
+                          f'held out of a host pipeline); set it to 0')
+  _require(not config.teacher.cache, f'config.teacher.cache covers the crops of 32x32 images '
+                                     f'held on the devices, not {d.name}; set it to False')

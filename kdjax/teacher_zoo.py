@@ -1,4 +1,5 @@
-"""mdistiller's published CIFAR-100 teachers, downloaded and converted on demand.
+"""Published teachers, downloaded and converted on demand: mdistiller's CIFAR-100 teachers
+and the torchvision ImageNet models mdistiller's ImageNet recipes distil from.
 
 A teacher spec ``mdistiller:<name>`` (for ``config.teacher.checkpoint``) names one of the
 teachers in mdistiller's ``cifar_teachers.tar``, the GitHub release asset :data:`ZOO_URL`:
@@ -22,6 +23,16 @@ state dict. :data:`PUBLISHED_TOP1` is their CIFAR-100 top-1 (%) as published.
 
 ``<cache>`` is :func:`kdjax.downloads.cache_dir`: the ``cache`` argument, else
 ``$KDJAX_CACHE``, else ``~/.cache/kdjax``.
+
+A spec ``torchvision:<name>`` (``resnet34``, ``resnet50``: :data:`TORCHVISION`) names the
+torchvision ImageNet weights that mdistiller's ``mdistiller/models/imagenet/resnet.py``
+loads (its ``model_urls``), a plain state dict at ``TORCHVISION_URL + <file>``. The 8 hex
+digits in the file's name are the start of its SHA-256 (torchvision's convention,
+``torch.hub`` ``check_hash``): the file is downloaded once into
+``<cache>/teachers/torchvision/<file>`` (:func:`kdjax.downloads.fetch`), refused unless its
+SHA-256 starts with them, converted for the imagenet zoo's model and saved, as above, to
+``<cache>/teachers/torchvision/<name>``. ``config.teacher.zoo_url`` may name a mirror folder
+(``http(s)://``, ``file://`` or a local path) that holds the same file names.
 """
 
 from __future__ import annotations
@@ -47,13 +58,36 @@ PUBLISHED_TOP1 = {'resnet32x4': 79.42, 'wrn_40_2': 75.61, 'resnet56': 72.34, 're
 TEACHERS = tuple(PUBLISHED_TOP1)
 
 
+TORCHVISION_PREFIX = 'torchvision:'
+TORCHVISION_URL = 'https://download.pytorch.org/models/'
+# name -> (the imagenet zoo's model, the file mdistiller loads, its ImageNet top-1 (%) as
+# torchvision documents it for these weights, IMAGENET1K_V1).
+TORCHVISION = {
+    'resnet34': ('ResNet34', 'resnet34-333f7ec4.pth', 73.314),
+    'resnet50': ('ResNet50', 'resnet50-19c8e357.pth', 76.130),
+}
+
+
 def is_zoo_spec(spec: object) -> bool:
-  """Whether ``spec`` (a ``config.teacher.checkpoint``) names a zoo teacher, ``mdistiller:*``."""
-  return isinstance(spec, str) and spec.startswith(PREFIX)
+  """Whether ``spec`` (a ``config.teacher.checkpoint``) names a zoo teacher, ``mdistiller:*``
+  or ``torchvision:*``."""
+  return isinstance(spec, str) and spec.startswith((PREFIX, TORCHVISION_PREFIX))
+
+
+def torchvision_spec(model: str) -> str:
+  """The ``torchvision:<name>`` spec of the imagenet zoo's ``model`` (e.g. ``ResNet34``)."""
+  names = [name for name, (zoo_model, _, _) in TORCHVISION.items() if zoo_model == model]
+  if not names:
+    raise KdjaxError(f'no published torchvision teacher for {model}; expected one of: '
+                     f'{", ".join(m for m, _, _ in TORCHVISION.values())}')
+  return TORCHVISION_PREFIX + names[0]
 
 
 def published_top1(spec: object, dataset: str) -> float | None:
-  """The published CIFAR-100 top-1 of zoo teacher ``spec`` on ``dataset``, else None."""
+  """The published top-1 of zoo teacher ``spec`` on ``dataset``, else None."""
+  if isinstance(spec, str) and spec.startswith(TORCHVISION_PREFIX):
+    entry = TORCHVISION.get(spec.removeprefix(TORCHVISION_PREFIX))
+    return entry[2] if entry and dataset == 'imagenet' else None
   if not is_zoo_spec(spec) or dataset != 'cifar100':
     return None
   return PUBLISHED_TOP1.get(spec.removeprefix(PREFIX))
@@ -65,17 +99,29 @@ def member(name: str) -> str:
 
 
 def _teacher_name(spec: str) -> str:
-  name = spec.removeprefix(PREFIX) if is_zoo_spec(spec) else None
-  if name not in TEACHERS:
-    raise KdjaxError(f'unknown published teacher {spec!r}; expected one of: '
-                     f'{", ".join(PREFIX + t for t in TEACHERS)}')
-  return name
+  """The zoo name of ``spec``: an mdistiller teacher, or a key of :data:`TORCHVISION`."""
+  if isinstance(spec, str) and spec.startswith(TORCHVISION_PREFIX):
+    name = spec.removeprefix(TORCHVISION_PREFIX)
+    if name in TORCHVISION:
+      return name
+  else:
+    name = spec.removeprefix(PREFIX) if is_zoo_spec(spec) else None
+    if name in TEACHERS:
+      return name
+  known = [PREFIX + t for t in TEACHERS] + [TORCHVISION_PREFIX + t for t in TORCHVISION]
+  raise KdjaxError(f'unknown published teacher {spec!r}; expected one of: {", ".join(known)}')
+
+
+def _model(spec: str) -> str:
+  """The kdjax model of zoo teacher ``spec``."""
+  name = _teacher_name(spec)
+  return TORCHVISION[name][0] if spec.startswith(TORCHVISION_PREFIX) else name
 
 
 def check_spec(spec: str, model: str) -> None:
   """Raises :class:`KdjaxError` unless ``spec`` names a zoo teacher of architecture ``model``
   (``config.teacher.checkpoint`` and ``config.teacher.model``), before anything runs."""
-  name = _teacher_name(spec)
+  name = _model(spec)
   if name != model:
     raise KdjaxError(f'config.teacher.checkpoint {spec} is a {name}, but config.teacher.model '
                      f'is {model}')
@@ -115,32 +161,59 @@ def _extract(archive: str, name: str, dest: str) -> None:
                      f'{ARCHIVE}.json if it is damaged) to download it again') from e
 
 
+def _fetch_torchvision(name: str, base_url: str, root: str) -> tuple[str, str, str]:
+  """``(path, url, sha256)`` of torchvision's file of ``name``, downloaded once into
+  ``root`` and refused unless its SHA-256 starts with the digits in its name."""
+  file = TORCHVISION[name][1]
+  url = base_url.rstrip('/') + '/' + file
+  path = downloads.fetch(url, os.path.join(root, file), sha256=None, what=file)
+  digest, prefix = downloads.file_sha256(path), file.rsplit('-', 1)[1].split('.')[0]
+  if not digest.startswith(prefix):
+    os.remove(path)
+    raise downloads.ChecksumError(f'{file} from {url} has sha256 {digest}, which does not '
+                                  f'start with {prefix} as its name says; it was deleted, '
+                                  f'not used')
+  return path, url, digest
+
+
 def resolve(spec: str, *, zoo_url: str | None = None, cache: str | None = None,
             num_classes: int = 100) -> str:
-  """The kdjax teacher folder of ``spec`` (``mdistiller:<name>``), made on the first call.
+  """The kdjax teacher folder of ``spec`` (``mdistiller:<name>`` or ``torchvision:<name>``),
+  made on the first call.
 
   ``zoo_url``: where ``cifar_teachers.tar`` comes from (None: :data:`ZOO_URL`; a
-  ``file://`` URL or a local path for a mirror). ``cache``: the cache folder (see the module
-  docstring). ``num_classes``: the classes the teacher must have (the zoo's have 100).
+  ``file://`` URL or a local path for a mirror), or for a torchvision teacher the folder of
+  its file (None: :data:`TORCHVISION_URL`). ``cache``: the cache folder (see the module
+  docstring). ``num_classes``: the classes the teacher must have (the mdistiller zoo's have
+  100, torchvision's 1000).
   """
   name = _teacher_name(spec)
-  url = zoo_url or ZOO_URL
-  root = os.path.join(downloads.cache_dir(cache), 'teachers', 'mdistiller')
+  torchvision = spec.startswith(TORCHVISION_PREFIX)
+  root = os.path.join(downloads.cache_dir(cache), 'teachers',
+                      'torchvision' if torchvision else 'mdistiller')
   folder = os.path.join(root, name)
   if os.path.isfile(os.path.join(folder, teachers.TEACHER_JSON)):
     return folder
   if importlib.util.find_spec('torch') is None:
     raise KdjaxError(f"{spec} is a PyTorch checkpoint; converting it needs PyTorch: pip "
                      f"install 'kdjax[torch]'")
-  archive = os.path.join(root, ARCHIVE)
-  digest = _fetch_archive(url, archive)
+  os.makedirs(root, exist_ok=True)
   work = tempfile.mkdtemp(dir=root, prefix=f'.{name}.')
   try:
-    pth = os.path.join(work, 'ckpt_epoch_240.pth')
-    _extract(archive, member(name), pth)
-    variables = convert.variables_from_torch(name, convert.load_pth(pth), num_classes)
-    teachers.save(os.path.join(work, name), name, num_classes, variables,
-                  source=f'{member(name)} of {url} (sha256 {digest})')
+    if torchvision:
+      model = TORCHVISION[name][0]
+      pth, url, digest = _fetch_torchvision(name, zoo_url or TORCHVISION_URL, root)
+      variables = convert.variables_from_torch(model, convert.load_pth(pth), num_classes,
+                                               zoo='imagenet')
+      source = f'{url} (sha256 {digest})'
+    else:
+      model, url = name, zoo_url or ZOO_URL
+      digest = _fetch_archive(url, os.path.join(root, ARCHIVE))
+      pth = os.path.join(work, 'ckpt_epoch_240.pth')
+      _extract(os.path.join(root, ARCHIVE), member(name), pth)
+      variables = convert.variables_from_torch(name, convert.load_pth(pth), num_classes)
+      source = f'{member(name)} of {url} (sha256 {digest})'
+    teachers.save(os.path.join(work, name), model, num_classes, variables, source=source)
     try:
       os.rename(os.path.join(work, name), folder)
     except OSError as e:  # another process was first, or something else is in the way

@@ -60,15 +60,16 @@ def _from_folder(path: str) -> tuple[dict, dict]:
   return checkpoints.restore_tree(os.path.join(path, 'variables')), meta
 
 
-def _from_pth(path: str, model: str, num_classes: int) -> tuple[dict, dict]:
-  variables = convert.variables_from_torch(model, convert.load_pth(path), num_classes)
+def _from_pth(path: str, model: str, num_classes: int, zoo: str) -> tuple[dict, dict]:
+  variables = convert.variables_from_torch(model, convert.load_pth(path), num_classes, zoo=zoo)
   return variables, {'model': model, 'num_classes': num_classes, 'source': path}
 
 
 def check_fits(variables: dict, model: str, num_classes: int, source: str,
-               image_shape=models.CIFAR_IMAGE_SHAPE) -> dict:
-  """Casts ``variables`` to float32 arrays; raises naming the first mismatch with the model."""
-  expected = models.variable_shapes(models.create(model, num_classes), image_shape)
+               image_shape=models.CIFAR_IMAGE_SHAPE, zoo: str = 'cifar') -> dict:
+  """Casts ``variables`` to float32 arrays; raises naming the first mismatch with ``zoo``'s
+  ``model``."""
+  expected = models.variable_shapes(models.create(model, num_classes, zoo=zoo), image_shape)
   want = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected), sep='/')
   have = flax.traverse_util.flatten_dict(flax.core.unfreeze(dict(variables)), sep='/')
   for key, like in want.items():
@@ -87,13 +88,13 @@ def check_fits(variables: dict, model: str, num_classes: int, source: str,
 
 
 def load_variables(path: str, model: str, num_classes: int,
-                   image_shape=models.CIFAR_IMAGE_SHAPE) -> dict:
+                   image_shape=models.CIFAR_IMAGE_SHAPE, zoo: str = 'cifar') -> dict:
   """The variables of the teacher at ``path`` (see the module docstring), checked to fit
-  ``model`` with ``num_classes`` classes on images of ``image_shape``."""
+  ``zoo``'s ``model`` with ``num_classes`` classes on images of ``image_shape``."""
   if not os.path.exists(path):
     raise KdjaxError(f'teacher checkpoint {path!r} does not exist (config.teacher.checkpoint)')
   if path.endswith(('.pth', '.pt', '.tar')) and os.path.isfile(path):
-    read = lambda: _from_pth(path, model, num_classes)
+    read = lambda: _from_pth(path, model, num_classes, zoo)
   elif os.path.exists(os.path.join(path, TEACHER_JSON)):
     read = lambda: _from_folder(path)
   elif os.path.exists(os.path.join(path, 'checkpoints')):
@@ -114,6 +115,6 @@ def load_variables(path: str, model: str, num_classes: int,
     raise KdjaxError(f'teacher {path!r} is a {meta["model"]}, but config.teacher.model is '
                      f'{model}')
   try:
-    return check_fits(variables, model, num_classes, path, image_shape)
+    return check_fits(variables, model, num_classes, path, image_shape, zoo)
   except (TypeError, ValueError) as e:
     raise KdjaxError(f'teacher {path!r} could not be read: {e}') from e

@@ -37,8 +37,9 @@ def record(workdir: str, epoch: int, num_epochs: int, stages: int, model: str,
 
 
 def load_snapshots(checkpoint, model: str, num_classes: int,
-                   image_shape=models.CIFAR_IMAGE_SHAPE) -> dict:
-  """The recorded snapshots of the teacher at ``checkpoint``, stacked (leading axis K).
+                   image_shape=models.CIFAR_IMAGE_SHAPE, zoo: str = 'cifar') -> dict:
+  """The recorded snapshots of the teacher at ``checkpoint`` (a ``zoo`` model), stacked
+  (leading axis K).
 
   Raises :class:`KdjaxError` when the teacher comes without a trajectory (an imported
   PyTorch checkpoint, or a kdjax teacher trained without ``trajectory.stages``).
@@ -53,7 +54,7 @@ def load_snapshots(checkpoint, model: str, num_classes: int,
         f'train the teacher with kdjax and --config.trajectory.stages=K (the digits preset '
         f'does this), or use --config.skd.trajectory=self_learning')
   return stack([teachers.load_variables(os.path.join(root, f'stage_{j}'), model, num_classes,
-                                        image_shape) for j in range(stages)])
+                                        image_shape, zoo) for j in range(stages)])
 
 
 def stack(snapshots: list) -> dict:

@@ -87,14 +87,18 @@ def test_missing_imagenet_is_one_clear_error(tmp_path):
 
 
 def test_train_batches_have_the_crop_size_and_uint8_pixels(folder):
+  source = image_sources.ImageFolder(folder / 'train')
   with _train(folder) as train:
     assert (train.steps_per_epoch, train.steps) == (3, 6)  # 25 // 8, two epochs
     batches = list(train)
   assert len(batches) == 6
   for batch in batches:
-    assert batch.keys() == {'images', 'labels'}
+    assert batch.keys() == {'images', 'labels', 'indices'}
     assert batch['images'].shape == (8, CROP, CROP, 3) and batch['images'].dtype == np.uint8
     assert batch['labels'].dtype == np.int32 and set(batch['labels']) <= {0, 1, 2}
+    # Each row's index is the source example it shows (its label), never the corrupt one.
+    np.testing.assert_array_equal(batch['labels'], source.labels[batch['indices']])
+    assert 8 not in batch['indices']
   pixels = np.stack([b['images'] for b in batches])
   assert pixels.std() > 20  # real image content, not blank rows
 

@@ -4,9 +4,10 @@ from kdjax.data.augment import (Augmentation, augment, draw_augmentation, normal
                                 random_crop, random_flip, train_transform, variant_augmentation,
                                 variant_index)
 from kdjax.data.order import batch_indices, epoch_permutation, eval_batches, holdout_split
+from kdjax.data.image_sources import HOST_DATASETS
 from kdjax.data.sources import DATASETS, Dataset, load_split
 
-__all__ = ['DATASETS', 'Augmentation', 'Dataset', 'augment', 'batch_indices',
+__all__ = ['DATASETS', 'HOST_DATASETS', 'Augmentation', 'Dataset', 'augment', 'batch_indices',
            'draw_augmentation', 'epoch_permutation', 'eval_batches', 'holdout_split',
            'load_split', 'normalize', 'num_variants', 'random_crop', 'random_flip',
            'train_transform', 'variant_augmentation', 'variant_index']

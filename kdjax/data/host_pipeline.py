@@ -52,8 +52,9 @@ How the training loop uses it (each process, in lockstep)::
     batches = host_pipeline.DevicePrefetch(train, step_lib.data_sharded(mesh))
     if restored: batches.set_state(progress['input_pipeline'])   # the checkpoint's item
     for step in range(start, last):
-      batch = next(batches)             # {'images': uint8 (B, 224, 224, 3), 'labels': int32}
-      state, metrics = train_step(state, frozen, batch['images'], batch['labels'])
+      batch = next(batches)   # {'images': uint8 (B, 224, 224, 3), 'labels', 'indices': int32}
+      state, metrics = train_step(state, frozen, batch['images'], batch['labels'],
+                                  batch['indices'])
       ...
       progress['input_pipeline'] = batches.get_state()   # before every ckpt.save(...)
 
@@ -210,7 +211,8 @@ class _TrainExample(grain.transforms.Map):
       image, label = _read(self.source, index)
       if image is not None:
         return {'image': train_image(image, image_rng(self.seed, epoch, index), self.image_size),
-                'label': np.int32(label), 'unreadable': np.int32(len(tried)),
+                'label': np.int32(label), 'index': np.int32(index),
+                'unreadable': np.int32(len(tried)),
                 'first_unreadable': np.int64(tried[0] if tried else -1)}
       tried.append(index)
     raise KdjaxError(f'{len(tried)} unreadable images in a row, e.g. '
@@ -240,8 +242,10 @@ class _EvalExample(grain.transforms.Map):
 
 
 class HostBatches:
-  """This process's batches: ``{'images': uint8 (L, S, S, 3), 'labels': int32 (L,)}`` (and
-  ``'mask'``, bool (L,), for evaluation), ``L = batch_size / shard_count``; made by
+  """This process's batches: ``{'images': uint8 (L, S, S, 3), 'labels': int32 (L,)}`` and,
+  for training, ``'indices'``, int32 (L,), each image's index in the source (CRD's memory
+  bank is indexed by it), or for evaluation ``'mask'``, bool (L,); ``L = batch_size /
+  shard_count``; made by
   :func:`train_pipeline` or :func:`eval_pipeline`.
 
   An iterator over batches ``step, step + 1, ..., steps - 1``; :meth:`get_state` /
@@ -286,6 +290,8 @@ class HostBatches:
     out = {'images': batch['image'], 'labels': batch['label']}
     if self._with_mask:
       out['mask'] = batch['mask']
+    else:
+      out['indices'] = batch['index']
     return out
 
   def _note_unreadable(self, counts: np.ndarray, first: np.ndarray) -> None:

@@ -1,9 +1,9 @@
 """Sources of encoded images read one example at a time: ImageNet-sized data on the host.
 
-A source is a sequence of ``(encoded image bytes, label)``, with ``num_classes`` and
-``describe(index)`` (what to name in a warning about that example). Nothing is decoded
-here: :mod:`kdjax.data.host_pipeline` decodes and augments in its grain workers. Both
-sources pickle small enough to be sent to every worker process.
+A source is a sequence of ``(encoded image bytes, label)``, with ``num_classes``, ``labels``
+(every example's label) and ``describe(index)`` (what to name in a warning about that
+example). Nothing is decoded here: :mod:`kdjax.data.host_pipeline` decodes and augments in
+its grain workers. Both sources pickle small enough to be sent to every worker process.
 
 * :class:`ImageFolder`: torchvision's ``ImageFolder`` layout, which mdistiller's ImageNet
   loader reads: ``<folder>/<class>/**/<image>``. The classes are the sub-folders sorted by
@@ -66,6 +66,11 @@ class ImageFolder:
   def __len__(self) -> int:
     return len(self._labels)
 
+  @property
+  def labels(self) -> np.ndarray:
+    """Every example's label, int32 (CRD's negatives are drawn by them)."""
+    return self._labels
+
   def __getitem__(self, index: int) -> tuple[bytes, int]:
     with open(self.describe(index), 'rb') as f:
       return f.read(), int(self._labels[index])
@@ -80,7 +85,7 @@ class TfdsImages:
 
   def __init__(self, name: str, split: str, data_dir: str):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    self.name, self.split = name, split
+    self.name, self.split, self._labels = name, split, None
     try:
       self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                                       decoders={'image': tfds.decode.SkipDecoding()})
@@ -93,6 +98,14 @@ class TfdsImages:
 
   def __len__(self) -> int:
     return len(self._source)
+
+  @property
+  def labels(self) -> np.ndarray:
+    """Every example's label, int32: reads every record once (minutes for ImageNet)."""
+    if self._labels is None:
+      self._labels = np.asarray([int(self._source[i]['label']) for i in range(len(self))],
+                                np.int32)
+    return self._labels
 
   def __getitem__(self, index: int) -> tuple[bytes, int]:
     record = self._source[index]
@@ -123,3 +136,20 @@ def imagenet(data_dir: str, split: str):
   raise KdjaxError(f'no ImageNet in {data_dir}: expected {folder}/<wnid>/*.JPEG (the '
                    f'ImageFolder layout) or {os.path.join(data_dir, "imagenet2012")}/<version>/ '
                    f'prepared by `tfds build imagenet2012 --file_format=array_record`')
+
+
+# The datasets read through the host pipeline (config.data.name), beside the in-memory
+# kdjax.data.DATASETS.
+HOST_DATASETS = ('imagenet',)
+
+
+def open_split(name: str, split: str, data_dir: str | None):
+  """Split ``'train'`` or ``'test'`` of host dataset ``name`` (one of :data:`HOST_DATASETS`)
+  in ``data_dir`` (``config.data.data_dir``)."""
+  if name not in HOST_DATASETS:
+    raise KdjaxError(f'unknown host dataset {name!r}; expected one of: {", ".join(HOST_DATASETS)}')
+  if not data_dir:
+    raise KdjaxError(f'{name} is read from config.data.data_dir, which is unset: set it to a '
+                     f'folder holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, or a '
+                     f'TFDS-prepared imagenet2012')
+  return imagenet(data_dir, split)

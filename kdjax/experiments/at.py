@@ -7,6 +7,12 @@ Presets: the standard CIFAR-100 pairs of :data:`kdjax.config.PAIRS` (``res32x4_r
 needing ``--config.teacher.checkpoint``; and ``digits``, which trains its resnet20 teacher
 first (kept in ``<workdir>/teacher``).
 
+ImageNet presets ``r34_r18`` (ResNet34 -> ResNet18) and ``r50_mv1`` (ResNet50 -> MobileNetV1):
+mdistiller's ``configs/imagenet/<preset>/at.yaml`` on the recipe of
+:func:`kdjax.config.imagenet_preset` (AT's defaults); the teacher is torchvision's,
+``torchvision:resnet34`` / ``torchvision:resnet50`` (downloaded, verified, converted once),
+the data ``--config.data.data_dir``.
+
     python -m kdjax.main --config experiments/at.py:digits --workdir runs/at_digits
 """
 

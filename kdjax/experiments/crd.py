@@ -11,10 +11,17 @@ first (kept in ``<workdir>/teacher``).
 The ``digits`` preset draws 4096 negatives instead (its training set has 1,437 images; 16384
 negatives cost about 1 s per step on a CPU); set ``--config.crd.nce_k`` to change it.
 
+ImageNet presets ``r34_r18`` (ResNet34 -> ResNet18) and ``r50_mv1`` (ResNet50 -> MobileNetV1):
+mdistiller's ``configs/imagenet/<preset>/crd.yaml`` on the recipe of
+:func:`kdjax.config.imagenet_preset` except its solver, batch 256 and lr 0.1 (CRD's defaults;
+the yaml's FEAT dimensions are those of the nets' embeddings, derived); the teacher is
+torchvision's, ``torchvision:resnet34`` / ``torchvision:resnet50`` (downloaded, verified,
+converted once), the data ``--config.data.data_dir``.
+
     python -m kdjax.main --config experiments/crd.py:digits --workdir runs/crd_digits
 """
 
-from kdjax.config import distillation_config
+from kdjax.config import IMAGENET_PAIRS, distillation_config
 
 
 # Negatives per example for the digits preset (mdistiller's 16384 are sized for CIFAR's 50k).
@@ -25,4 +32,10 @@ def get_config(arg=None):
   config = distillation_config('crd', arg)
   if config.preset == 'digits':
     config.crd.nce_k = DIGITS_NCE_K
+  if config.preset in IMAGENET_PAIRS:  # SOLVER of configs/imagenet/<preset>/crd.yaml
+    config.batch_size, config.optimizer.lr = IMAGENET_SOLVER
   return config
+
+
+# mdistiller's configs/imagenet/<preset>/crd.yaml: SOLVER (batch, lr).
+IMAGENET_SOLVER = (256, 0.1)

@@ -8,10 +8,16 @@ Presets: the standard CIFAR-100 pairs of :data:`kdjax.config.PAIRS` (``res32x4_r
 needing ``--config.teacher.checkpoint``; and ``digits``, which trains its resnet20 teacher
 first (kept in ``<workdir>/teacher``).
 
+ImageNet presets ``r34_r18`` (ResNet34 -> ResNet18) and ``r50_mv1`` (ResNet50 -> MobileNetV1):
+mdistiller's ``configs/imagenet/<preset>/dkd.yaml`` on the recipe of
+:func:`kdjax.config.imagenet_preset`: CE 1, T 1, a 1-epoch warm-up, beta 0.5 (r34_r18) or 2
+(r50_mv1); the teacher is torchvision's, ``torchvision:resnet34`` / ``torchvision:resnet50``
+(downloaded, verified, converted once), the data ``--config.data.data_dir``.
+
     python -m kdjax.main --config experiments/dkd.py:digits --workdir runs/dkd_digits
 """
 
-from kdjax.config import distillation_config
+from kdjax.config import IMAGENET_PAIRS, distillation_config
 
 # DKD.BETA of mdistiller's configs/cifar100/dkd/*.yaml where it is not the default 8.
 BETA = {
@@ -36,8 +42,18 @@ MDISTILLER_TOP1 = {
 }
 
 
+# DKD.BETA of mdistiller's configs/imagenet/<preset>/dkd.yaml, and DKD's ImageNet top-1 (%)
+# in mdistiller's README.
+IMAGENET_BETA = {'r34_r18': 0.5, 'r50_mv1': 2.0}
+MDISTILLER_IMAGENET_TOP1 = {'r34_r18': 71.70, 'r50_mv1': 72.05}
+
+
 def get_config(arg=None):
   config = distillation_config('dkd', arg)
   config.dkd.beta = BETA.get(config.preset, config.dkd.beta)
   config.reference_top1 = MDISTILLER_TOP1.get(config.preset)
+  if config.preset in IMAGENET_PAIRS:
+    config.dkd.ce_weight, config.dkd.temperature, config.dkd.warmup = 1.0, 1.0, 1
+    config.dkd.beta = IMAGENET_BETA[config.preset]
+    config.reference_top1 = MDISTILLER_IMAGENET_TOP1[config.preset]
   return config

@@ -9,11 +9,29 @@ Presets: the standard CIFAR-100 pairs of :data:`kdjax.config.PAIRS` (``res32x4_r
 needing ``--config.teacher.checkpoint``; and ``digits``, which trains its resnet20 teacher
 first (kept in ``<workdir>/teacher``).
 
+ImageNet preset ``r50_mv1`` (ResNet50 -> MobileNetV1; mdistiller has no OFD recipe for
+``r34_r18``): ``configs/imagenet/r50_mv1/ofd.yaml`` on the recipe of
+:func:`kdjax.config.imagenet_preset` except its solver, batch 128 and lr 0.05, with feature
+weight 1e-4; the teacher is torchvision's ``torchvision:resnet50``, the data
+``--config.data.data_dir``.
+
     python -m kdjax.main --config experiments/ofd.py:digits --workdir runs/ofd_digits
 """
 
 from kdjax.config import distillation_config
+from kdjax.errors import KdjaxError
+
+
+# mdistiller's configs/imagenet/r50_mv1/ofd.yaml: SOLVER (batch, lr) and OFD.LOSS.FEAT_WEIGHT.
+IMAGENET_SOLVER, IMAGENET_FEAT_WEIGHT = (128, 0.05), 1e-4
 
 
 def get_config(arg=None):
-  return distillation_config('ofd', arg)
+  if arg == 'r34_r18':
+    raise KdjaxError('mdistiller has no OFD recipe for r34_r18 (configs/imagenet/r34_r18 '
+                     'holds none); the ImageNet OFD preset is r50_mv1')
+  config = distillation_config('ofd', arg)
+  if config.preset == 'r50_mv1':
+    config.batch_size, config.optimizer.lr = IMAGENET_SOLVER
+    config.ofd.feat_weight = IMAGENET_FEAT_WEIGHT
+  return config

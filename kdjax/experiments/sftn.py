@@ -18,12 +18,18 @@ Presets (``experiments/sftn.py:<preset>``):
   wd 5e-4, batch 64, 240 epochs, x0.1 at 150/180/210). Only the teacher is trained; set
   ``--config.sftn.distill=kd`` to distil the student from it afterwards (into
   ``<workdir>/student``, with the pair's student lr, ``config.sftn.student_lr``).
+* ``r34_r18``: ImageNet, a ResNet34 teacher with ResNet18 branches on the recipe of
+  :func:`kdjax.config.imagenet_preset` (mdistiller's ImageNet recipe; the SFTN paper's
+  ImageNet setup trains the teacher the same way). ``r50_mv1`` is refused: ResNet50 has five
+  stages and MobileNetV1 four, and SFTN's branches need as many. Set
+  ``--config.sftn.distill=kd`` to distil the student afterwards (lr 0.2).
 * ``digits``: the embedded data, 8 epochs (lr x0.1 at 5 and 7), the KL weight warmed up
   linearly over 2 epochs: an SFTN resnet20 teacher with resnet8 branches, then a resnet8 student distilled from it with ``kd``, next to the
   same pipeline with a standard (vanilla) resnet20 teacher; prints one table.
 """
 
-from kdjax.config import DIGITS_STUDENT, DIGITS_TEACHER, PAIRS, base_config, digits_preset
+from kdjax.config import (DIGITS_STUDENT, DIGITS_TEACHER, IMAGENET_PAIRS, PAIRS, base_config,
+                          digits_preset, imagenet_preset)
 from kdjax.errors import KdjaxError
 
 DIGITS_EPOCHS, DIGITS_LR_DECAY, DIGITS_KL_WARMUP = 8, (5, 7), 2
@@ -48,6 +54,13 @@ def get_config(arg=None):
     # The teacher learns with its vanilla recipe (lr 0.05 for every teacher of PAIRS); the
     # pair's lr is the student's, used when the student is distilled afterwards.
     config.model, config.sftn.student, config.sftn.student_lr = PAIRS[preset]
+  elif preset == 'r34_r18':
+    imagenet_preset(config)
+    config.model, config.sftn.student = IMAGENET_PAIRS[preset]
+    config.sftn.student_lr = config.optimizer.lr
+  elif preset in IMAGENET_PAIRS:
+    raise KdjaxError(f'SFTN needs a teacher and student with as many stages; '
+                     f'{" and ".join(IMAGENET_PAIRS[preset])} differ: use r34_r18')
   else:
     raise KdjaxError(f'unknown preset {preset!r} for sftn; expected digits or one of: '
                      f'{", ".join(PAIRS)}')

@@ -15,9 +15,16 @@ Presets (``experiments/slkd.py:<preset>``; several joined with ``,``, e.g. ``:re
   target not detached. ``sequential``: SLKD* (see ``kdjax/methods/slkd.py``).
 * ``digits``: the embedded data; trains a resnet20 teacher first (kept in
   ``<workdir>/teacher``), then SLKD with a resnet8 student, and prints a table.
+* ImageNet ``r34_r18`` and ``r50_mv1``: the pairs and recipe of mdistiller's ImageNet KD
+  (:func:`kdjax.config.imagenet_preset`; the torchvision teacher). The paper has no ImageNet
+  recipe; the choices it leaves open: the SL-teachers have the teacher's architecture
+  (ResNet34, ResNet50), learn from scratch with the student's optimizer and schedule;
+  a = b = mdistiller's ImageNet KD terms (CE/KD 0.5/0.5 at tau = 1), since the paper takes
+  "the same weights as the original KD"; lambda 1, eta 3, rho 0.5 as on CIFAR. No
+  reference top-1 is set.
 """
 
-from kdjax.config import distillation_config
+from kdjax.config import IMAGENET_PAIRS, distillation_config
 
 PAPER_TOP1 = {  # SLKD, CIFAR-100 top-1 (%), Liu, Li, Cheng 2023, Tables 2 and 3
     'res32x4_res8x4': 76.85, 'res56_res8': 62.05, 'wrn40_2_wrn40_1': 74.91,
@@ -41,6 +48,10 @@ def get_config(arg=None):
   config.variant = '+'.join(variants)  # report rows keep presets apart
   published = SEQUENTIAL_TOP1 if 'sequential' in variants else PAPER_TOP1
   config.reference_top1 = published.get(config.preset)
+  if config.preset in IMAGENET_PAIRS:  # mdistiller's ImageNet KD terms (see the docstring)
+    c = config.slkd
+    c.ce_weight, c.kd_weight, c.fused_ce_weight, c.fused_kd_weight = 0.5, 0.5, 0.5, 0.5
+    c.temperature = 1.0
   if 'official' in variants:
     config.slkd.fused_ce_weight, config.slkd.fused_kd_weight = 1.0, 1.0
     config.slkd.eta = 1.0

@@ -86,10 +86,11 @@ class BuildInputs(NamedTuple):
   materialize_residuals: bool = False  # kdjax.platform_tuning.materialize_residuals
   train_labels: Any = None  # INFO.inputs 'train_labels': the training set's labels
   teacher_trajectory: Any = None  # INFO.inputs 'teacher_trajectory': stacked snapshots
+  zoo: str = 'cifar'  # config.zoo: the model zoo of the run's nets
 
   def create_net(self, model: str, *, frozen: bool = False) -> nn.Module:
     """Zoo model ``model`` for this run (a frozen teacher keeps global BatchNorm groups)."""
-    return models.create(model, self.num_classes, dtype=self.dtype,
+    return models.create(model, self.num_classes, zoo=self.zoo, dtype=self.dtype,
                          bn_groups=1 if frozen else self.bn_groups,
                          materialize_residuals=self.materialize_residuals)
 

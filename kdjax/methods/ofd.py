@@ -13,9 +13,10 @@ numbers of stages (mdistiller's ``_align_list``)::
 * ``pool(T_i)``: the teacher map adaptively average-pooled to the student's size;
 * ``m_i``: the per-channel margin :func:`kdjax.losses.ofd_margin` of the teacher BatchNorm
   right before stage ``i``'s ReLU (mdistiller's ``get_bn_before_relu``: the last block's
-  last BN for ResNets, the next block's ``bn1`` / the final ``bn1`` for WRNs, each block's
-  last BN for VGGs). The frozen teacher is wrapped in :class:`MarginTeacher`, which returns
-  the margins computed from its own variables next to its outputs;
+  last BN for ResNets, the CIFAR and the ImageNet ones, the next block's ``bn1`` / the final
+  ``bn1`` for WRNs, each block's last BN for VGGs). The frozen teacher is wrapped in
+  :class:`MarginTeacher`, which returns the margins computed from its own variables next
+  to its outputs;
 * ``OFD``: the partial L2 distance of :func:`kdjax.losses.ofd` (batch mean, channel and
   position sum).
 
@@ -41,6 +42,7 @@ from kdjax.losses import _common
 from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teacher
 from kdjax.methods.connectors import ConvBNs
 from kdjax.methods.distiller import distillation_method
+from kdjax.models.imagenet_resnet import ImageNetResNet
 from kdjax.models.resnet import ResNet
 from kdjax.models.resnetv2 import ResNetV2
 from kdjax.models.vgg import VGG
@@ -62,7 +64,11 @@ def bn_before_relu(model: nn.Module) -> list[tuple[str, ...]]:
     n = (model.depth - 2) // (9 if model.bottleneck else 6)
     bn = 'bn3' if model.bottleneck else 'bn2'
     return [(f'layer{i}.{n - 1}', bn) for i in (1, 2, 3)]
-  if isinstance(model, ResNetV2):
+  if isinstance(model, (ResNetV2, ImageNetResNet)):
+    # The last block's last BN of each layer. mdistiller's ImageNet ResNet lists layers 2..4
+    # only (layer1's is commented out): taken from the deepest up, as build() does, the
+    # margins are the same whenever at most 3 stages are paired (r50_mv1: MobileNetV1 has 3
+    # after its stem); mdistiller cannot pair 4 (it has no r34_r18 OFD recipe).
     bn = 'bn3' if model.bottleneck else 'bn2'
     return [(f'layer{i}.{n - 1}', bn) for i, n in enumerate(model.num_blocks, start=1)]
   if isinstance(model, WideResNet):

@@ -5,7 +5,12 @@ method with the inputs it names, the teacher, the jitted steps); the config was 
 :mod:`kdjax.plan`. The loop then resumes from the newest checkpoint in ``workdir`` if there
 is one. Each
 step is one jitted call; the host only computes the batch's indices, and fetches metrics
-every ``config.log_every_steps`` steps. After each epoch the eval nets are evaluated on the
+every ``config.log_every_steps`` steps. A dataset too large for the devices
+(``config.data.name`` in :data:`kdjax.data.HOST_DATASETS`, e.g. ImageNet) comes instead
+through the host pipeline (:mod:`kdjax.data.host_pipeline`): grain workers decode and
+augment each batch, which is on the devices before its step runs, and the pipeline's
+position rides in every checkpoint (``progress['input_pipeline']``), so a resumed run sees
+the batches an uninterrupted one would. After each epoch the eval nets are evaluated on the
 test set; ``results.json`` keeps the best-epoch and the last-epoch accuracy apart.
 Checkpoints are written every ``config.checkpoint_every_steps`` steps, at each epoch end
 and when the run ends; SIGTERM / SIGINT stop the run after the current step with a
@@ -38,6 +43,7 @@ import numpy as np
 
 from kdjax import (checkpoints, data, jsonio, methods, platform_tuning, teacher_cache,
                    teacher_zoo, teachers, trajectory)
+from kdjax.data import host_pipeline, image_sources
 from kdjax.errors import KdjaxError
 from kdjax.methods.base import BuildInputs
 from kdjax.train import optim, step as step_lib
@@ -139,7 +145,10 @@ class RunSetup:
   ``frozen['teacher_logits']``; the step then gathers the teacher's logits from it.
   :attr:`train_step` is the jitted step the loop runs,
   ``(state, frozen, train_images, train_labels, idx) -> (state, metrics)`` with the arrays of
-  :meth:`device_arrays` and the indices of :meth:`batch_indices`.
+  :meth:`device_arrays` and the indices of :meth:`batch_indices`; on a host dataset
+  (:attr:`host_data`) ``self.train`` / ``self.test`` are image sources
+  (:mod:`kdjax.data.image_sources`) and the step is ``(state, frozen, images, labels,
+  indices)`` of a batch of the host pipeline. :meth:`open_feed` gives the loop either.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
@@ -151,7 +160,15 @@ class RunSetup:
     if config.batch_size % n_dev:
       raise KdjaxError(f'config.batch_size {config.batch_size} is not divisible by the '
                        f'{n_dev} devices')
-    self.train, self.test = datasets or (_load_split(config, 'train'), _load_split(config, 'test'))
+    self.host_data = config.data.name in data.HOST_DATASETS
+    load = _open_source if self.host_data else _load_split
+    self.train, self.test = datasets or (load(config, 'train'), load(config, 'test'))
+    if self.host_data:
+      self.image_shape = (config.data.image_size, config.data.image_size, 3)
+      self.mean, self.std = host_pipeline.IMAGENET_MEAN, host_pipeline.IMAGENET_STD
+    else:
+      self.image_shape = tuple(self.train.images.shape[1:])
+      self.mean, self.std = self.train.mean, self.train.std
     # Training indices (None: the whole training set) and the held-out quiz indices.
     self.train_indices, quiz_pool = None, None
     if config.data.holdout:
@@ -168,12 +185,12 @@ class RunSetup:
     self.dtype = jnp.dtype(config.dtype)
     self.mesh = step_lib.make_mesh()
     self.info = methods.info(config.method)
-    image_shape = tuple(self.train.images.shape[1:])
+    image_shape, zoo = self.image_shape, config.zoo
     needs = self.info.inputs(config)
     if 'teacher_trajectory' in needs and teacher_trajectory is None:
       teacher_trajectory = trajectory.load_snapshots(config.teacher.checkpoint,
                                                      config.teacher.model,
-                                                     self.train.num_classes, image_shape)
+                                                     self.train.num_classes, image_shape, zoo)
     self.method = methods.build(config, BuildInputs(
         num_classes=self.train.num_classes,
         optimizer=optim.sgd(config.optimizer, self.steps_per_epoch, config.num_epochs),
@@ -181,13 +198,13 @@ class RunSetup:
         bn_groups=n_dev if config.bn_stats == 'per_device' else 1,
         materialize_residuals=platform_tuning.materialize_residuals(config),
         train_labels=self.train.labels if 'train_labels' in needs else None,
-        teacher_trajectory=teacher_trajectory))
+        teacher_trajectory=teacher_trajectory, zoo=zoo))
     if self.method.needs_quiz and quiz_pool is None:
       raise KdjaxError(f'{config.method} meta-learns on a quiz set held out from the training '
                        f'set: set config.data.holdout (e.g. 5000 for CIFAR, 144 for digits)')
     if self.method.teacher is not None and teacher_variables is None:
       teacher_variables = teachers.load_variables(self.teacher_path(), config.teacher.model,
-                                                  self.train.num_classes, image_shape)
+                                                  self.train.num_classes, image_shape, zoo)
     self.frozen: dict = step_lib.frozen_inputs(self.method, teacher_variables)
     if config.teacher.cache and self.method.teacher is not None:
       if teacher_logits is None:
@@ -198,7 +215,7 @@ class RunSetup:
     if self.method.needs_quiz:
       self.frozen['quiz_pool'] = quiz_pool
     self.eval_batch = -(-config.eval_batch_size // n_dev) * n_dev
-    norm = dict(mean=self.train.mean, std=self.train.std, dtype=self.dtype)
+    norm = dict(mean=self.mean, std=self.std, dtype=self.dtype, host_batches=self.host_data)
     self.train_step = self.step_for(self.method)
     self.eval_step = step_lib.make_eval_step(self.method, self.mesh, **norm)
     self.teacher_eval_step = None
@@ -218,12 +235,16 @@ class RunSetup:
     """The jitted train step of ``method`` (the run's, or a variant of it) on this run's data,
     augmentation and schedule."""
     config = self.config
+    schedule = optim.lr_schedule(config.optimizer, self.steps_per_epoch, config.num_epochs)
+    if self.host_data:
+      return step_lib.make_host_train_step(
+          method, self.mesh, mean=self.mean, std=self.std, dtype=self.dtype,
+          steps_per_epoch=self.steps_per_epoch, learning_rate=schedule,
+          nan_at_step=_debug(config, 'nan_at_step'))
     return step_lib.make_train_step(
-        method, self.mesh, mean=self.train.mean, std=self.train.std, dtype=self.dtype,
+        method, self.mesh, mean=self.mean, std=self.std, dtype=self.dtype,
         crop_padding=config.data.crop_padding, flip=config.data.flip,
-        steps_per_epoch=self.steps_per_epoch,
-        learning_rate=optim.lr_schedule(config.optimizer, self.steps_per_epoch,
-                                       config.num_epochs),
+        steps_per_epoch=self.steps_per_epoch, learning_rate=schedule,
         nan_at_step=_debug(config, 'nan_at_step'), teacher_cache='teacher_logits' in self.frozen)
 
   def teacher_path(self) -> str:
@@ -238,7 +259,7 @@ class RunSetup:
   def initial_state(self) -> TrainState:
     """The run's state before its first step, replicated over the mesh."""
     return step_lib.put_replicated(
-        init_state(self.method, self.config.seed, self.train.images.shape[1:]), self.mesh)
+        init_state(self.method, self.config.seed, self.image_shape), self.mesh)
 
   def device_arrays(self) -> tuple:
     """``(frozen, train_images, train_labels, test_images, test_labels)`` on the devices."""
@@ -251,6 +272,84 @@ class RunSetup:
     if self.train_indices is not None:
       idx = self.train_indices[idx]
     return step_lib.put_rows(idx, self._idx_sharding)
+
+  def open_feed(self, saved: Optional[dict], start: int):
+    """The frozen inputs and the data of the run's steps from update ``start`` on:
+    :class:`_HostFeed` on a host dataset (continuing from ``saved``, a checkpoint's
+    ``progress['input_pipeline']``), else :class:`_DeviceFeed`."""
+    return _HostFeed(self, saved, start) if self.host_data else _DeviceFeed(self)
+
+
+class _DeviceFeed:
+  """The splits held whole on the devices (CIFAR, digits): each step gathers its batch."""
+
+  def __init__(self, run: RunSetup):
+    self.run = run
+    self.frozen, self._train_images, self._train_labels, self._test_images, \
+        self._test_labels = run.device_arrays()
+
+  def train_inputs(self, step: int) -> tuple:
+    """The train step's arguments after ``frozen`` for update ``step``."""
+    return self._train_images, self._train_labels, self.run.batch_indices(step)
+
+  def evaluate(self, eval_step, variables) -> dict:
+    """:func:`kdjax.train.step.evaluate` of ``variables`` on the whole test set."""
+    run = self.run
+    return step_lib.evaluate(eval_step, variables, self._test_images, self._test_labels,
+                             batch_size=run.eval_batch, size=len(run.test), mesh=run.mesh)
+
+  def state(self) -> None:  # the batches are a function of (seed, step): nothing to save
+    return None
+
+  def close(self) -> None:
+    pass
+
+
+class _HostFeed:
+  """The host pipeline's batches (:mod:`kdjax.data.host_pipeline`), prefetched to the
+  devices; each process reads and decodes only its rows of every batch."""
+
+  def __init__(self, run: RunSetup, saved: Optional[dict], start: int):
+    self.run, config = run, run.config
+    self.frozen = step_lib.put_replicated(run.frozen, run.mesh)
+    self._sharding = step_lib.data_sharded(run.mesh)
+    self._train = host_pipeline.DevicePrefetch(host_pipeline.train_pipeline(
+        run.train, batch_size=config.batch_size, seed=config.seed,
+        num_epochs=config.num_epochs, image_size=config.data.image_size,
+        worker_count=config.data.workers), self._sharding)
+    # The batches are a function of (seed, step): a checkpoint without the item resumes at
+    # its step; one with it is checked against this run's seed, data and batch size.
+    self._train.set_state(saved if saved is not None else
+                          {**self._train.get_state(), 'step': start})
+    if self._train.get_state()['step'] != start:
+      raise KdjaxError(f'the checkpoint of step {start} holds the input pipeline state of step '
+                       f'{self._train.get_state()["step"]}; the checkpoint is damaged')
+
+  def train_inputs(self, step: int) -> tuple:
+    """The train step's arguments after ``frozen`` for update ``step`` (the next batch)."""
+    assert self._train.get_state()['step'] == step, 'host batches taken out of order'
+    batch = next(self._train)
+    return batch['images'], batch['labels'], batch['indices']
+
+  def evaluate(self, eval_step, variables) -> dict:
+    """Accuracy of ``variables`` on every test image once (the last batch masked)."""
+    run, config = self.run, self.run.config
+    batches = host_pipeline.eval_pipeline(
+        run.test, batch_size=run.eval_batch, image_size=config.data.image_size,
+        resize_size=config.data.resize_size, worker_count=config.data.workers)
+    with host_pipeline.DevicePrefetch(batches, self._sharding) as prefetched:
+      return step_lib.evaluate_batches(eval_step, variables, prefetched, size=len(run.test))
+
+  def state(self) -> dict:
+    """The position of the next batch, for ``progress['input_pipeline']``."""
+    return self._train.get_state()
+
+  def close(self) -> None:
+    self._train.close()
+
+
+def _open_source(config: ml_collections.ConfigDict, split: str):
+  return image_sources.open_split(config.data.name, split, config.data.data_dir)
 
 
 def _load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
@@ -338,7 +437,7 @@ def _refuse_silent_restart(config: ml_collections.ConfigDict, workdir: str) -> N
 
 
 def _train_from_checkpoint(run: RunSetup, ckpt: checkpoints.Checkpointer) -> dict:
-  config, workdir, mesh = run.config, run.workdir, run.mesh
+  config, workdir = run.config, run.workdir
   primary = jax.process_index() == 0  # the one process that writes files and prints
   state = run.initial_state()
   progress = {'history': [], 'best_top1': None, 'best_epoch': None}
@@ -353,12 +452,17 @@ def _train_from_checkpoint(run: RunSetup, ckpt: checkpoints.Checkpointer) -> dic
                       json.loads(config.to_json_best_effort()))
   start = int(state.step)
 
-  arrays = run.device_arrays()
-  frozen, _, _, test_images, test_labels = arrays
+  feed = run.open_feed(progress.get('input_pipeline'), start)
+  with contextlib.closing(feed):
+    return _run_feed(run, ckpt, feed, state, progress, start)
+
+
+def _run_feed(run: RunSetup, ckpt: checkpoints.Checkpointer, feed, state: TrainState,
+              progress: dict, start: int) -> dict:
+  """Evaluates the teacher (if any), then trains from update ``start`` on ``feed``."""
+  config, workdir, primary = run.config, run.workdir, jax.process_index() == 0
   if run.teacher_eval_step is not None:
-    acc = step_lib.evaluate(run.teacher_eval_step, {'teacher': frozen['teacher']}, test_images,
-                            test_labels, batch_size=run.eval_batch, size=len(run.test),
-                            mesh=mesh)['teacher']
+    acc = feed.evaluate(run.teacher_eval_step, {'teacher': feed.frozen['teacher']})['teacher']
     progress.setdefault('teacher', acc)
     published = teacher_zoo.published_top1(config.teacher.checkpoint, config.data.name)
     say(f'teacher {config.teacher.model} ({config.teacher.checkpoint}): top-1 '
@@ -367,22 +471,21 @@ def _train_from_checkpoint(run: RunSetup, ckpt: checkpoints.Checkpointer) -> dic
 
   last = run.total_steps if config.max_steps is None else min(run.total_steps, config.max_steps)
   with contextlib.closing(MetricWriter(workdir, resume_step=start, enabled=primary)) as writer:
-    return _loop(run, ckpt, writer, arrays, state, progress, start, last)
+    return _loop(run, ckpt, writer, feed, state, progress, start, last)
 
 
-def _loop(run: RunSetup, ckpt, writer: MetricWriter, arrays: tuple, state: TrainState,
+def _loop(run: RunSetup, ckpt, writer: MetricWriter, feed, state: TrainState,
           progress: dict, start: int, last: int) -> dict:
   """Steps ``start..last-1``: log, check, evaluate, checkpoint; then the results."""
-  config, workdir, method, mesh = run.config, run.workdir, run.method, run.mesh
+  config, workdir, method = run.config, run.workdir, run.method
   primary = jax.process_index() == 0
-  frozen, train_images, train_labels, test_images, test_labels = arrays
+  frozen = feed.frozen
   bar = Progress(last, start, enabled=primary)
   window, t_window, stopped_by = [], time.perf_counter(), None
   images_per_second = None
   with _StopFlag() as stop:
     for step in range(start, last):
-      state, metrics = run.train_step(state, frozen, train_images, train_labels,
-                                      run.batch_indices(step))
+      state, metrics = run.train_step(state, frozen, *feed.train_inputs(step))
       window.append(metrics)
       done = step + 1
       epoch_end = done % run.steps_per_epoch == 0
@@ -405,9 +508,7 @@ def _loop(run: RunSetup, ckpt, writer: MetricWriter, arrays: tuple, state: Train
         window, t_window = [], time.perf_counter()
       if epoch_end:
         epoch = done // run.steps_per_epoch
-        result = step_lib.evaluate(run.eval_step, _eval_variables(state, method), test_images,
-                                   test_labels, batch_size=run.eval_batch, size=len(run.test),
-                                   mesh=mesh)
+        result = feed.evaluate(run.eval_step, _eval_variables(state, method))
         _record_epoch(progress, epoch, done, result, method.eval_nets)
         for name, r in result.items():
           writer.write(done, f'test/{name}', r)
@@ -419,12 +520,12 @@ def _loop(run: RunSetup, ckpt, writer: MetricWriter, arrays: tuple, state: Train
                             config.model, run.train.num_classes,
                             jax.device_get(_eval_variables(state, method)[net]))
       if checkpoint_now:
-        ckpt.save(done, state, progress)
+        ckpt.save(done, state, _with_input_state(progress, feed))
       if stopping:
         stopped_by = stop.signum
         break
   final_step = int(state.step)
-  ckpt.save(final_step, state, progress, wait=True)
+  ckpt.save(final_step, state, _with_input_state(progress, feed), wait=True)
   ckpt.close()
   results = _results(run, progress, final_step, images_per_second)
   if primary:
@@ -432,6 +533,15 @@ def _loop(run: RunSetup, ckpt, writer: MetricWriter, arrays: tuple, state: Train
   if stopped_by is not None:
     raise Interrupted(workdir, final_step, stopped_by)
   return results
+
+
+def _with_input_state(progress: dict, feed) -> dict:
+  """``progress`` with the host pipeline's position of the next batch as its
+  ``'input_pipeline'`` (kept in the checkpoint); unchanged for data held on the devices."""
+  position = feed.state()
+  if position is not None:
+    progress['input_pipeline'] = position
+  return progress
 
 
 def _debug(config: ml_collections.ConfigDict, name: str):

@@ -5,9 +5,10 @@ One train step is one pure function ``(state, frozen, images, labels, idx) ->
 run the frozen teacher (inference mode, outside differentiation; or gather its logits from
 the teacher-logit cache, :mod:`kdjax.teacher_cache`), take ONE
 ``jax.value_and_grad`` of the method's loss over the dict of all learning nets' params,
-and apply each net's own optimizer. Parameters are replicated, the batch is split over
-the ``data`` axis; BatchNorm statistics of a batch are those of the global batch unless
-the nets were built with ``bn_groups = number of devices`` (per-device statistics).
+and apply each net's own optimizer (:func:`make_host_train_step`: the same on a batch
+already augmented on the host, e.g. ImageNet's). Parameters are replicated, the batch is
+split over the ``data`` axis; BatchNorm statistics of a batch are those of the global batch
+unless the nets were built with ``bn_groups = number of devices`` (per-device statistics).
 
 Mixed precision (``dtype = bfloat16``): images and activations are bfloat16, parameters,
 BatchNorm statistics, gradients and optimizer state float32; logits are cast to float32
@@ -162,6 +163,15 @@ def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
   return new_state, {'loss': total, **metrics}
 
 
+def _step_images(x: jax.Array, state: TrainState, nan_at_step: int | None,
+                 mesh: Mesh) -> jax.Array:
+  """A step's normalised images, NaN at update ``nan_at_step`` (``config.debug``), split by
+  rows over the mesh."""
+  if nan_at_step is not None:
+    x = jnp.where(state.step + 1 == nan_at_step, jnp.asarray(jnp.nan, x.dtype), x)
+  return jax.lax.with_sharding_constraint(x, data_sharded(mesh))
+
+
 def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int, flip: bool,
                     steps_per_epoch: int, learning_rate: Callable | None = None,
                     dtype=jnp.float32, nan_at_step: int | None = None,
@@ -185,9 +195,7 @@ def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int,
     aug_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     x = data.train_transform(aug_key, images[idx], mean=mean, std=std,
                              crop_padding=crop_padding, flip=flip, dtype=dtype)
-    if nan_at_step is not None:
-      x = jnp.where(state.step + 1 == nan_at_step, jnp.asarray(jnp.nan, x.dtype), x)
-    x = jax.lax.with_sharding_constraint(x, data_sharded(mesh))
+    x = _step_images(x, state, nan_at_step, mesh)
     quiz = None
     if method.needs_quiz:  # drawn with replacement from the held-out training indices
       pool = frozen['quiz_pool']
@@ -210,20 +218,47 @@ def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int,
                  out_shardings=(rep, rep), donate_argnums=(0,))
 
 
+def make_host_train_step(method: Method, mesh: Mesh, *, mean, std, steps_per_epoch: int,
+                         learning_rate: Callable | None = None, dtype=jnp.float32,
+                         nan_at_step: int | None = None) -> Callable:
+  """The jitted ``(state, frozen, images, labels, indices) -> (state, metrics)`` of a batch
+  augmented on the host (:mod:`kdjax.data.host_pipeline`: uint8 ``images``, rows split over
+  the devices, ``indices`` the examples' indices in the training set).
+
+  :func:`make_train_step` without the gather and the augmentation: the images are only
+  normalised; the loss's key is the one that step derives (the augmentation key unused).
+  No quiz set and no teacher-logit cache (refused by :func:`kdjax.config.validate`).
+  """
+
+  def step_fn(state: TrainState, frozen, images, labels, indices):
+    _, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    x = _step_images(data.normalize(images, mean, std, dtype), state, nan_at_step, mesh)
+    return apply_update(method, state, frozen, Batch(x, labels, indices), loss_key,
+                        steps_per_epoch=steps_per_epoch, learning_rate=learning_rate)
+
+  rep, shard = replicated(mesh), data_sharded(mesh)
+  return jax.jit(step_fn, in_shardings=(rep, rep, shard, shard, shard),
+                 out_shardings=(rep, rep), donate_argnums=(0,))
+
+
 def make_eval_step(method: Method, mesh: Mesh, *, mean, std, dtype=jnp.float32,
-                   nets=None) -> Callable:
+                   nets=None, host_batches: bool = False) -> Callable:
   """Jitted ``(variables, images, labels, idx, mask) -> {net: {loss, top1, top5} sums}``.
 
   ``variables[name]`` are the inference variables of each net in ``nets`` (default: the
   method's eval nets, through ``method.eval_logits`` where the method has one).
+  ``host_batches``: ``(variables, images, labels, mask)`` instead, of a batch made on the
+  host (:func:`kdjax.data.host_pipeline.eval_pipeline`, rows split over the devices).
   """
   joint = method.eval_logits if nets is None else None
   nets = nets if nets is not None else {n: method.nets[n] for n in method.eval_nets}
 
   def eval_fn(variables, images, labels, idx, mask):
-    x = data.normalize(images[idx], mean, std, dtype)
+    return batch_sums(variables, images[idx], labels[idx], mask)
+
+  def batch_sums(variables, images, y, mask):
+    x = data.normalize(images, mean, std, dtype)
     x = jax.lax.with_sharding_constraint(x, data_sharded(mesh))
-    y = labels[idx]
     out = {}
     all_logits = joint(variables, x) if joint is not None else {
         name: net.apply(variables[name], x, train=False).logits for name, net in nets.items()}
@@ -240,6 +275,8 @@ def make_eval_step(method: Method, mesh: Mesh, *, mean, std, dtype=jnp.float32,
 
   rep = replicated(mesh)
   shard = data_sharded(mesh)
+  if host_batches:
+    return jax.jit(batch_sums, in_shardings=(rep, shard, shard, shard), out_shardings=rep)
   return jax.jit(eval_fn, in_shardings=(rep, rep, rep, shard, shard), out_shardings=rep)
 
 
@@ -258,6 +295,24 @@ def evaluate(eval_step, variables, images, labels, *, batch_size: int, size: int
       idx, mask = put_rows(idx, shard), put_rows(mask, shard)
     sums = eval_step(variables, images, labels, idx, mask)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return _accuracies(totals, size)
+
+
+def evaluate_batches(eval_step, variables, batches, *, size: int) -> dict:
+  """:func:`evaluate` over host batches (``{'images', 'labels', 'mask'}`` on the devices,
+  e.g. a :class:`kdjax.data.host_pipeline.DevicePrefetch` of an eval pipeline) of a test
+  set of ``size`` examples; ``eval_step`` from ``make_eval_step(..., host_batches=True)``.
+  Masked rows (padding, unreadable images) count as misses."""
+  totals = None
+  for batch in batches:
+    sums = eval_step(variables, batch['images'], batch['labels'],
+                     batch['mask'].astype(jnp.float32))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return _accuracies(totals, size)
+
+
+def _accuracies(totals, size: int) -> dict:
+  """Summed eval-step counts -> top-1/top-5 (%) and mean loss of every net."""
   totals = jax.device_get(totals)
   return {name: {'top1': 100.0 * float(v['top1']) / size, 'top5': 100.0 * float(v['top5']) / size,
                  'loss': float(v['loss']) / size} for name, v in totals.items()}

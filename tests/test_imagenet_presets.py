@@ -1,0 +1,99 @@
+"""The ImageNet presets: mdistiller's configs/imagenet/<pair>/<method>.yaml values, validated,
+and every method built on the imagenet zoo's 224x224 shapes (no FLOPs, no data)."""
+
+import importlib
+
+import jax.numpy as jnp
+import pytest
+
+from kdjax import config as config_lib, methods
+from kdjax.errors import KdjaxError
+from kdjax.methods.base import BuildInputs
+from kdjax.train import optim
+
+# (method, preset) -> (batch, lr, method block values) from mdistiller's yaml files.
+YAML = {
+    ('kd', 'r34_r18'): (512, 0.2, {'kd.temperature': 1.0, 'kd.ce_weight': 0.5,
+                                   'kd.kd_weight': 0.5}),
+    ('kd', 'r50_mv1'): (512, 0.2, {'kd.temperature': 1.0, 'kd.ce_weight': 0.5,
+                                   'kd.kd_weight': 0.5}),
+    ('dkd', 'r34_r18'): (512, 0.2, {'dkd.beta': 0.5, 'dkd.temperature': 1.0, 'dkd.warmup': 1,
+                                    'dkd.ce_weight': 1.0}),
+    ('dkd', 'r50_mv1'): (512, 0.2, {'dkd.beta': 2.0, 'dkd.temperature': 1.0, 'dkd.warmup': 1}),
+    ('reviewkd', 'r34_r18'): (256, 0.1, {'reviewkd.reviewkd_weight': 1.0,
+                                         'reviewkd.warmup_epochs': 1,
+                                         'reviewkd.stu_preact': True,
+                                         'reviewkd.max_mid_channel': 512}),
+    ('reviewkd', 'r50_mv1'): (256, 0.1, {'reviewkd.reviewkd_weight': 8.0,
+                                         'reviewkd.max_mid_channel': 256}),
+    ('at', 'r34_r18'): (512, 0.2, {'at.feat_weight': 1000.0, 'at.p': 2}),
+    ('at', 'r50_mv1'): (512, 0.2, {}),
+    ('crd', 'r34_r18'): (256, 0.1, {'crd.nce_k': 16384}),
+    ('crd', 'r50_mv1'): (256, 0.1, {}),
+    ('ofd', 'r50_mv1'): (128, 0.05, {'ofd.feat_weight': 1e-4}),
+    ('slkd', 'r34_r18'): (512, 0.2, {'slkd.temperature': 1.0, 'slkd.ce_weight': 0.5,
+                                     'slkd.fused_kd_weight': 0.5}),
+    ('slkd', 'r50_mv1'): (512, 0.2, {}),
+    ('sftn', 'r34_r18'): (512, 0.2, {'sftn.student': 'ResNet18'}),
+}
+REFERENCE_TOP1 = {('kd', 'r34_r18'): 71.03, ('kd', 'r50_mv1'): 70.50,
+                  ('dkd', 'r34_r18'): 71.70, ('dkd', 'r50_mv1'): 72.05}
+
+
+def _preset(method, preset):
+  return importlib.import_module(f'kdjax.experiments.{method}').get_config(preset)
+
+
+def _get(config, key):
+  for part in key.split('.'):
+    config = config[part]
+  return config
+
+
+@pytest.mark.parametrize('method,preset', list(YAML))
+def test_preset_has_mdistillers_values_and_builds_on_imagenet_shapes(method, preset):
+  config = _preset(method, preset)
+  batch, lr, values = YAML[method, preset]
+  assert (config.batch_size, config.optimizer.lr) == (batch, lr)
+  assert (config.data.name, config.zoo, config.data.image_size, config.data.resize_size) == (
+      'imagenet', 'imagenet', 224, 256)
+  assert (config.num_epochs, config.optimizer.momentum, config.optimizer.weight_decay) == (
+      100, 0.9, 1e-4)
+  assert tuple(config.optimizer.lr_decay_epochs) == (30, 60, 90)
+  for key, value in values.items():
+    assert _get(config, key) == value, key
+  assert config.reference_top1 == REFERENCE_TOP1.get((method, preset))
+  if method != 'sftn':
+    teacher = {'r34_r18': 'ResNet34', 'r50_mv1': 'ResNet50'}[preset]
+    assert config.teacher.checkpoint == f'torchvision:{teacher.lower()}'
+  with pytest.raises(KdjaxError, match='config.data.data_dir'):
+    config_lib.validate(config)
+  config.data.data_dir = '/data/imagenet'
+  config_lib.validate(config)
+  built = methods.build(config, BuildInputs(
+      num_classes=1000, optimizer=optim.sgd(config.optimizer, 100), image_shape=(224, 224, 3),
+      zoo=config.zoo, train_labels=jnp.zeros((1000,), jnp.int32)))
+  assert built.nets
+
+
+def test_presets_mdistiller_has_no_recipe_for_are_refused():
+  with pytest.raises(KdjaxError, match='no OFD recipe for r34_r18'):
+    _preset('ofd', 'r34_r18')
+  with pytest.raises(KdjaxError, match='as many stages'):
+    _preset('sftn', 'r50_mv1')
+
+
+@pytest.mark.parametrize('preset,in_channels,out_channels,mid', [
+    ('r34_r18', (64, 128, 256, 512, 512), (64, 128, 256, 512, 512), 512),
+    ('r50_mv1', (128, 256, 512, 1024, 1024), (256, 512, 1024, 2048, 2048), 256)])
+def test_reviewkd_levels_derived_from_the_nets_are_the_yaml_ones(preset, in_channels,
+                                                                 out_channels, mid):
+  """IN_CHANNELS, OUT_CHANNELS, SHAPES, OUT_SHAPES ([1, 7, 14, 28, 56], listed deepest
+  first in the yaml) and MAX_MID_CHANNEL of configs/imagenet/<preset>/reviewkd.yaml."""
+  config = _preset('reviewkd', preset)
+  fusion = methods.build(config, BuildInputs(
+      num_classes=1000, optimizer=optim.sgd(config.optimizer, 100), image_shape=(224, 224, 3),
+      zoo='imagenet')).nets['abfs']
+  assert (fusion.in_channels, fusion.out_channels) == (in_channels, out_channels)
+  assert fusion.shapes == fusion.out_shapes == (56, 28, 14, 7, 1)
+  assert fusion.mid_channel == mid
