@@ -71,7 +71,8 @@ def test_preset_has_mdistillers_values_and_builds_on_imagenet_shapes(method, pre
   config.data.data_dir = '/data/imagenet'
   config_lib.validate(config)
   built = methods.build(config, BuildInputs(
-      num_classes=1000, optimizer=optim.sgd(config.optimizer, 100, config.num_epochs), image_shape=(224, 224, 3),
+      num_classes=1000, optimizer=optim.sgd(config.optimizer, 100, config.num_epochs),
+      image_shape=(224, 224, 3),
       zoo=config.zoo, train_labels=jnp.zeros((1000,), jnp.int32)))
   assert built.nets
 
@@ -92,7 +93,8 @@ def test_reviewkd_levels_derived_from_the_nets_are_the_yaml_ones(preset, in_chan
   first in the yaml) and MAX_MID_CHANNEL of configs/imagenet/<preset>/reviewkd.yaml."""
   config = _preset('reviewkd', preset)
   fusion = methods.build(config, BuildInputs(
-      num_classes=1000, optimizer=optim.sgd(config.optimizer, 100, config.num_epochs), image_shape=(224, 224, 3),
+      num_classes=1000, optimizer=optim.sgd(config.optimizer, 100, config.num_epochs),
+      image_shape=(224, 224, 3),
       zoo='imagenet')).nets['abfs']
   assert (fusion.in_channels, fusion.out_channels) == (in_channels, out_channels)
   assert fusion.shapes == fusion.out_shapes == (56, 28, 14, 7, 1)
