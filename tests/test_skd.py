@@ -173,7 +173,6 @@ def test_recorded_trajectory_and_tbt_regression(tmp_path):
   from kdjax.train.loop import train_and_evaluate
   from conftest import restore_state
   config = tiny_config('vanilla', num_epochs=3, max_steps=None, **{'trajectory.stages': 3})
-  config.optimizer.lr_decay_epochs = ()
   train_and_evaluate(config, str(tmp_path / 'teacher'))
   assert sorted(os.listdir(tmp_path / 'teacher' / 'trajectory')) == [
       'stage_0', 'stage_1', 'stage_2']

@@ -29,8 +29,7 @@ def _leaves_equal(a, b):
 
 @pytest.mark.slow
 def test_vanilla_learns_digits_and_reports_best_and_last(tmp_path):
-  results = train_and_evaluate(tiny_config(num_epochs=3, **{'optimizer.lr_decay_epochs': (2,)}),
-                               str(tmp_path))
+  results = train_and_evaluate(tiny_config(num_epochs=3), str(tmp_path))
   assert results['finished'] and results['epochs_done'] == 3
   assert results['last_top1'] > 40.0  # chance is 10 %
   history = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]

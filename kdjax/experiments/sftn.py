@@ -23,16 +23,17 @@ Presets (``experiments/sftn.py:<preset>``):
   ImageNet setup trains the teacher the same way). ``r50_mv1`` is refused: ResNet50 has five
   stages and MobileNetV1 four, and SFTN's branches need as many. Set
   ``--config.sftn.distill=kd`` to distil the student afterwards (lr 0.2).
-* ``digits``: the embedded data, 8 epochs (lr x0.1 at 5 and 7), the KL weight warmed up
-  linearly over 2 epochs: an SFTN resnet20 teacher with resnet8 branches, then a resnet8 student distilled from it with ``kd``, next to the
-  same pipeline with a standard (vanilla) resnet20 teacher; prints one table.
+* ``digits``: the embedded data (:func:`kdjax.config.digits_preset`), the KL weight warmed up
+  linearly over 2 epochs: an SFTN resnet20 teacher with resnet8 branches, then a resnet8
+  student distilled from it with ``kd``, next to the same pipeline with a standard (vanilla)
+  resnet20 teacher; prints one table.
 """
 
 from kdjax.config import (DIGITS_STUDENT, DIGITS_TEACHER, IMAGENET_PAIRS, PAIRS, base_config,
                           digits_preset, imagenet_preset)
 from kdjax.errors import KdjaxError
 
-DIGITS_EPOCHS, DIGITS_LR_DECAY, DIGITS_KL_WARMUP = 8, (5, 7), 2
+DIGITS_KL_WARMUP = 2  # epochs
 
 
 def get_config(arg=None):
@@ -41,8 +42,6 @@ def get_config(arg=None):
   preset = arg or 'res32x4_res8x4'
   if preset == 'digits':
     digits_preset(config)
-    config.num_epochs = DIGITS_EPOCHS
-    config.optimizer.lr_decay_epochs = DIGITS_LR_DECAY
     config.model, config.sftn.student = DIGITS_TEACHER, DIGITS_STUDENT
     config.sftn.student_lr = config.optimizer.lr
     config.sftn.distill = 'kd'
