@@ -60,6 +60,23 @@ def run_cli(args, env=None, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def kill_when(args, reached, what: str, timeout: float = 300) -> None:
+  """Starts ``python -m kdjax.main ARGS``, SIGKILLs it as soon as ``reached()`` is true
+  (polled every 2 ms) and waits for it; fails if it ends or times out before ``what``."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  proc = subprocess.Popen([sys.executable, '-m', 'kdjax.main', *args], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not reached():
+    assert proc.poll() is None and time.time() < deadline, f'never got {what}'
+    time.sleep(0.002)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
 def restore_state(workdir):
   """The train state in ``workdir``'s newest checkpoint (written on any number of devices)."""
   from kdjax.checkpoints import restore_on_host

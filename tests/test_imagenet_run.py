@@ -10,17 +10,13 @@ import contextlib
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, restore_state, run_cli
+from conftest import kill_when, restore_state, run_cli
 from kdjax import config as config_lib, data, models, teachers
 from kdjax.data import host_pipeline, image_sources
 from kdjax.errors import KdjaxError
@@ -202,14 +198,7 @@ def test_killed_mid_epoch_and_resumed_ends_bit_identical(imagenet, tmp_path):
   done = run_cli(_cli_args('kd.py:r34_r18', data_dir, teacher, straight, *extra))
   assert done.returncode == 0, done.stderr[-3000:]
   args = _cli_args('kd.py:r34_r18', data_dir, teacher, killed, *extra)
-  proc = subprocess.Popen([sys.executable, '-m', 'kdjax.main', *args], cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / 'checkpoints' / '6').exists():
-    assert proc.poll() is None and time.time() < deadline, 'no checkpoint at step 6 appeared'
-    time.sleep(0.1)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_when(args, (killed / 'checkpoints' / '6').exists, 'the checkpoint of step 6')
   assert not (killed / 'results.json').exists(), 'killed before its end'
   resumed = run_cli(args)
   assert resumed.returncode == 0, resumed.stderr[-3000:]

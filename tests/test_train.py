@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, restore_state, run_cli, tiny_config
+from conftest import ROOT, kill_when, restore_state, run_cli, tiny_config
 from kdjax.errors import KdjaxError
 from kdjax.train import optim
 from kdjax.train.loop import train_and_evaluate
@@ -49,14 +49,8 @@ def _kill_and_resume(tmp_path, args):
   done = run_cli(args + [f'--workdir={straight}'])
   assert done.returncode == 0, done.stderr[-2000:]
   killed = tmp_path / 'killed'
-  proc = subprocess.Popen([sys.executable, '-m', 'kdjax.main', *args, f'--workdir={killed}'],
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / 'checkpoints' / '8').exists():
-    assert proc.poll() is None and time.time() < deadline, 'no checkpoint at step 8 appeared'
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_when(args + [f'--workdir={killed}'], (killed / 'checkpoints' / '8').exists,
+            'the checkpoint of step 8')
   assert not (killed / 'results.json').exists(), 'the run must have been killed before its end'
   resumed = run_cli(args + [f'--workdir={killed}'])
   assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -103,14 +97,7 @@ def test_killed_at_every_point_resumes_bit_identical(tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   killed = tmp_path / 'killed'
   for where, reached in _KILL_POINTS:
-    proc = subprocess.Popen([sys.executable, '-m', 'kdjax.main', *args, f'--workdir={killed}'],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not reached(killed):
-      assert proc.poll() is None and time.time() < deadline, f'never got {where}'
-      time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(args + [f'--workdir={killed}'], lambda: reached(killed), where)
     assert not (killed / 'results.json').exists(), f'the run ended before {where}'
   resumed = run_cli(args + [f'--workdir={killed}'])
   assert resumed.returncode == 0, resumed.stderr[-2000:]
