@@ -304,9 +304,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'config.optimizer.lr_decay_rate must be a positive number, got {opt.lr_decay_rate}')
   _require(opt.schedule in ('step', 'cosine'),
            f"config.optimizer.schedule must be 'step' or 'cosine', got {opt.schedule!r}")
-  _require(isinstance(opt.warmup_epochs, int) and 0 <= opt.warmup_epochs < config.num_epochs,
-           f'config.optimizer.warmup_epochs must be a whole number of epochs in [0, '
-           f'num_epochs={config.num_epochs}), got {opt.warmup_epochs!r}')
+  _require(isinstance(opt.warmup_epochs, int) and opt.warmup_epochs >= 0,
+           f'config.optimizer.warmup_epochs must be a whole number of epochs >= 0, got '
+           f'{opt.warmup_epochs!r}')
   _require(config.max_steps is None or config.max_steps > 0,
            f'config.max_steps must be positive (or None: the whole run), got {config.max_steps}')
   for block, field, value in _temperatures(config):

@@ -224,3 +224,6 @@ def test_schedules_follow_their_formulas():
   t = lambda i: (i - 10) / 40
   assert [float(cosine(i)) for i in (0, 5, 10, 30, 49)] == pytest.approx(
       [0.01, 0.055] + [0.05 * (1 + np.cos(np.pi * t(i))) for i in (10, 30, 49)], abs=1e-7)
+  # a run no longer than its warm-up (a digits preset with --config.num_epochs=1) is warm-up
+  short = optim.lr_schedule(config.optimizer, 5, 2)
+  assert [float(short(i)) for i in (0, 5, 9)] == pytest.approx([0.01, 0.055, 0.091], abs=1e-7)

@@ -24,12 +24,14 @@ def lr_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int,
   first update is not wasted), then
   ``lr * (1 + cos(pi * t)) / 2`` with ``t`` going from 0 to 1 over the remaining epochs of
   ``num_epochs`` (Loshchilov & Hutter, SGDR, 2017; Goyal et al., 2017, for the warm-up).
+  A run no longer than its warm-up (``--config.num_epochs=1`` of a digits preset) is all
+  warm-up.
   """
   if opt.schedule == 'cosine':
     warmup = opt.warmup_epochs * steps_per_epoch
     return optax.warmup_cosine_decay_schedule(
         opt.lr / max(warmup, 1), opt.lr, warmup_steps=warmup,
-        decay_steps=num_epochs * steps_per_epoch)
+        decay_steps=max(num_epochs * steps_per_epoch, warmup + 1))
   return optax.piecewise_constant_schedule(
       opt.lr, {int(e) * steps_per_epoch: opt.lr_decay_rate for e in opt.lr_decay_epochs})
 
