@@ -31,9 +31,12 @@ def load_fixture(name: str):
 
 
 def tiny_config(method: str = 'vanilla', **overrides):
-  """A digits config small enough for tests: resnet8, batch 32, a few steps."""
+  """A digits config small enough for tests: resnet8, batch 32, a few steps, and mdistiller's
+  step schedule (lr 0.05 from the first step to epoch 150), the one the PyTorch reference
+  steps use, instead of the digits preset's warm-up."""
   from kdjax.config import base_config, digits_preset
   config = digits_preset(base_config())
+  config.optimizer.schedule = 'step'
   config.method = method
   config.model = 'resnet8'
   config.batch_size = 32
