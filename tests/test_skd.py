@@ -10,7 +10,6 @@ import pytest
 
 from conftest import build_method, run_cli, tiny_config
 from kdjax import models, trajectory
-from kdjax.config import base_config
 from kdjax.methods import skd
 from kdjax.methods.base import Batch, Method, NetRunner, StepContext
 from kdjax.train import optim
@@ -18,9 +17,8 @@ from kdjax.train.state import init_state
 from kdjax.train.step import apply_update, frozen_inputs
 
 K = 10  # digits classes
-# The student's learning rate per step (StepContext.lr): mdistiller's step schedule (lr 0.05
-# from step 0; under the digits preset's warm-up the virtual steps would be 100 times smaller).
-LR = optim.lr_schedule(base_config().optimizer, 100, 240)
+# The student's learning rate per step (StepContext.lr): the tiny configs' SGD schedule.
+LR = optim.lr_schedule(tiny_config().optimizer, 100, tiny_config().num_epochs)
 
 
 def _batch(seed, n=8):
