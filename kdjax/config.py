@@ -17,6 +17,7 @@ import math
 import ml_collections
 
 from kdjax import data, distributed, methods, models, platform_tuning, teacher_cache, teacher_zoo
+from kdjax.data import image_sources
 from kdjax.errors import KdjaxError
 
 
@@ -262,7 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   :mod:`kdjax.plan` calls it once for every run of a plan, before any of them starts.
   """
   method = methods.info(config.method)
-  zoo = config.get('zoo', 'cifar')
+  zoo = config.zoo
   _require(zoo in models.IMAGE_SHAPES,
            f'unknown model zoo {zoo!r} (config.zoo); expected one of: '
            f'{", ".join(models.IMAGE_SHAPES)}')
@@ -351,9 +352,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _validate_host_data(config: ml_collections.ConfigDict, zoo: str) -> None:
   """The fields of a run on a host dataset (:data:`kdjax.data.HOST_DATASETS`)."""
   d = config.data
-  _require(bool(d.data_dir), f'{d.name} is read from config.data.data_dir: set it to a folder '
-                             f'holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (ImageFolder) '
-                             f'or a TFDS-prepared imagenet2012')
+  image_sources.require_data_dir(d.name, d.data_dir)
   size = models.IMAGE_SHAPES[zoo][0]
   _require(d.image_size == size,
            f'config.data.image_size is {d.image_size}, but the {zoo} zoo\'s models take '

@@ -10,7 +10,7 @@ runs, their workdirs) and trains nothing. A mistake in the config or the inputs 
 line starting with ``kdjax: error:`` and exits with status 2; a SIGTERM/SIGINT saves a
 checkpoint and exits with status 0.
 
-``python -m kdjax.teacher_cache`` takes the same flags (:func:`command`, :func:`parse_flags`)
+``python -m kdjax.cache`` takes the same flags (:func:`command`, :func:`parse_flags`)
 and builds the teacher-logit caches of the plan's runs instead of training them.
 
 The flow: ``main`` -> :mod:`kdjax.plan` (config -> runs) -> :mod:`kdjax.train.loop` (one run)

@@ -34,10 +34,8 @@ of one cache take turns on ``<key>.lock``.
 Building runs the teacher's forward on jitted batches of ``config.teacher.cache_batch``
 (image, variant) pairs split over the devices of :func:`kdjax.train.step.make_mesh`, with a
 progress line (forwards/s, ETA) on stderr; it needs one process (a multi-process run loads a
-cache built beforehand). ``python -m kdjax.teacher_cache --config ...`` (``kdjax-cache-teacher``;
-the flags of ``python -m kdjax.main``, of which ``--seeds`` and ``--dry-run`` change nothing:
-the seeds share their teacher's cache) builds the caches of a command's runs ahead of time; a
-run with ``config.teacher.cache`` otherwise builds (or completes) its own.
+cache built beforehand). The command :mod:`kdjax.cache` builds the caches of a command's runs
+ahead of time; a run with ``config.teacher.cache`` otherwise builds (or completes) its own.
 
 Memory: ``N V classes`` logits (CIFAR-100 in float32: 50,000 x 162 x 100 x 4 B = 3.2 GB), in
 host memory while loading and then replicated on every device beside the training set; a
@@ -309,46 +307,3 @@ def check_fits(logits: np.ndarray, device=None) -> None:
     raise KdjaxError(f'the teacher-logit cache takes {logits.nbytes / 2**30:.1f} GiB, over half '
                      f'of the {limit / 2**30:.1f} GiB of {device}: set '
                      f'--config.teacher.cache_dtype=bfloat16 or --config.teacher.cache=False')
-
-
-# --------------------------------------------------------------------------- the command
-
-
-def _build_for_plan(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Builds (or verifies) the cache of every run of ``config``'s plan that distils from a
-  teacher; a teacher the plan trains first must be trained already."""
-  # pylint: disable=import-outside-toplevel  (the command's level: kdjax.main, kdjax.plan)
-  from kdjax import plan as plan_lib
-  from kdjax.configdict import derive
-  from kdjax.train import loop
-  runs = plan_lib.make_plan(derive(config, {'teacher.cache': True}), workdir)
-  trained_here = {run.workdir for run in runs if run.role == 'teacher'}
-  done = set()
-  for run in runs:
-    t = run.config.teacher
-    if not methods.info(run.config.method).uses_teacher or (t.checkpoint, t.model) in done:
-      continue
-    results = jsonio.read_json(os.path.join(t.checkpoint, 'results.json')) or {}
-    if t.checkpoint in trained_here and not results.get('finished'):
-      raise KdjaxError(f'the teacher of "{run.role}" is trained by this command first, into '
-                       f'{t.checkpoint}: run python -m kdjax.main with the same flags and '
-                       f'--config.teacher.cache=True (it builds the cache after the teacher)')
-    loop.RunSetup(run.config, run.workdir)  # builds, or loads and verifies, the cache
-    done.add((t.checkpoint, t.model))
-  if not done:
-    raise KdjaxError(f'no run of this command distils from a teacher (config.method '
-                     f'{config.method}): there is no teacher-logit cache to build')
-
-
-def run() -> None:
-  """``python -m kdjax.teacher_cache`` / ``kdjax-cache-teacher``: the flags of
-  ``python -m kdjax.main`` (``--config``, ``--workdir``, ``--config.<field>=...``)."""
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
-  from kdjax import main as main_lib  # pylint: disable=import-outside-toplevel
-  flags.mark_flag_as_required('config')
-  app.run(lambda argv: main_lib.command(argv, _build_for_plan),
-          flags_parser=main_lib.parse_flags)
-
-
-if __name__ == '__main__':
-  run()

@@ -204,7 +204,7 @@ def test_a_build_killed_after_its_first_chunk_resumes(tmp_path, capfd):
   teachers.save(str(tmp_path / 'teacher'), 'resnet8', K, variables)
   env = dict(os.environ, KDJAX_CACHE=str(tmp_path / 'cache'))
   # digits, 1 variant per image (no crop, no flip), 8 images per chunk: 180 chunks
-  command = [sys.executable, '-m', 'kdjax.teacher_cache', '--config', 'experiments/kd.py:digits',
+  command = [sys.executable, '-m', 'kdjax.cache', '--config', 'experiments/kd.py:digits',
              '--workdir', str(tmp_path / 'run'), f'--config.teacher.checkpoint={tmp_path}/teacher',
              '--config.teacher.model=resnet8', '--config.model=resnet8',
              '--config.data.crop_padding=0', '--config.teacher.cache_chunk_images=8',

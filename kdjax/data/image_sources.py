@@ -148,8 +148,14 @@ def open_split(name: str, split: str, data_dir: str | None):
   in ``data_dir`` (``config.data.data_dir``)."""
   if name not in HOST_DATASETS:
     raise KdjaxError(f'unknown host dataset {name!r}; expected one of: {", ".join(HOST_DATASETS)}')
+  require_data_dir(name, data_dir)
+  return imagenet(data_dir, split)
+
+
+def require_data_dir(name: str, data_dir: str | None) -> None:
+  """Raises :class:`KdjaxError` when ``config.data.data_dir`` of host dataset ``name`` is
+  unset (checked by :func:`kdjax.config.validate` before any run, and on opening)."""
   if not data_dir:
     raise KdjaxError(f'{name} is read from config.data.data_dir, which is unset: set it to a '
-                     f'folder holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, or a '
-                     f'TFDS-prepared imagenet2012')
-  return imagenet(data_dir, split)
+                     f'folder holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (ImageFolder) '
+                     f'or a TFDS-prepared imagenet2012')

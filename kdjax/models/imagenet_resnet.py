@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.errors import KdjaxError
-from kdjax.models import register
+from kdjax.models.registry import register
 from kdjax.models.base import ModelOutput
 from kdjax.models.layers import BatchNorm, at_least_float32, conv, dense, kaiming_normal_fan_out
 from kdjax.models.resnet import BasicBlock, Bottleneck

@@ -21,7 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kdjax.models import register
+from kdjax.models.registry import register
 from kdjax.models.base import ModelOutput
 from kdjax.models.imagenet_resnet import avg_pool_7x7
 from kdjax.models.layers import dense

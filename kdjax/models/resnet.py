@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.models import register
+from kdjax.models.registry import register
 from kdjax.models.base import ModelOutput
 from kdjax.models.layers import (BatchNorm, at_least_float32, conv, dense,
                                  kaiming_normal_fan_out, materialize)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kdjax.models import register
+from kdjax.models.registry import register
 from kdjax.models.base import ModelOutput
 from kdjax.models.layers import dense
 from kdjax.models.shufflenetv1 import avg_pool, channel_shuffle, conv_bn, run_stages

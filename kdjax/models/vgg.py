@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kdjax.models import register
+from kdjax.models.registry import register
 from kdjax.models.base import ModelOutput
 from kdjax.models.layers import BatchNorm, at_least_float32, dense, kaiming_normal_fan_out
 

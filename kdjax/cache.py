@@ -1,0 +1,61 @@
+"""Command line: ``python -m kdjax.cache --config experiments/<method>.py[:<preset>]``
+(``kdjax-cache-teacher``) builds the teacher-logit caches (:mod:`kdjax.teacher_cache`) of a
+command's runs ahead of time, instead of training them.
+
+    python -m kdjax.cache --config experiments/kd.py:res32x4_res8x4 \
+        --config.teacher.checkpoint=mdistiller:resnet32x4
+
+It takes the flags of ``python -m kdjax.main`` (:func:`kdjax.main.command`): ``--config``,
+``--workdir``, ``--config.<field>=...``; ``--seeds`` and ``--dry-run`` change nothing (the
+seeds share their teacher's cache). A run with ``config.teacher.cache`` otherwise builds (or
+completes) its own cache before its first step.
+
+It sits beside :mod:`kdjax.main` on the ladder: it reads the plan (:mod:`kdjax.plan`) and
+builds each run's cache through the loop's own :class:`kdjax.train.loop.RunSetup`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from absl import app, flags
+
+from kdjax import jsonio, methods
+from kdjax import main as main_lib
+from kdjax import plan as plan_lib
+from kdjax.configdict import derive
+from kdjax.errors import KdjaxError
+from kdjax.train import loop
+
+
+def build_for_plan(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Builds (or loads and verifies) the cache of every run of ``config``'s plan that distils
+  from a teacher; a teacher the plan trains first must be trained already."""
+  runs = plan_lib.make_plan(derive(config, {'teacher.cache': True}), workdir)
+  trained_here = {run.workdir for run in runs if run.role == 'teacher'}
+  done = set()
+  for run in runs:
+    t = run.config.teacher
+    if not methods.info(run.config.method).uses_teacher or (t.checkpoint, t.model) in done:
+      continue
+    results = jsonio.read_json(os.path.join(t.checkpoint, 'results.json')) or {}
+    if t.checkpoint in trained_here and not results.get('finished'):
+      raise KdjaxError(f'the teacher of "{run.role}" is trained by this command first, into '
+                       f'{t.checkpoint}: run python -m kdjax.main with the same flags and '
+                       f'--config.teacher.cache=True (it builds the cache after the teacher)')
+    loop.RunSetup(run.config, run.workdir)  # builds, or loads and verifies, the cache
+    done.add((t.checkpoint, t.model))
+  if not done:
+    raise KdjaxError(f'no run of this command distils from a teacher (config.method '
+                     f'{config.method}): there is no teacher-logit cache to build')
+
+
+def run() -> None:
+  """``python -m kdjax.cache`` / ``kdjax-cache-teacher``."""
+  flags.mark_flag_as_required('config')
+  app.run(lambda argv: main_lib.command(argv, build_for_plan), flags_parser=main_lib.parse_flags)
+
+
+if __name__ == '__main__':
+  run()
