@@ -24,7 +24,9 @@ the teacher's logits: kd, dkd, slkd, skd) is timed twice in the same run: the st
 the teacher, then the step that gathers the teacher's logits from the cache instead
 (``config.teacher.cache``, :mod:`kdjax.teacher_cache`; row ``<method> (teacher cache)``, the
 same fields), the cache a random ``(50,000, 162, 100)`` float32 array on the devices (speed
-does not depend on its values). The cache's one-off cost is measured with its own builder
+does not depend on its values); ``--cache-placement device,host`` adds the row ``<method>
+(teacher cache in host memory)``: the cache kept on the host, each step's rows gathered there
+and sent with the batch, as a run does when the cache does not fit a device. The cache's one-off cost is measured with its own builder
 (:func:`kdjax.teacher_cache.make_forward`, ``--cache-build-batch`` forwards per call, the
 median of ``--cache-build-calls`` timed calls): teacher forwards per second, the hours to
 build CIFAR-100's 50,000 x 162 forwards, and how many runs of ``config.num_epochs`` (240)
@@ -240,17 +242,21 @@ def bench_cache_build(run: loop_lib.RunSetup, teacher_vars, batch: int, calls: i
 
 
 def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: int,
-                 dtype: str, datasets: tuple, workdir: str, cache_build: tuple | None = None
-                 ) -> dict:
-  """Times the train step of ``method_name`` on ``pair``; returns one result row.
+                 dtype: str, datasets: tuple, workdir: str, cache_build: tuple | None = None,
+                 cache_placement: str = 'device') -> dict:
+  """Times the train step of ``method_name`` on ``pair`` with its inputs from the loop's own
+  feed (each step's indices, and the cache's rows when it is kept on the host, included in
+  the time); returns one result row.
 
-  ``cache_build = (batch, calls)``: the step with the teacher-logit cache (a random one),
-  and the cache builder's speed (:func:`bench_cache_build`).
+  ``cache_build = (batch, calls)``: the step with the teacher-logit cache (a random one) on
+  the devices or in host memory (``cache_placement``), and the cache builder's speed
+  (:func:`bench_cache_build`).
   """
   separate = method_name.endswith(':separate')
   method_name = method_name.removesuffix(':separate')
   config = _config(method_name, pair, batch, dtype)
   config.teacher.cache = cache_build is not None
+  config.teacher.cache_placement = cache_placement
   if method_name.startswith('skd'):  # a quiz set held out, as experiments/skd.py does
     config.data.holdout = 5000
   trajectory_stages = None
@@ -263,13 +269,12 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
                           teacher_trajectory=trajectory_stages,
                           teacher_logits=_random_cache(config, datasets) if cache_build else None)
   state = run.initial_state()
-  frozen, images, labels, _, _ = run.device_arrays()
-  idx = [run.batch_indices(i) for i in range(4)]
+  feed = run.open_feed(None, 0, state.rng)
   compiled_steps, flops, step_memory, t0 = [], 0.0, 0.0, time.perf_counter()
   steps_to_time = ([run.step_for(variant) for variant in _separate(run.method)] if separate
                    else [run.train_step])
   for train_step in steps_to_time:
-    compiled = train_step.lower(state, frozen, images, labels, idx[0]).compile()
+    compiled = train_step.lower(state, feed.frozen, *feed.train_inputs(0)).compile()
     flops += _cost_flops(compiled)
     step_memory = max(step_memory, _step_memory_bytes(compiled))
     compiled_steps.append(compiled)
@@ -277,8 +282,9 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
   times = []
   for i in range(warmup + steps):
     t = time.perf_counter()
+    inputs = feed.train_inputs(i % run.steps_per_epoch)
     for compiled in compiled_steps:  # separate steps: one after another, each net's own
-      state, metrics = compiled(state, frozen, images, labels, idx[i % 4])
+      state, metrics = compiled(state, feed.frozen, *inputs)
     jax.block_until_ready(metrics['loss'])
     if i >= warmup:
       times.append(time.perf_counter() - t)
@@ -286,12 +292,12 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
   label = 'vanilla (teacher)' if method_name == 'vanilla_teacher' else method_name
   build = {}
   if cache_build is not None:
-    del state, frozen  # the step's buffers, before the builder's
+    del state, feed  # the step's buffers, before the builder's
     build = bench_cache_build(run, teacher_vars, *cache_build)
   return {
       **build,
-      'method': label + (' (separate steps)' if separate else '') + (
-          ' (teacher cache)' if cache_build else ''), 'pair': pair,
+      'method': label + (' (separate steps)' if separate else '') + _cache_label(
+          cache_build and cache_placement), 'pair': pair,
       'teacher': config.teacher.model, 'net': config.model,
       'batch': batch, 'dtype': dtype, 'devices': jax.device_count(),
       'platform': jax.devices()[0].platform, 'compile_s': compile_s,
@@ -301,6 +307,12 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
       'process_peak_memory_mb': _peak_memory_bytes() / 2**20,
       'step_gflops': flops / 1e9, 'achieved_gflops_per_s': flops / med / 1e9,
   }
+
+
+def _cache_label(placement: str | None) -> str:
+  """The row label's suffix of a step with the teacher-logit cache kept at ``placement``."""
+  return {None: '', 'device': ' (teacher cache)',
+          'host': ' (teacher cache in host memory)'}[placement or None]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -326,8 +338,7 @@ class _BareStep:
   def __init__(self, run: loop_lib.RunSetup, warmup: int):
     self.run, self.warmup = run, warmup
     self.state = run.initial_state()
-    self.frozen, self.images, self.labels, _, _ = run.device_arrays()
-    self.idx = [run.batch_indices(s) for s in range(min(8, run.steps_per_epoch))]
+    self.feed = run.open_feed(None, 0, self.state.rng)
 
   def times(self, steps: int, warmup: int | None = None) -> list[float]:
     """Seconds of each of ``steps`` steps after ``warmup`` untimed ones."""
@@ -335,8 +346,8 @@ class _BareStep:
     times = []
     for i in range(warmup + steps):
       t = time.perf_counter()
-      self.state, metrics = self.run.train_step(self.state, self.frozen, self.images,
-                                                self.labels, self.idx[i % len(self.idx)])
+      self.state, metrics = self.run.train_step(
+          self.state, self.feed.frozen, *self.feed.train_inputs(i % self.run.steps_per_epoch))
       jax.block_until_ready(metrics['loss'])
       if i >= warmup:
         times.append(time.perf_counter() - t)
@@ -436,7 +447,7 @@ def bench_imagenet_step(method_name: str, config, steps: int, warmup: int, workd
   config.data.workers = 0
   run = loop_lib.RunSetup(config, workdir, teacher_variables=teacher_vars)
   state = run.initial_state()
-  feed = run.open_feed(None, 0)
+  feed = run.open_feed(None, 0, state.rng)
   try:
     inputs = feed.train_inputs(0)
     t0 = time.perf_counter()
@@ -534,7 +545,7 @@ def _repay(rows: list[dict], epochs: int) -> None:
   uncached row of its method."""
   uncached = {r['method']: r for r in rows if 'cache_build_images_per_s' not in r}
   for row in rows:
-    plain = uncached.get(row['method'].removesuffix(' (teacher cache)'))
+    plain = uncached.get(row['method'].split(' (teacher cache')[0])
     if 'cache_build_images_per_s' not in row or plain is None:
       continue
     images_per_run = epochs * SYNTHETIC_TRAIN_SIZE
@@ -584,6 +595,9 @@ def main(argv=None) -> int:
   parser.add_argument('--teacher-cache', action='store_true',
                       help='each method that reads only the teacher\'s logits also with the '
                            'teacher-logit cache (config.teacher.cache), and its build cost')
+  parser.add_argument('--cache-placement', default='device',
+                      help='with --teacher-cache: where the cache is kept, comma-separated '
+                           '(device: gathered on the devices; host: rows sent with each batch)')
   parser.add_argument('--cache-build-batch', type=int, default=base_config().teacher.cache_batch,
                       help="the cache builder's teacher forwards per call")
   parser.add_argument('--cache-build-calls', type=int, default=3,
@@ -623,18 +637,21 @@ def main(argv=None) -> int:
   failed = []
   datasets = _synthetic_datasets()
   cache_build = (args.cache_build_batch, args.cache_build_calls)
-  variants = [(name, None) for name in names]
+  variants = [(name, None, None) for name in names]
   if args.teacher_cache:  # the cached step of each method the cache can serve
-    variants = [v for name in names for v in ((name, None), (name, cache_build))
+    variants = [v for name in names
+                for v in [(name, None, None)] + [(name, cache_build, placement) for placement
+                                                 in args.cache_placement.split(',')]
                 if v[1] is None or methods.info(_method_of(name)).teacher_logits_only]
-  for name, build in variants:
+  for name, build, placement in variants:
     peaks.append(matmul_peak(args.dtype, args.matmul_size))
     try:
       with tempfile.TemporaryDirectory(prefix='kdjax_bench_step_') as tmp:
         row = bench_method(name, args.pair, args.batch, args.steps, args.warmup, args.dtype,
-                           datasets, tmp, cache_build=build)
+                           datasets, tmp, cache_build=build,
+                           cache_placement=placement or 'device')
     except Exception as e:  # pylint: disable=broad-except  # one broken method: go on
-      label = name + (' (teacher cache)' if build else '')
+      label = name + _cache_label(placement)
       failed.append({'method': label, 'error': f'{type(e).__name__}: {e}'[:500]})
       print(f'{label}: FAILED {failed[-1]["error"]}', file=sys.stderr, flush=True)
       continue

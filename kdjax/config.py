@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
   # halves the cache (3.2 GB in float32 for CIFAR-100) but rounds the logits: not exact.
   c.teacher.cache = False
   c.teacher.cache_dtype = 'float32'
+  # 'auto': on each device when the cache takes at most half of its memory, else in host
+  # memory with each step's rows sent beside its batch; 'device' or 'host' to choose.
+  c.teacher.cache_placement = 'auto'
   c.teacher.cache_batch = 2048  # teacher forwards per jitted call while building it
   c.teacher.cache_chunk_images = 0  # images per file of it; 0: about 64 MiB of logits each
 

@@ -38,9 +38,10 @@ cache built beforehand). The command :mod:`kdjax.cache` builds the caches of a c
 ahead of time; a run with ``config.teacher.cache`` otherwise builds (or completes) its own.
 
 Memory: ``N V classes`` logits (CIFAR-100 in float32: 50,000 x 162 x 100 x 4 B = 3.2 GB), in
-host memory while loading and then replicated on every device beside the training set; a
-cache over half a device's memory is refused (one line). Keeping a larger cache in host
-memory and sending each step's rows with its batch is not implemented.
+host memory while loading; then, by ``config.teacher.cache_placement`` (:func:`placement`),
+replicated on every device beside the training set when it takes at most half of a device's
+memory, else kept in host memory, each step's rows gathered there and sent with its batch
+(:class:`HostRows`; ``batch x classes`` values a step, overlapped with the previous step).
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if t.cache_dtype not in DTYPES:
     raise KdjaxError(f'config.teacher.cache_dtype must be float32 or bfloat16, got '
                      f'{t.cache_dtype!r}')
+  if t.cache_placement not in PLACEMENTS:
+    raise KdjaxError(f'config.teacher.cache_placement must be one of {", ".join(PLACEMENTS)}, '
+                     f'got {t.cache_placement!r}')
   if t.cache_batch <= 0 or t.cache_chunk_images < 0:
     raise KdjaxError(f'config.teacher.cache_batch must be positive and cache_chunk_images >= 0, '
                      f'got {t.cache_batch} and {t.cache_chunk_images}')
@@ -297,13 +301,55 @@ def _build(config, teacher, teacher_variables, train, mesh, folder, manifest, la
       logits[rows] = chunk
 
 
-def check_fits(logits: np.ndarray, device=None) -> None:
-  """Raises :class:`KdjaxError` when the cache takes over half of a device's memory (each
-  device holds a replica)."""
+PLACEMENTS = ('auto', 'device', 'host')
+
+
+def placement(config: ml_collections.ConfigDict, nbytes: int, device_bytes: int | None) -> str:
+  """Where a run keeps its cache of ``nbytes``: ``'device'`` (replicated beside the training
+  set; each step gathers its rows there) or ``'host'`` (:class:`HostRows`).
+
+  ``config.teacher.cache_placement``: ``'auto'`` takes the device when the cache is at most
+  half of ``device_bytes`` (a device's memory; ``None``: unknown, as on the CPU, where host
+  and device memory are one), else the host; ``'device'`` refuses a cache over that half
+  (one line); ``'host'`` always takes the host."""
+  where = config.teacher.cache_placement
+  fits = device_bytes is None or nbytes <= device_bytes // 2
+  if where == 'device' and not fits:
+    raise KdjaxError(f'the teacher-logit cache takes {nbytes / 2**30:.1f} GiB, over half of '
+                     f'the {device_bytes / 2**30:.1f} GiB of a device: set '
+                     f'--config.teacher.cache_placement=host (or auto), or '
+                     f'--config.teacher.cache_dtype=bfloat16')
+  return 'device' if where == 'device' or (where == 'auto' and fits) else 'host'
+
+
+def device_memory_bytes(device=None) -> int | None:
+  """The memory of ``device`` (default: the first local one) as its runtime reports it;
+  ``None`` where it reports none (the CPU)."""
   device = device or jax.local_devices()[0]
   stats = device.memory_stats() if device.platform != 'cpu' else None
-  limit = (stats or {}).get('bytes_limit')
-  if limit and logits.nbytes > limit // 2:
-    raise KdjaxError(f'the teacher-logit cache takes {logits.nbytes / 2**30:.1f} GiB, over half '
-                     f'of the {limit / 2**30:.1f} GiB of {device}: set '
-                     f'--config.teacher.cache_dtype=bfloat16 or --config.teacher.cache=False')
+  return (stats or {}).get('bytes_limit')
+
+
+class HostRows:
+  """The cache held in host memory: each step's rows gathered on the host, sent with its batch.
+
+  For update ``step`` of a run whose ``state.rng`` is ``rng``, the rows are
+  ``logits[idx, v]`` with ``v`` the variants of the crops and flips that step draws
+  (:func:`kdjax.train.step.cache_variants` of :func:`kdjax.train.step.step_keys`, the step's
+  own derivation), computed on the host's CPU device. The loop asks for them after it has
+  dispatched the previous update, so the gather overlaps that update's compute. Every process
+  gathers the whole batch's rows (``batch x classes`` values) and sends its own devices' rows.
+  """
+
+  def __init__(self, logits: np.ndarray, rng, *, batch_size: int, crop_padding: int,
+               flip: bool, sharding):
+    cpu = jax.devices('cpu')[0]
+    self._logits, self._sharding = logits, sharding
+    self._rng = jax.device_put(np.asarray(jax.device_get(rng)), cpu)
+    self._variants = jax.jit(lambda rng, step: step_lib.cache_variants(
+        step_lib.step_keys(rng, step)[0], batch_size, crop_padding=crop_padding, flip=flip))
+
+  def rows(self, step: int, idx: np.ndarray) -> jax.Array:
+    """The cached teacher logits of update ``step``'s images ``idx``, split by rows."""
+    variants = np.asarray(self._variants(self._rng, np.int32(step)))
+    return step_lib.put_rows(self._logits[np.asarray(idx), variants], self._sharding)

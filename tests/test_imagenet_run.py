@@ -93,7 +93,7 @@ def test_evaluation_counts_every_val_image_once(imagenet, tmp_path):
   data_dir, teacher = imagenet
   config = _config('kd', data_dir, teacher)
   run = loop.RunSetup(config, str(tmp_path / 'run'))
-  with contextlib.closing(run.open_feed(None, 0)) as feed:
+  with contextlib.closing(run.open_feed(None, 0, run.initial_state().rng)) as feed:
     got = feed.evaluate(run.teacher_eval_step, {'teacher': feed.frozen['teacher']})['teacher']
   val = image_sources.ImageFolder(data_dir / 'val')
   assert len(run.test) == len(val) == 15

@@ -116,22 +116,24 @@ def _setup(config, tmp_path, name, variables):
                        teacher_variables=variables)
 
 
+def _two_steps(run):
+  """The state and each step's metrics after two updates fed as the loop feeds them."""
+  state = run.initial_state()
+  feed = run.open_feed(None, 0, state.rng)
+  metrics = []
+  for step in range(2):
+    state, m = run.train_step(state, feed.frozen, *feed.train_inputs(step))
+    metrics.append(jax.device_get(m))
+  return jax.device_get(state), metrics
+
+
 @pytest.mark.parametrize('method', ['kd', pytest.param('slkd', marks=pytest.mark.slow)])
 def test_a_cached_step_equals_the_step_that_runs_the_teacher(method, tmp_path):
   _, variables = _teacher()
-  results = []
-  for cache in (False, True):
-    run = _setup(_config(method, **{'teacher.cache': cache}), tmp_path, f'run_{cache}',
-                 variables)
-    assert ('teacher_logits' in run.frozen) == cache
-    state = run.initial_state()
-    frozen, images, labels, _, _ = run.device_arrays()
-    metrics = []
-    for step in range(2):
-      state, m = run.train_step(state, frozen, images, labels, run.batch_indices(step))
-      metrics.append(jax.device_get(m))
-    results.append((jax.device_get(state), metrics))
-  (plain, plain_metrics), (cached, cached_metrics) = results
+  plain, plain_metrics = _two_steps(_setup(_config(method), tmp_path, 'plain', variables))
+  run = _setup(_config(method, **{'teacher.cache': True}), tmp_path, 'cached', variables)
+  assert run.cache_placement == 'device' and 'teacher_logits' in run.frozen
+  cached, cached_metrics = _two_steps(run)
   for a, b in zip(plain_metrics, cached_metrics):
     assert a.keys() == b.keys()
     for k in a:
@@ -139,6 +141,40 @@ def test_a_cached_step_equals_the_step_that_runs_the_teacher(method, tmp_path):
   for tree in ('params', 'batch_stats'):
     for a, b in zip(jax.tree.leaves(getattr(plain, tree)), jax.tree.leaves(getattr(cached, tree))):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cache_kept_in_host_memory_gives_the_steps_of_one_on_the_devices(tmp_path):
+  """The rows the host gathers for each step are the ones the step gathers on the devices
+  (the same variants from the same keys): the same updates, bit for bit."""
+  _, variables = _teacher()
+  results = []
+  for where in ('device', 'host'):
+    run = _setup(_config(**{'teacher.cache': True, 'teacher.cache_placement': where}),
+                 tmp_path, where, variables)
+    assert run.cache_placement == where and ('teacher_logits' in run.frozen) == (where == 'device')
+    results.append(_two_steps(run))
+  (on_device, device_metrics), (on_host, host_metrics) = results
+  for a, b in zip(device_metrics, host_metrics):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  for a, b in zip(jax.tree.leaves(on_device), jax.tree.leaves(on_host)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_auto_placement_keeps_a_cache_over_half_a_device_on_the_host():
+  config = _config(**{'teacher.cache': True})
+  gib = 2**30
+  assert teacher_cache.placement(config, 3 * gib, None) == 'device'  # memory unknown (CPU)
+  assert teacher_cache.placement(config, 3 * gib, 16 * gib) == 'device'
+  assert teacher_cache.placement(config, 9 * gib, 16 * gib) == 'host'
+  config.teacher.cache_placement = 'host'
+  assert teacher_cache.placement(config, 1, 16 * gib) == 'host'
+  config.teacher.cache_placement = 'device'
+  with pytest.raises(KdjaxError, match='over half of the 16.0 GiB of a device.*cache_placement=host'):
+    teacher_cache.placement(config, 9 * gib, 16 * gib)
+  config.teacher.cache_placement = 'disk'
+  with pytest.raises(KdjaxError, match='cache_placement must be one of auto, device, host'):
+    validate(config)
 
 
 def test_a_changed_teacher_or_augmentation_is_another_cache(tmp_path):
@@ -248,16 +284,17 @@ def test_a_build_killed_after_its_first_chunk_resumes(tmp_path, capfd):
 @pytest.mark.slow
 def test_a_digits_kd_run_with_the_cache_is_the_same_run(tmp_path):
   """resnet8 -> resnet8, batch 256, one epoch; crop_padding 1 (9 variants per image) keeps
-  the build to 12,933 teacher forwards on a CPU."""
+  the build to 12,933 teacher forwards on a CPU. The cache kept in host memory (its rows
+  sent with each batch) gives the run of the cache on the devices, bit for bit."""
   _, variables = _teacher()
   teachers.save(str(tmp_path / 'teacher'), 'resnet8', K, variables)
   results, losses = [], []
-  for cache in (False, True):
+  for cache, where in ((False, 'auto'), (True, 'device'), (True, 'host')):
     config = tiny_config('kd', **{
         'teacher.model': 'resnet8', 'teacher.checkpoint': str(tmp_path / 'teacher'),
-        'teacher.cache': cache, 'batch_size': 256, 'num_epochs': 1, 'data.crop_padding': 1,
-        'log_every_steps': 1})
-    workdir = tmp_path / f'run_{cache}'
+        'teacher.cache': cache, 'teacher.cache_placement': where, 'batch_size': 256,
+        'num_epochs': 1, 'data.crop_padding': 1, 'log_every_steps': 1})
+    workdir = tmp_path / f'run_{cache}_{where}'
     results.append(loop.train_and_evaluate(config, str(workdir)))
     with open(workdir / 'metrics.jsonl') as f:
       rows = [json.loads(line) for line in f]
@@ -267,3 +304,4 @@ def test_a_digits_kd_run_with_the_cache_is_the_same_run(tmp_path):
   assert results[1]['last_top1'] == results[0]['last_top1']
   assert results[1]['last_epoch']['student']['loss'] == pytest.approx(
       results[0]['last_epoch']['student']['loss'], rel=1e-5)
+  assert losses[2] == losses[1] and results[2]['last_epoch'] == results[1]['last_epoch']

@@ -142,10 +142,13 @@ class RunSetup:
   teacher): the run is then the same, on those inputs. With ``config.teacher.cache`` the
   teacher-logit cache (:mod:`kdjax.teacher_cache`) is loaded, or built first, unless given as
   ``teacher_logits`` (the benchmark's random one), and joins the frozen inputs as
-  ``frozen['teacher_logits']``; the step then gathers the teacher's logits from it.
+  ``frozen['teacher_logits']`` (the step gathers the teacher's logits from it), or, by
+  :func:`kdjax.teacher_cache.placement`, stays in host memory as :attr:`host_teacher_logits`
+  (the feed then sends each step's rows).
   :attr:`train_step` is the jitted step the loop runs,
-  ``(state, frozen, train_images, train_labels, idx) -> (state, metrics)`` with the arrays of
-  :meth:`device_arrays` and the indices of :meth:`batch_indices`; on a host dataset
+  ``(state, frozen, train_images, train_labels, idx[, teacher_rows]) -> (state, metrics)``
+  with the arrays of :meth:`device_arrays` and the indices of :meth:`batch_indices`, as the
+  feed of :meth:`open_feed` gives them; on a host dataset
   (:attr:`host_data`) ``self.train`` / ``self.test`` are image sources
   (:mod:`kdjax.data.image_sources`) and the step is ``(state, frozen, images, labels,
   indices)`` of a batch of the host pipeline. :meth:`open_feed` gives the loop either.
@@ -206,12 +209,19 @@ class RunSetup:
       teacher_variables = teachers.load_variables(self.teacher_path(), config.teacher.model,
                                                   self.train.num_classes, image_shape, zoo)
     self.frozen: dict = step_lib.frozen_inputs(self.method, teacher_variables)
+    self.cache_placement, self.host_teacher_logits = None, None
     if config.teacher.cache and self.method.teacher is not None:
       if teacher_logits is None:
         teacher_logits = teacher_cache.teacher_logits(config, self.method.teacher,
                                                       teacher_variables, self.train, self.mesh)
-      teacher_cache.check_fits(teacher_logits)
-      self.frozen['teacher_logits'] = teacher_logits
+      self.cache_placement = teacher_cache.placement(
+          config, teacher_logits.nbytes, teacher_cache.device_memory_bytes())
+      if self.cache_placement == 'device':
+        self.frozen['teacher_logits'] = teacher_logits
+      else:
+        self.host_teacher_logits = teacher_logits
+        say(f'the teacher-logit cache ({teacher_logits.nbytes / 2**30:.2f} GiB) stays in host '
+            f'memory; each step\'s rows go to the devices with its batch')
     if self.method.needs_quiz:
       self.frozen['quiz_pool'] = quiz_pool
     self.eval_batch = -(-config.eval_batch_size // n_dev) * n_dev
@@ -222,7 +232,7 @@ class RunSetup:
     if self.method.teacher is not None:
       self.teacher_eval_step = step_lib.make_eval_step(
           self.method, self.mesh, nets={'teacher': self.method.teacher}, **norm)
-    self._idx_sharding = step_lib.data_sharded(self.mesh)
+    self.idx_sharding = step_lib.data_sharded(self.mesh)
     held_out = f' + {config.data.holdout} held out' if config.data.holdout else ''
     say(f'{config.method}: {config.model} on {config.data.name} ({self.train_size} train'
         f'{held_out} / '
@@ -245,7 +255,7 @@ class RunSetup:
         method, self.mesh, mean=self.mean, std=self.std, dtype=self.dtype,
         crop_padding=config.data.crop_padding, flip=config.data.flip,
         steps_per_epoch=self.steps_per_epoch, learning_rate=schedule,
-        nan_at_step=_debug(config, 'nan_at_step'), teacher_cache='teacher_logits' in self.frozen)
+        nan_at_step=_debug(config, 'nan_at_step'), teacher_cache=self.cache_placement)
 
   def teacher_path(self) -> str:
     """``config.teacher.checkpoint``, a published ``mdistiller:<model>`` resolved to its
@@ -266,31 +276,42 @@ class RunSetup:
     return step_lib.put_replicated((self.frozen, self.train.images, self.train.labels,
                                     self.test.images, self.test.labels), self.mesh)
 
-  def batch_indices(self, step: int) -> jax.Array:
-    """The training-set indices of update ``step`` (0-based), split over the devices."""
+  def batch_indices(self, step: int) -> np.ndarray:
+    """The training-set indices of update ``step`` (0-based), on the host."""
     idx = data.batch_indices(self.config.seed, step, self.train_size, self.config.batch_size)
-    if self.train_indices is not None:
-      idx = self.train_indices[idx]
-    return step_lib.put_rows(idx, self._idx_sharding)
+    return np.asarray(idx if self.train_indices is None else self.train_indices[idx])
 
-  def open_feed(self, saved: Optional[dict], start: int):
+  def open_feed(self, saved: Optional[dict], start: int, rng: jax.Array):
     """The frozen inputs and the data of the run's steps from update ``start`` on:
     :class:`_HostFeed` on a host dataset (continuing from ``saved``, a checkpoint's
-    ``progress['input_pipeline']``), else :class:`_DeviceFeed`."""
-    return _HostFeed(self, saved, start) if self.host_data else _DeviceFeed(self)
+    ``progress['input_pipeline']``), else :class:`_DeviceFeed` (``rng``: the state's
+    ``rng``, from which a cache kept on the host finds each step's rows)."""
+    return _HostFeed(self, saved, start) if self.host_data else _DeviceFeed(self, rng)
 
 
 class _DeviceFeed:
-  """The splits held whole on the devices (CIFAR, digits): each step gathers its batch."""
+  """The splits held whole on the devices (CIFAR, digits): each step gathers its batch
+  (and, with a teacher-logit cache kept in host memory, receives its rows of it)."""
 
-  def __init__(self, run: RunSetup):
+  def __init__(self, run: RunSetup, rng: jax.Array):
     self.run = run
     self.frozen, self._train_images, self._train_labels, self._test_images, \
         self._test_labels = run.device_arrays()
+    self._cache_rows = None
+    if run.host_teacher_logits is not None:
+      c = run.config
+      self._cache_rows = teacher_cache.HostRows(
+          run.host_teacher_logits, rng, batch_size=c.batch_size,
+          crop_padding=c.data.crop_padding, flip=c.data.flip, sharding=run.idx_sharding)
 
   def train_inputs(self, step: int) -> tuple:
     """The train step's arguments after ``frozen`` for update ``step``."""
-    return self._train_images, self._train_labels, self.run.batch_indices(step)
+    idx = self.run.batch_indices(step)
+    inputs = (self._train_images, self._train_labels,
+              step_lib.put_rows(idx, self.run.idx_sharding))
+    if self._cache_rows is not None:
+      inputs += (self._cache_rows.rows(step, idx),)
+    return inputs
 
   def evaluate(self, eval_step, variables) -> dict:
     """:func:`kdjax.train.step.evaluate` of ``variables`` on the whole test set."""
@@ -452,7 +473,7 @@ def _train_from_checkpoint(run: RunSetup, ckpt: checkpoints.Checkpointer) -> dic
                       json.loads(config.to_json_best_effort()))
   start = int(state.step)
 
-  feed = run.open_feed(progress.get('input_pipeline'), start)
+  feed = run.open_feed(progress.get('input_pipeline'), start, state.rng)
   with contextlib.closing(feed):
     return _run_feed(run, ckpt, feed, state, progress, start)
 

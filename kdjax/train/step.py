@@ -172,27 +172,42 @@ def _step_images(x: jax.Array, state: TrainState, nan_at_step: int | None,
   return jax.lax.with_sharding_constraint(x, data_sharded(mesh))
 
 
+def step_keys(rng: jax.Array, step) -> jax.Array:
+  """``[augmentation key, loss key]`` of update ``step`` (0-based) of a run whose
+  ``state.rng`` is ``rng``: the one derivation of every train step, and of the host's
+  teacher-cache rows (:class:`kdjax.teacher_cache.HostRows`)."""
+  return jax.random.split(jax.random.fold_in(rng, step))
+
+
+def cache_variants(aug_key: jax.Array, n: int, *, crop_padding: int, flip: bool) -> jax.Array:
+  """The teacher-cache variant (:func:`kdjax.data.variant_index`) of each of the ``n``
+  images a step augments with ``aug_key``."""
+  aug = data.draw_augmentation(aug_key, n, crop_padding=crop_padding, flip=flip)
+  return data.variant_index(aug, crop_padding=crop_padding, flip=flip)
+
+
 def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int, flip: bool,
                     steps_per_epoch: int, learning_rate: Callable | None = None,
                     dtype=jnp.float32, nan_at_step: int | None = None,
-                    teacher_cache: bool = False) -> Callable:
+                    teacher_cache: str | None = None) -> Callable:
   """The jitted ``(state, frozen, images, labels, idx) -> (state, metrics)``.
 
   Gathers batch ``idx`` from the on-device training set, augments it, and applies
   :func:`apply_update` (``frozen``: :func:`frozen_inputs`, plus ``quiz_pool``, the held-out
   training indices, for a method that ``needs_quiz``); ``state`` is donated, metrics stay
   on the device.
-  ``teacher_cache``: ``frozen['teacher_logits']`` is the teacher-logit cache, ``(N, V,
-  classes)`` (:mod:`kdjax.teacher_cache`); the step gathers row ``[i, v]`` for each image
-  ``i`` of the batch and the variant ``v`` of the crop and flip it drew
-  (:func:`kdjax.data.variant_index` of the same key) instead of running the teacher.
+  ``teacher_cache`` (:mod:`kdjax.teacher_cache`) replaces the teacher's forward by its cached
+  logits of the crop and flip the step drew (:func:`cache_variants` of the step's own
+  augmentation key): ``'device'``: ``frozen['teacher_logits']`` is the whole cache, ``(N, V,
+  classes)``, and the step gathers row ``[i, v]`` of each image ``i``; ``'host'``: the step
+  takes a sixth argument, those ``(batch, classes)`` rows, gathered on the host.
   ``nan_at_step = k`` (``config.debug.nan_at_step``, a test and diagnosis hook) turns the
   images of the k-th update (1-based, the step numbering of logs and checkpoints) into
   NaN; with ``None`` nothing of it is in the compiled step.
   """
 
-  def step_fn(state: TrainState, frozen, images, labels, idx):
-    aug_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  def step_fn(state: TrainState, frozen, images, labels, idx, teacher_rows=None):
+    aug_key, loss_key = step_keys(state.rng, state.step)
     x = data.train_transform(aug_key, images[idx], mean=mean, std=std,
                              crop_padding=crop_padding, flip=flip, dtype=dtype)
     x = _step_images(x, state, nan_at_step, mesh)
@@ -204,17 +219,19 @@ def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int,
       qx = jax.lax.with_sharding_constraint(data.normalize(images[qidx], mean, std, dtype),
                                             data_sharded(mesh))
       quiz = Batch(qx, labels[qidx], qidx)
-    teacher_logits = None
-    if teacher_cache:
-      aug = data.draw_augmentation(aug_key, idx.shape[0], crop_padding=crop_padding, flip=flip)
-      variants = data.variant_index(aug, crop_padding=crop_padding, flip=flip)
+    teacher_logits = teacher_rows
+    if teacher_cache == 'device':
+      variants = cache_variants(aug_key, idx.shape[0], crop_padding=crop_padding, flip=flip)
       teacher_logits = frozen['teacher_logits'][idx, variants]
     return apply_update(method, state, frozen, Batch(x, labels[idx], idx, quiz), loss_key,
                         steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
                         teacher_logits=teacher_logits)
 
-  rep = replicated(mesh)
-  return jax.jit(step_fn, in_shardings=(rep, rep, rep, rep, data_sharded(mesh)),
+  if teacher_cache not in (None, 'device', 'host'):
+    raise ValueError(f'teacher_cache must be None, device or host, got {teacher_cache!r}')
+  rep, shard = replicated(mesh), data_sharded(mesh)
+  return jax.jit(step_fn, in_shardings=(rep, rep, rep, rep, shard)
+                 + ((shard,) if teacher_cache == 'host' else ()),
                  out_shardings=(rep, rep), donate_argnums=(0,))
 
 
@@ -231,7 +248,7 @@ def make_host_train_step(method: Method, mesh: Mesh, *, mean, std, steps_per_epo
   """
 
   def step_fn(state: TrainState, frozen, images, labels, indices):
-    _, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    _, loss_key = step_keys(state.rng, state.step)
     x = _step_images(data.normalize(images, mean, std, dtype), state, nan_at_step, mesh)
     return apply_update(method, state, frozen, Batch(x, labels, indices), loss_key,
                         steps_per_epoch=steps_per_epoch, learning_rate=learning_rate)
