@@ -268,7 +268,7 @@ def _build(config, teacher, teacher_variables, train, mesh, folder, manifest, la
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   if jax.process_count() > 1:
     raise KdjaxError(f'the teacher-logit cache {folder} is not complete, and a multi-process '
-                     f'run cannot build it: run `python -m kdjax.teacher_cache` with the same '
+                     f'run cannot build it: run `python -m kdjax.cache` with the same '
                      f'flags in one process first')
   num_images, per_image, num_classes = layout.shape
   n_dev = mesh.devices.size  # batches divide over the devices, and exceed no chunk
