@@ -26,11 +26,11 @@ the teacher, then the step that gathers the teacher's logits from the cache inst
 same fields), the cache a random ``(50,000, 162, 100)`` float32 array on the devices (speed
 does not depend on its values); ``--cache-placement device,host`` adds the row ``<method>
 (teacher cache in host memory)``: the cache kept on the host, each step's rows gathered there
-and sent with the batch, as a run does when the cache does not fit a device. The cache's one-off cost is measured with its own builder
-(:func:`kdjax.teacher_cache.make_forward`, ``--cache-build-batch`` forwards per call, the
-median of ``--cache-build-calls`` timed calls): teacher forwards per second, the hours to
-build CIFAR-100's 50,000 x 162 forwards, and how many runs of ``config.num_epochs`` (240)
-epochs repay it: build time / (240 x 50,000 x (1 / cached img/s - 1 / uncached img/s)).
+and sent with the batch, as a run does when the cache does not fit a device. The cache's
+one-off cost is measured with its own builder (:func:`kdjax.teacher_cache.make_forward`,
+``--cache-build-batch`` forwards per call, the median of ``--cache-build-calls`` timed calls):
+teacher forwards per second, the hours to build CIFAR-100's 50,000 x 162 forwards, and how
+many runs of ``config.num_epochs`` (240) epochs repay it: build time / (240 x 50,000 x (1 / cached img/s - 1 / uncached img/s)).
 
 **The loop.** For ``--loop-method`` it then runs the real training loop,
 :func:`kdjax.train.loop.train_and_evaluate`, on the embedded digits data set (32x32x3, the

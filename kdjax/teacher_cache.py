@@ -67,6 +67,7 @@ from kdjax.train import step as step_lib
 
 FORMAT = 1  # of the files; a part of the key
 DTYPES = ('float32', 'bfloat16')
+PLACEMENTS = ('auto', 'device', 'host')  # config.teacher.cache_placement, see placement()
 CHUNK_BYTES = 64 << 20  # a chunk's logits when config.teacher.cache_chunk_images is 0
 MANIFEST = 'manifest.json'
 
@@ -299,9 +300,6 @@ def _build(config, teacher, teacher_variables, train, mesh, folder, manifest, la
       manifest['chunks'][str(k)] = hashlib.sha256(content).hexdigest()
       jsonio.write_json(os.path.join(folder, MANIFEST), manifest)
       logits[rows] = chunk
-
-
-PLACEMENTS = ('auto', 'device', 'host')
 
 
 def placement(config: ml_collections.ConfigDict, nbytes: int, device_bytes: int | None) -> str:

@@ -170,7 +170,8 @@ def test_auto_placement_keeps_a_cache_over_half_a_device_on_the_host():
   config.teacher.cache_placement = 'host'
   assert teacher_cache.placement(config, 1, 16 * gib) == 'host'
   config.teacher.cache_placement = 'device'
-  with pytest.raises(KdjaxError, match='over half of the 16.0 GiB of a device.*cache_placement=host'):
+  with pytest.raises(KdjaxError,
+                     match='over half of the 16.0 GiB of a device.*cache_placement=host'):
     teacher_cache.placement(config, 9 * gib, 16 * gib)
   config.teacher.cache_placement = 'disk'
   with pytest.raises(KdjaxError, match='cache_placement must be one of auto, device, host'):

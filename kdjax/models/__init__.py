@@ -21,7 +21,8 @@ changes no result).
 
 from __future__ import annotations
 
-from kdjax.models.base import CIFAR_IMAGE_SHAPE, ModelOutput, output_shapes, variable_shapes  # noqa: F401
+from kdjax.models.base import (CIFAR_IMAGE_SHAPE, ModelOutput, output_shapes,  # noqa: F401
+                               variable_shapes)
 from kdjax.models.registry import IMAGE_SHAPES, create, names, register  # noqa: F401
 
 # Importing the families registers their models (order = mdistiller's listing).
