@@ -8,8 +8,11 @@ run wrote one (finished, or stopped by a signal), otherwise its ``metrics.jsonl`
 still going). Written to OUTDIR (default ``DIR/report`` of the first DIR):
 
 * ``table.md`` and ``table.csv``: one row per (dataset, teacher, student, method and its
-  variant (``config.variant``, e.g. SLKD's ``official``/``sequential`` presets), epochs),
-  with, over its runs (seeds), mean +- std (ddof 1; blank for one run) of the best-epoch and
+  variant (``config.variant``, e.g. SLKD's ``official``/``sequential`` presets), epochs)
+  and setting: runs share a row only when their configs differ in the seed alone (or in
+  fields that change no result, :data:`kdjax.run_fields.NEUTRAL`); runs that differ in
+  another field are rows of their own, the method labelled by those fields' values
+  (``kd [optimizer.lr=0.5]``). Each row gives, over its runs (seeds), mean +- std (ddof 1; blank for one run) of the best-epoch and
   last-epoch top-1 of the trained net, the teacher's top-1, the epochs done and images/s
   (each run's median over its logged training windows), and where the config names a
   published top-1 (``config.reference_top1``) the best-epoch mean minus it. Rows of one
@@ -41,7 +44,7 @@ import statistics
 import sys
 from typing import Iterable, Optional, Sequence
 
-from kdjax import jsonio, methods
+from kdjax import jsonio, methods, run_fields
 from kdjax.errors import KdjaxError
 
 _SKIP_DIRS = ('checkpoints', 'tb')  # a run's own sub-folders, never runs themselves
@@ -283,9 +286,36 @@ def group_runs(runs: Sequence[RunRecord], key=row_key) -> dict:
   return {key: _by_seed(members) for key, members in groups.items()}
 
 
+def _setting_labels(runs: Sequence[RunRecord]) -> dict:
+  """``{workdir: ' [field=value, ...]'}``: for runs of one :func:`row_key` whose configs
+  differ in a result-changing field other than the seed (:mod:`kdjax.run_fields`), the
+  values of the fields that differ among them; '' where a key's runs differ in seeds alone."""
+  labels = {}
+  for members in group_runs(runs).values():
+    fields = [run_fields.result_fields(r.config, ignore=('seed', 'num_epochs'))
+              for r in members]
+    varying = sorted({k for f in fields for k in f
+                      if any(other.get(k) != f.get(k) for other in fields)})
+    for run, f in zip(members, fields):
+      values = ', '.join(f'{k}={f.get(k)}' for k in varying)
+      labels[run.workdir] = f' [{values}]' if values else ''
+  return labels
+
+
+def table_key(runs: Sequence[RunRecord]):
+  """The table's row key: :func:`row_key`, its method label extended by
+  :func:`_setting_labels`, so that one row holds runs whose configs differ in the seed alone."""
+  settings = _setting_labels(runs)
+
+  def key(run: RunRecord) -> tuple:
+    *pair, label, epochs = row_key(run)
+    return (*pair, label + settings[run.workdir], epochs)
+  return key
+
+
 def table_rows(runs: Sequence[RunRecord]) -> list:
   """One dict per table row (see the module docstring), in table order."""
-  groups = group_runs(runs)
+  groups = group_runs(runs, table_key(runs))
   rows = []
   for key in sorted(groups, key=_sort_key):
     members = groups[key]
@@ -369,17 +399,14 @@ def _new_figure(ncols: int = 1):
   return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
 
-def _run_label(run: RunRecord) -> str:
-  return f'{run.label} seed {run.seed}'
-
-
 def _styles(runs: Sequence[RunRecord]) -> dict:
-  """A colour per method, a line style per run of it: ``{workdir: plot kwargs}``."""
-  labels = sorted({r.label for r in runs}, key=_method_rank)
+  """A colour per table row (method and setting), a line style per run of it, and the
+  line's label: ``{workdir: plot kwargs}``."""
+  rows = group_runs(runs, table_key(runs))
   styles = {}
-  for label in labels:
-    for i, r in enumerate(_by_seed(r for r in runs if r.label == label)):
-      styles[r.workdir] = {'color': f'C{labels.index(label) % 10}',
+  for number, key in enumerate(sorted(rows, key=_sort_key)):
+    for i, r in enumerate(rows[key]):
+      styles[r.workdir] = {'color': f'C{number % 10}', 'label': f'{key[3]} seed {r.seed}',
                            'linestyle': _LINESTYLES[i % len(_LINESTYLES)]}
   return styles
 
@@ -397,10 +424,10 @@ def pair_figure(runs: Sequence[RunRecord]):
   for run in sorted(runs, key=lambda r: (_method_rank(r.label), r.seed, r.workdir)):
     tests, spe = run.test_rows(), run.steps_per_epoch()
     acc.plot([i + 1 for i in range(len(tests))], [t['top1'] for t in tests], marker='o',
-             markersize=3, label=_run_label(run), **styles[run.workdir])
+             markersize=3, **styles[run.workdir])
     train = run.train_rows() if spe else []
     loss.plot([t['step'] / spe for t in train], [t['loss'] for t in train], linewidth=1,
-              label=_run_label(run), **styles[run.workdir])
+              **styles[run.workdir])
   acc.set(xlabel='epoch', ylabel='test top-1 (%)', title=_title(pair_key(runs[0])))
   loss.set(xlabel='epoch', ylabel='training loss (all terms)', yscale='log',
            title='training loss')

@@ -25,14 +25,15 @@ from kdjax.errors import KdjaxError
 
 
 def write_run(path, method, seed, top1s, *, teacher='resnet20', student='resnet8',
-               finished=True, results=True, reference=None, steps_per_epoch=4, nets=None):
+               finished=True, results=True, reference=None, steps_per_epoch=4, nets=None,
+               **fields):
   """A workdir as ``train_and_evaluate`` leaves it: config.json, metrics.jsonl with two
   train rows and one test row per net per epoch, and results.json (unless ``results`` is
-  False: a run still going)."""
+  False: a run still going); ``fields`` are further config fields."""
   os.makedirs(path, exist_ok=True)
   config = {'method': method, 'seed': seed, 'model': student, 'num_epochs': 3,
             'data': {'name': 'digits'}, 'teacher': {'model': teacher, 'checkpoint': None},
-            'sftn': {'student': 'resnet8'}, 'reference_top1': reference}
+            'sftn': {'student': 'resnet8'}, 'reference_top1': reference, **fields}
   nets = nets or {'student': top1s}
   main = 'teacher' if method == 'sftn' else 'student'
   lines = []
@@ -105,6 +106,24 @@ def test_table_rows_mean_std_order_and_gap(fake_runs):
   assert slkd['best_top1_mean'] == pytest.approx(np.mean([85.0, 82.0]))
   assert slkd['last_top1_std'] == pytest.approx(np.std([85.0, 82.0], ddof=1))
   assert slkd['gap'] is None
+
+
+def test_a_row_holds_runs_that_differ_in_the_seed_alone(tmp_path):
+  """Runs of one method and pair that differ in the learning rate or the batch size are
+  rows of their own, named by those fields; seeds, and fields that change no result
+  (logging cadence), share a row."""
+  lr = lambda value: {'lr': value, 'momentum': 0.9}
+  write_run(tmp_path / 'a', 'kd', 0, [40.0, 50.0, 60.0], optimizer=lr(0.05), batch_size=64)
+  write_run(tmp_path / 'b', 'kd', 1, [42.0, 52.0, 62.0], optimizer=lr(0.05), batch_size=64,
+            log_every_steps=10)
+  write_run(tmp_path / 'c', 'kd', 0, [10.0, 20.0, 30.0], optimizer=lr(0.5), batch_size=64)
+  write_run(tmp_path / 'd', 'kd', 0, [11.0, 21.0, 31.0], optimizer=lr(0.05), batch_size=128)
+  rows = report.table_rows(report.find_runs([str(tmp_path)]))
+  by_method = {r['method']: (r['seeds'], r['best_top1_mean']) for r in rows}
+  assert by_method == {
+      'kd [batch_size=64, optimizer.lr=0.05]': ([0, 1], 61.0),
+      'kd [batch_size=64, optimizer.lr=0.5]': ([0], 30.0),
+      'kd [batch_size=128, optimizer.lr=0.05]': ([0], 31.0)}
 
 
 def test_markdown_and_csv_tables(fake_runs):
