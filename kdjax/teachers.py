@@ -45,7 +45,7 @@ def _from_workdir(path: str) -> tuple[dict, dict]:
     config = json.load(f)
   restored = checkpoints.restore_on_host(os.path.join(path, 'checkpoints'))
   if restored is None:
-    raise KdjaxError(f'teacher workdir {path!r} holds no checkpoint yet')
+    raise KdjaxError(f'workdir {path!r} holds no checkpoint yet')
   step, state = restored
   net = methods.info(config.get('method', methods.SUPERVISED)).trained_net  # SFTN: 'teacher'
   variables = {'params': state['params'][net], 'batch_stats': state['batch_stats'][net]}
@@ -91,6 +91,13 @@ def load_variables(path: str, model: str, num_classes: int,
                    image_shape=models.CIFAR_IMAGE_SHAPE, zoo: str = 'cifar') -> dict:
   """The variables of the teacher at ``path`` (see the module docstring), checked to fit
   ``zoo``'s ``model`` with ``num_classes`` classes on images of ``image_shape``."""
+  return load(path, model, num_classes, image_shape, zoo)[0]
+
+
+def load(path: str, model: str, num_classes: int, image_shape=models.CIFAR_IMAGE_SHAPE,
+         zoo: str = 'cifar') -> tuple[dict, dict]:
+  """:func:`load_variables` and what ``path`` says of them: ``model``, and a workdir's
+  ``dataset`` and ``step``, a teacher folder's ``num_classes`` and ``source``."""
   if not os.path.exists(path):
     raise KdjaxError(f'teacher checkpoint {path!r} does not exist (config.teacher.checkpoint)')
   if path.endswith(('.pth', '.pt', '.tar')) and os.path.isfile(path):
@@ -115,6 +122,6 @@ def load_variables(path: str, model: str, num_classes: int,
     raise KdjaxError(f'teacher {path!r} is a {meta["model"]}, but config.teacher.model is '
                      f'{model}')
   try:
-    return check_fits(variables, model, num_classes, path, image_shape, zoo)
+    return check_fits(variables, model, num_classes, path, image_shape, zoo), meta
   except (TypeError, ValueError) as e:
     raise KdjaxError(f'teacher {path!r} could not be read: {e}') from e

@@ -16,22 +16,15 @@ import argparse
 import os
 import sys
 
-from kdjax.errors import KdjaxError
+from kdjax.errors import KdjaxError, OneLineParser, run_command
 
 PROG = 'python -m kdjax.convert'
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse whose usage mistakes are one ``kdjax: error:`` line, like the others."""
-
-  def error(self, message):
-    print(f'kdjax: error: {message} (see {PROG} --help)', file=sys.stderr)
-    sys.exit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog=PROG, description='Convert a RepDistiller / mdistiller PyTorch '
-                   'checkpoint into a kdjax teacher folder for --config.teacher.checkpoint.')
+  parser = OneLineParser(prog=PROG, description='Convert a RepDistiller / mdistiller '
+                         'PyTorch checkpoint into a kdjax teacher folder for '
+                         '--config.teacher.checkpoint.')
   parser.add_argument('--model', required=True,
                       help='kdjax zoo name of the architecture, e.g. resnet32x4, wrn_40_2, '
                       'vgg13, resnet56, resnet110, ResNet50')
@@ -96,13 +89,8 @@ def convert(checkpoint: str, out_dir: str, model: str, num_classes: int = 100, *
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
-  try:
-    print(convert(args.checkpoint, args.out_dir, args.model, args.num_classes,
-                  overwrite=args.overwrite))
-  except KdjaxError as e:
-    print(f'kdjax: error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return run_command(lambda: convert(args.checkpoint, args.out_dir, args.model,
+                                     args.num_classes, overwrite=args.overwrite))
 
 
 if __name__ == '__main__':

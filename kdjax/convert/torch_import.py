@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import os
 import re
 import tarfile
@@ -32,6 +34,10 @@ DATA_PARALLEL_PREFIX = 'module.'
 
 # PyTorch's order of a module's entries: weight, bias, running_mean, running_var.
 _LEAF_RANK = {'kernel': 0, 'scale': 0, 'bias': 1, 'mean': 2, 'var': 3}
+# The kdjax layout of a PyTorch tensor, by its number of dimensions: the axes of the PyTorch
+# tensor in kdjax's order (conv OIHW -> HWIO, dense (out, in) -> (in, out)).
+_KDJAX_AXES = {4: (2, 3, 1, 0), 2: (1, 0)}
+NUM_BATCHES_TRACKED = 'num_batches_tracked'
 
 
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
@@ -39,22 +45,60 @@ def torch_key(collection: str, path: tuple[str, ...]) -> str:
   return '.'.join(path[:-1] + (_TORCH_LEAF[collection, path[-1]],))
 
 
-def _to_kdjax_layout(value: np.ndarray, like_shape: tuple[int, ...]) -> np.ndarray:
-  if value.ndim == 4:  # OIHW -> HWIO
-    value = value.transpose(2, 3, 1, 0)
-  elif value.ndim == 2 and len(like_shape) == 2:  # (out, in) -> (in, out)
-    value = value.T
-  return value
+def to_kdjax_layout(value: np.ndarray) -> np.ndarray:
+  """A PyTorch tensor in kdjax's layout (see :data:`_KDJAX_AXES`)."""
+  return value.transpose(_KDJAX_AXES[value.ndim]) if value.ndim in _KDJAX_AXES else value
+
+
+def to_torch_layout(value: np.ndarray) -> np.ndarray:
+  """A kdjax variable in PyTorch's layout: the inverse of :func:`to_kdjax_layout`."""
+  if value.ndim not in _KDJAX_AXES:
+    return value
+  return value.transpose(np.argsort(_KDJAX_AXES[value.ndim]))
 
 
 def _torch_shape(kdjax_shape: tuple[int, ...]) -> tuple[int, ...]:
   """The PyTorch shape of a kdjax variable of ``kdjax_shape`` (inverse of the layout)."""
-  if len(kdjax_shape) == 4:  # HWIO -> OIHW
-    h, w, i, o = kdjax_shape
-    return (o, i, h, w)
-  if len(kdjax_shape) == 2:
-    return tuple(reversed(kdjax_shape))
-  return tuple(kdjax_shape)
+  return to_torch_layout(np.empty(kdjax_shape, np.bool_)).shape
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchLayout:
+  """Where each variable of a kdjax model sits in the PyTorch state dict of its model class.
+
+  ``variables``: PyTorch key -> ``(collection, kdjax path, kdjax ShapeDtypeStruct)``, in
+  PyTorch's order (modules in forward order; weight, bias, running_mean, running_var).
+  ``batch_norm_calls``: kdjax path of each BatchNorm -> how many times one forward pass
+  applies it (PyTorch counts each in its ``num_batches_tracked``; WRN applies three twice).
+  """
+  variables: dict[str, tuple[str, tuple[str, ...], Any]]
+  batch_norm_calls: dict[tuple[str, ...], int]
+
+
+def torch_layout(name: str, num_classes: int = 100, zoo: str = 'cifar') -> TorchLayout:
+  """The :class:`TorchLayout` of ``zoo``'s model ``name`` with ``num_classes`` classes."""
+  model = models.create(name, num_classes, zoo=zoo)
+  call_order: dict[tuple[str, ...], int] = {}
+  calls: dict[tuple[str, ...], int] = collections.Counter()
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == '__call__':
+      call_order.setdefault(tuple(context.module.path), len(call_order))
+      calls[tuple(context.module.path)] += 1
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):  # to name keys in PyTorch's (forward) order
+    shapes = models.variable_shapes(model, models.IMAGE_SHAPES[zoo])
+  variables = [(collection, path, like) for collection, tree in shapes.items()
+               for path, like in
+               flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()]
+  variables.sort(key=lambda v: (call_order.get(v[1][:-1], len(call_order)),
+                                _LEAF_RANK.get(v[1][-1], 4), v[1]))
+  return TorchLayout(
+      {torch_key(collection, path): (collection, path, like)
+       for collection, path, like in variables},
+      {path[:-1]: calls[path[:-1]] for collection, path, _ in variables
+       if collection == 'batch_stats' and path[-1] == 'var'})
 
 
 def strip_data_parallel(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,35 +149,19 @@ def variables_from_torch(name: str, state_dict: Mapping[str, Any], num_classes: 
   counts of the rest. A ``module.`` (DataParallel) prefix is removed. The ImageNet ResNets
   carry torchvision's names, so torchvision's ``resnet{18,34,50,101}`` weights convert too.
   """
-  model = models.create(name, num_classes, zoo=zoo)
-  call_order: dict[tuple[str, ...], int] = {}
-
-  def record(next_fun, args, kwargs, context):
-    if context.method_name == '__call__':
-      call_order.setdefault(tuple(context.module.path), len(call_order))
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):  # to name keys in PyTorch's (forward) order
-    shapes = models.variable_shapes(model, models.IMAGE_SHAPES[zoo])
-  variables = [(collection, path, like) for collection, tree in shapes.items()
-               for path, like in
-               flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()]
-  variables.sort(key=lambda v: (call_order.get(v[1][:-1], len(call_order)),
-                                _LEAF_RANK.get(v[1][-1], 4), v[1]))
-  expected = {torch_key(collection, path): (collection, path, like)
-              for collection, path, like in variables}  # in PyTorch's order
+  expected = torch_layout(name, num_classes, zoo).variables  # in PyTorch's order
   given = {k: v for k, v in strip_data_parallel(state_dict).items()
-           if not k.endswith('num_batches_tracked')}
+           if not k.endswith(NUM_BATCHES_TRACKED)}
   missing = [k for k in expected if k not in given]
   unexpected = [k for k in given if k not in expected]
   wrong = []
-  filled: dict[str, dict] = {collection: {} for collection in shapes}
+  filled: dict[str, dict] = {collection: {} for collection, _, _ in expected.values()}
   for key, raw in given.items():  # in the state dict's order
     if key not in expected:
       continue
     collection, path, like = expected[key]
     raw = np.asarray(raw)
-    value = _to_kdjax_layout(raw, like.shape)
+    value = to_kdjax_layout(raw)
     if value.shape != like.shape:
       wrong.append((key, tuple(raw.shape), _torch_shape(like.shape)))
       continue
