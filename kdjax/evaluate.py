@@ -14,9 +14,9 @@ code): a kdjax workdir (the trained net of its newest checkpoint), a teacher fol
 msgpack file (or its JSON) of ``kdjax-export --format flax``. The dataset is the workdir's or
 the exported file's unless ``--dataset`` names one (``mdistiller:*``: cifar100,
 ``torchvision:*``: imagenet); CIFAR comes from ``--data-dir`` or the cache, ImageNet's
-validation set from ``--data-dir``. Images are normalised as the net was trained (the
-exported file's mean and std; else the dataset's) and evaluated by the training loop's own
-jitted eval step (:func:`kdjax.train.step.make_eval_step`).
+validation set from ``--data-dir``. Images are normalised as the net was trained (with the
+mean and std of the workdir's data or of the exported file; else the dataset's) and
+evaluated by the training loop's own jitted eval step (:func:`kdjax.train.step.make_eval_step`).
 
 Mistakes print one line ``kdjax: error: ...`` and exit with status 2.
 """

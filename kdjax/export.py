@@ -12,9 +12,9 @@ teacher) in the workdir's newest checkpoint.
   ``torch.save``; ``model.load_state_dict(torch.load('student.pth'), strict=True)``. Needs
   ``pip install 'kdjax[torch]'``.
 * ``--format flax``: the variables (``{'params', 'batch_stats'}``) as msgpack
-  (``flax.serialization``) in FILE, and beside it ``FILE`` with ``.json`` for its suffix: the
-  model, its zoo and classes, the dataset and the normalisation (per-channel mean and std of
-  images scaled to [0, 1]) the net expects. ``kdjax-eval FILE`` reads both back.
+  (``flax.serialization``) in FILE (``*.msgpack``), and beside it FILE with ``.json`` for
+  its suffix: the model, its zoo and classes, the dataset and the normalisation (per-channel
+  mean and std of images scaled to [0, 1]) the net expects. ``kdjax-eval FILE`` reads both.
 
 Mistakes (no checkpoint in the workdir, an unknown format, PyTorch missing) print one line
 ``kdjax: error: ...`` and exit with status 2; nothing is written then.
@@ -89,7 +89,7 @@ def load_workdir(path: str) -> Net:
   variables, meta = teachers.load(path, config['model'], num_classes, models.IMAGE_SHAPES[zoo],
                                   zoo)
   return Net(variables, config['model'], zoo, num_classes, settings['name'], mean, std,
-             source=f'{path} (step {meta["step"]})', steps=meta['step'], data=settings,
+             source=f'{path}, step {meta["step"]}', steps=meta['step'], data=settings,
              dtype=config.get('dtype', 'float32'),
              eval_batch_size=config.get('eval_batch_size', Net.eval_batch_size))
 
@@ -133,6 +133,9 @@ def export(workdir: str, fmt: str, out: str) -> str:
     raise KdjaxError(f'unknown format {fmt!r}; expected one of: {", ".join(FORMATS)}')
   if fmt == 'torch':
     torch_export.require_torch()  # before reading anything
+  elif not out.endswith('.msgpack'):
+    raise KdjaxError(f'--format flax writes a .msgpack file and the .json beside it: --out '
+                     f'must end with .msgpack, got {out!r}')
   if not os.path.isdir(workdir):
     raise KdjaxError(f'workdir {workdir!r} does not exist or is not a folder')
   net = load_workdir(workdir)

@@ -9,7 +9,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The rungs, bottom first. Modules beside the ladder (data, teachers, config, ...) may be
 # imported from any rung; the import loops check covers them too.
 RUNGS = ('kdjax.losses', 'kdjax.models', 'kdjax.methods', 'kdjax.train', 'kdjax.plan',
-         ('kdjax.main', 'kdjax.cache'))
+         ('kdjax.main', 'kdjax.cache', 'kdjax.evaluate', 'kdjax.export'))
 
 
 def _rung(module: str):

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import kill_when, restore_state, run_cli
-from kdjax import config as config_lib, data, models, teachers
+from kdjax import config as config_lib, data, evaluate, export, models, teachers
 from kdjax.data import host_pipeline, image_sources
 from kdjax.errors import KdjaxError
 from kdjax.train import loop
@@ -95,8 +95,15 @@ def test_evaluation_counts_every_val_image_once(imagenet, tmp_path):
   run = loop.RunSetup(config, str(tmp_path / 'run'))
   with contextlib.closing(run.open_feed(None, 0, run.initial_state().rng)) as feed:
     got = feed.evaluate(run.teacher_eval_step, {'teacher': feed.frozen['teacher']})['teacher']
+  assert len(run.test) == 15
+  _assert_teachers_accuracy(got, data_dir, teacher)
+
+
+def _assert_teachers_accuracy(got, data_dir, teacher):
+  """``got`` is the teacher's top-1 / top-5 / mean loss on the 15 val images, computed image
+  by image with the eval transform (resize 36, crop 32)."""
   val = image_sources.ImageFolder(data_dir / 'val')
-  assert len(run.test) == len(val) == 15
+  assert len(val) == 15
   images = np.stack([host_pipeline.eval_image(host_pipeline.decode(val[i][0]), 32, 36)
                      for i in range(len(val))])
   x = data.normalize(images, host_pipeline.IMAGENET_MEAN, host_pipeline.IMAGENET_STD)
@@ -110,6 +117,19 @@ def test_evaluation_counts_every_val_image_once(imagenet, tmp_path):
   assert got['top1'] == pytest.approx(top1, abs=1e-9)
   assert got['loss'] == pytest.approx(loss, rel=1e-5)
   assert got['top5'] == 100.0  # three classes
+
+
+def test_kdjax_eval_reads_the_validation_set_through_the_host_pipeline(imagenet):
+  """:func:`kdjax.evaluate.evaluate` of a net trained on ImageNet-style data (here on 32x32
+  crops, as a shrunk workdir's config.data says) counts every val image once."""
+  data_dir, teacher = imagenet
+  net = export.Net(teachers.load_variables(str(teacher), TEACHER, 3), TEACHER, 'cifar', 3,
+                   'imagenet', host_pipeline.IMAGENET_MEAN, host_pipeline.IMAGENET_STD,
+                   source=str(teacher), data={'data_dir': str(data_dir), 'image_size': 32,
+                                              'resize_size': 36, 'workers': 0})
+  got, size = evaluate.evaluate(net, batch_size=4)
+  assert size == 15
+  _assert_teachers_accuracy(got, data_dir, teacher)
 
 
 def test_a_run_stopped_mid_epoch_resumes_on_the_batches_of_a_straight_run(imagenet, tmp_path):
