@@ -85,7 +85,8 @@ def resolve(checkpoint: str, *, model: Optional[str] = None, dataset: Optional[s
     if classes != net.num_classes:
       raise KdjaxError(f'{checkpoint!r} has {net.num_classes} classes ({net.dataset}); '
                        f'{dataset} has {classes}')
-  settings = {**net.data, **_dataset_settings(dataset or net.dataset, data_dir)}
+  own = net.data if dataset in (None, net.dataset) else {}  # e.g. the run's CIFAR mirror
+  settings = {**own, **_dataset_settings(dataset or net.dataset, data_dir)}
   return dataclasses.replace(net, dataset=settings['name'], data=settings)
 
 
