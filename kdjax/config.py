@@ -16,7 +16,8 @@ import math
 
 import ml_collections
 
-from kdjax import data, distributed, methods, models, platform_tuning, teacher_cache, teacher_zoo
+from kdjax import (data, distributed, methods, models, platform_tuning, presets, teacher_cache,
+                   teacher_zoo)
 from kdjax.data import image_sources
 from kdjax.errors import KdjaxError
 
@@ -213,9 +214,12 @@ def imagenet_preset(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 DIGITS_TEACHER, DIGITS_STUDENT = 'resnet20', 'resnet8'
 
 
-def distillation_config(method: str, preset: str | None) -> ml_collections.ConfigDict:
-  """A distillation run of ``method``: a pair preset of :data:`PAIRS`, of
-  :data:`IMAGENET_PAIRS`, or ``digits``.
+def distillation_config(method: str, arg: str | None,
+                        variants: tuple = ()) -> ml_collections.ConfigDict:
+  """A distillation run of ``method``: ``arg`` is the experiment file's argument, a pair
+  preset of :data:`PAIRS`, of :data:`IMAGENET_PAIRS`, or ``digits``, with any of the
+  method's ``variants`` after commas (:func:`kdjax.presets.parse`; ``config.variant`` holds
+  them joined by ``+``, in order).
 
   Without a preset: CIFAR-100 ``res32x4_res8x4``. A CIFAR preset distils from its pair's
   published teacher, ``mdistiller:<teacher>`` (downloaded, verified and converted once into
@@ -224,9 +228,11 @@ def distillation_config(method: str, preset: str | None) -> ml_collections.Confi
   ``torchvision:<name>``, likewise; ``digits`` trains its teacher first into
   ``<workdir>/teacher`` and reuses it on later runs.
   """
+  preset, chosen = presets.parse(arg, method, ('digits', *PAIRS, *IMAGENET_PAIRS), variants)
+  preset = preset or 'res32x4_res8x4'
   c = base_config()
   c.method = method
-  preset = preset or 'res32x4_res8x4'
+  c.variant = '+'.join(chosen)  # report rows keep variants apart
   if preset == 'digits':
     digits_preset(c)
     c.teacher.model, c.model = DIGITS_TEACHER, DIGITS_STUDENT
@@ -234,13 +240,10 @@ def distillation_config(method: str, preset: str | None) -> ml_collections.Confi
   elif preset in PAIRS:
     c.teacher.model, c.model, c.optimizer.lr = PAIRS[preset]
     c.teacher.checkpoint = teacher_zoo.PREFIX + c.teacher.model
-  elif preset in IMAGENET_PAIRS:
+  else:
     imagenet_preset(c)
     c.teacher.model, c.model = IMAGENET_PAIRS[preset]
     c.teacher.checkpoint = teacher_zoo.torchvision_spec(c.teacher.model)
-  else:
-    raise KdjaxError(f'unknown preset {preset!r} for {method}; expected digits or one of: '
-                     f'{", ".join([*PAIRS, *IMAGENET_PAIRS])}')
   c.preset = preset
   return c
 

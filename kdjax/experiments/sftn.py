@@ -32,6 +32,7 @@ Presets (``experiments/sftn.py:<preset>``):
 from kdjax.config import (DIGITS_STUDENT, DIGITS_TEACHER, IMAGENET_PAIRS, PAIRS, base_config,
                           digits_preset, imagenet_preset)
 from kdjax.errors import KdjaxError
+from kdjax.presets import parse
 
 DIGITS_KL_WARMUP = 2  # epochs
 
@@ -39,7 +40,7 @@ DIGITS_KL_WARMUP = 2  # epochs
 def get_config(arg=None):
   config = base_config()
   config.method = 'sftn'
-  preset = arg or 'res32x4_res8x4'
+  preset = parse(arg, 'sftn', ('digits', *PAIRS, *IMAGENET_PAIRS))[0] or 'res32x4_res8x4'
   if preset == 'digits':
     digits_preset(config)
     config.model, config.sftn.student = DIGITS_TEACHER, DIGITS_STUDENT
@@ -57,12 +58,9 @@ def get_config(arg=None):
     imagenet_preset(config)
     config.model, config.sftn.student = IMAGENET_PAIRS[preset]
     config.sftn.student_lr = config.optimizer.lr
-  elif preset in IMAGENET_PAIRS:
+  else:
     raise KdjaxError(f'SFTN needs a teacher and student with as many stages; '
                      f'{" and ".join(IMAGENET_PAIRS[preset])} differ: use r34_r18')
-  else:
-    raise KdjaxError(f'unknown preset {preset!r} for sftn; expected digits or one of: '
-                     f'{", ".join(PAIRS)}')
   config.teacher.model = config.model  # for reference; an SFTN run has no frozen teacher
   config.preset = preset
   return config

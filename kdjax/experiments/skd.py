@@ -25,11 +25,8 @@ VARIANTS = ('tbt_only', 'tet_only', 'slkd')
 
 
 def get_config(arg=None):
-  presets = [p for p in (arg or '').split(',') if p]
-  variants = [p for p in presets if p in VARIANTS]
-  pair = [p for p in presets if p not in variants]
-  config = distillation_config('skd', pair[0] if pair else None)
-  config.variant = '+'.join(variants)  # report rows keep presets apart
+  config = distillation_config('skd', arg, VARIANTS)
+  variants = config.variant.split('+')
   config.teacher.train_if_missing = True  # a kdjax teacher that records its trajectory
   config.teacher.trajectory_stages = 4
   if config.preset == 'digits':

@@ -26,6 +26,8 @@ Presets (``experiments/slkd.py:<preset>``; several joined with ``,``, e.g. ``:re
 
 from kdjax.config import IMAGENET_PAIRS, distillation_config
 
+VARIANTS = ('official', 'sequential')
+
 PAPER_TOP1 = {  # SLKD, CIFAR-100 top-1 (%), Liu, Li, Cheng 2023, Tables 2 and 3
     'res32x4_res8x4': 76.85, 'res56_res8': 62.05, 'wrn40_2_wrn40_1': 74.91,
     'wrn40_2_wrn16_2': 76.31, 'vgg13_vgg11': 75.46, 'vgg13_vgg8': 75.01,
@@ -41,11 +43,8 @@ SEQUENTIAL_TOP1 = {  # SLKD* (the sequential preset), same paper, Tables 5 and 6
 
 
 def get_config(arg=None):
-  presets = [p for p in (arg or '').split(',') if p]
-  variants = [p for p in presets if p in ('official', 'sequential')]
-  pair = [p for p in presets if p not in variants]
-  config = distillation_config('slkd', pair[0] if pair else None)
-  config.variant = '+'.join(variants)  # report rows keep presets apart
+  config = distillation_config('slkd', arg, VARIANTS)
+  variants = config.variant.split('+')
   published = SEQUENTIAL_TOP1 if 'sequential' in variants else PAPER_TOP1
   config.reference_top1 = published.get(config.preset)
   if config.preset in IMAGENET_PAIRS:  # mdistiller's ImageNet KD terms (see the docstring)

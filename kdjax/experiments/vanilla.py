@@ -11,12 +11,15 @@ lr x0.1 at 150/180/210). Presets (``experiments/vanilla.py:<preset>``):
     python -m kdjax.main --config experiments/vanilla.py:digits --workdir runs/vanilla_digits
 """
 
+from kdjax import models
 from kdjax.config import DIGITS_TEACHER, base_config, digits_preset
+from kdjax.presets import parse
 
 SMALL_LR_MODELS = ('MobileNetV2', 'ShuffleV1', 'ShuffleV2')
 
 
 def get_config(arg=None):
+  arg = parse(arg, 'vanilla', ('digits', *models.names('cifar')))[0]
   config = base_config()
   config.method = 'vanilla'
   config.model = 'resnet32x4'
