@@ -16,6 +16,10 @@ builds each run's cache through the loop's own :class:`kdjax.train.loop.RunSetup
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # run as a command: a signal from here on is one line (interrupts)
+  from kdjax import interrupts
+  interrupts.install()
+
 import os
 
 import ml_collections

@@ -38,6 +38,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
+from kdjax import interrupts
 from kdjax.errors import KdjaxError
 
 CACHE_ENV = 'KDJAX_CACHE'
@@ -249,7 +250,9 @@ def fetch(url: str, dest: str, *, sha256: str | None, size: int | None = None,
     for _ in range(2):
       kept = os.path.getsize(part) if os.path.exists(part) else 0
       complete = kept > 0 and kept == size  # killed between downloading and renaming
-      resumed = complete or _download(url, part, size, what, dest)
+      with interrupts.doing(f'downloading {what} from {url}', f'the bytes so far are kept in '
+                            f'{part} and the next run resumes from them'):
+        resumed = complete or _download(url, part, size, what, dest)
       problem = _size_problem(part, size)
       if problem is None:
         digest = _hash_file(part)

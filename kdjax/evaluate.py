@@ -23,6 +23,10 @@ Mistakes print one line ``kdjax: error: ...`` and exit with status 2.
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # run as a command: a signal from here on is one line (interrupts)
+  from kdjax import interrupts
+  interrupts.install()
+
 import dataclasses
 import os
 import sys

@@ -22,6 +22,10 @@ Mistakes (no checkpoint in the workdir, an unknown format, PyTorch missing) prin
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # run as a command: a signal from here on is one line (interrupts)
+  from kdjax import interrupts
+  interrupts.install()
+
 import dataclasses
 import os
 import sys

@@ -7,8 +7,9 @@
 resumes from the workdir's newest checkpoint. ``--seeds N`` runs seeds 0..N-1 into
 ``WORKDIR/seed_<i>``; ``--dry-run`` prints the plan (:mod:`kdjax.plan`: the teacher, the
 runs, their workdirs) and trains nothing. A mistake in the config or the inputs prints one
-line starting with ``kdjax: error:`` and exits with status 2; a SIGTERM/SIGINT saves a
-checkpoint and exits with status 0.
+line starting with ``kdjax: error:`` and exits with status 2; a SIGTERM/SIGINT in training
+saves a checkpoint and exits with status 0, anywhere else it is one line and status 130/143
+(:mod:`kdjax.interrupts`).
 
 ``python -m kdjax.cache`` takes the same flags (:func:`command`, :func:`parse_flags`)
 and builds the teacher-logit caches of the plan's runs instead of training them.
@@ -18,6 +19,10 @@ The flow: ``main`` -> :mod:`kdjax.plan` (config -> runs) -> :mod:`kdjax.train.lo
 """
 
 from __future__ import annotations
+
+if __name__ == '__main__':  # run as a command: a signal from here on is one line (interrupts)
+  from kdjax import interrupts
+  interrupts.install()
 
 import importlib.resources
 import os

@@ -61,7 +61,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from kdjax import data, downloads, jsonio, methods
+from kdjax import data, downloads, interrupts, jsonio, methods
 from kdjax.errors import KdjaxError
 from kdjax.train import step as step_lib
 
@@ -257,8 +257,10 @@ def teacher_logits(config: ml_collections.ConfigDict, teacher: nn.Module, teache
         del manifest['chunks'][str(k)]
       missing.append(k)
     if missing:
-      _build(config, teacher, teacher_variables, train, mesh, folder, manifest, layout,
-             missing, logits)
+      with interrupts.doing(f'building the teacher-logit cache {folder}', 'the chunks done '
+                            'are kept and the next run computes only the others'):
+        _build(config, teacher, teacher_variables, train, mesh, folder, manifest, layout,
+               missing, logits)
   return logits.view(layout.dtype)
 
 

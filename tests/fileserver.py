@@ -3,7 +3,9 @@
 It serves ``files`` (name -> bytes) at ``url(name)``, honours ``Range: bytes=N-`` with
 ``206 Partial Content`` (unless ``ranges`` is False: then the whole file, 200), and can cut
 the connection after ``cut_after`` body bytes while announcing the full length, as a
-dropped download does. ``requests`` logs ``(path, Range header or None)`` of each request.
+dropped download does (with ``send_length`` False it announces none, so the client cannot
+tell the cut from the end), or send the body in 1 KiB pieces ``trickle`` seconds apart (a
+slow link). ``requests`` logs ``(path, Range header or None)`` of each request.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import http.server
 import re
 import socket
 import threading
+import time
 
 
 class FileServer:
@@ -21,6 +24,8 @@ class FileServer:
     self.files: dict[str, bytes] = {}
     self.ranges = True
     self.cut_after: int | None = None
+    self.send_length = True
+    self.trickle: float | None = None
     self.requests: list[tuple[str, str | None]] = []
     self._httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
     self._httpd.daemon_threads = True
@@ -72,9 +77,15 @@ class FileServer:
         self.send_response(206 if start else 200)
         if start:
           self.send_header('Content-Range', f'bytes {start}-{len(body) - 1}/{len(body)}')
-        self.send_header('Content-Length', str(len(body) - start))
+        if server.send_length:
+          self.send_header('Content-Length', str(len(body) - start))
         self.end_headers()
         rest = body[start:]
+        while server.trickle is not None and rest:
+          self.wfile.write(rest[:1024])
+          self.wfile.flush()
+          rest = rest[1024:]
+          time.sleep(server.trickle)
         if server.cut_after is not None and server.cut_after < len(rest):
           self.wfile.write(rest[:server.cut_after])
           self.wfile.flush()

@@ -12,6 +12,10 @@ checkpoint converts.
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # run as a command: a signal from here on is one line (interrupts)
+  from kdjax import interrupts
+  interrupts.install()
+
 import argparse
 import os
 import sys

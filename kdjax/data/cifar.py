@@ -33,7 +33,7 @@ import zipfile
 
 import numpy as np
 
-from kdjax import downloads
+from kdjax import downloads, interrupts
 from kdjax.errors import KdjaxError
 
 IMAGE_BYTES = 3 * 32 * 32
@@ -181,10 +181,12 @@ def load(name: str, split: str, *, cache: str | None = None, download: bool = Tr
                      f'{path}, or allow the download (config.data.download=True)')
   downloads.fetch(url, path, sha256=sha256, size=size, what=archive.filename)
   print(f'kdjax: reading {path} into {npz} (once)', file=sys.stderr, flush=True)
-  arrays = read_archive(path, name)
-  try:
-    _write_cache(npz, arrays, sha256)
-  except OSError as e:
-    raise KdjaxError(f'could not write {npz} ({e.strerror or e}); choose a writable cache '
-                     f'(KDJAX_CACHE or config.data.data_dir)') from e
+  with interrupts.doing(f'reading {path} into {npz}', 'the archive is kept and read again '
+                        'by the next run'):
+    arrays = read_archive(path, name)
+    try:
+      _write_cache(npz, arrays, sha256)
+    except OSError as e:
+      raise KdjaxError(f'could not write {npz} ({e.strerror or e}); choose a writable cache '
+                       f'(KDJAX_CACHE or config.data.data_dir)') from e
   return arrays[f'{split}_images'], arrays[f'{split}_labels']

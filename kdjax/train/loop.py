@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdjax import (checkpoints, data, jsonio, methods, platform_tuning, teacher_cache,
-                   teacher_zoo, teachers, trajectory)
+from kdjax import (checkpoints, data, interrupts, jsonio, methods, platform_tuning,
+                   teacher_cache, teacher_zoo, teachers, trajectory)
 from kdjax.data import host_pipeline, image_sources
 from kdjax.errors import KdjaxError
 from kdjax.methods.base import BuildInputs
@@ -384,7 +384,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Raises :class:`Interrupted` when a signal stopped the run (its checkpoint is saved).
   """
-  run = RunSetup(config, workdir)
+  with interrupts.doing(f'setting up the run in {workdir}', 'its workdir was not touched'):
+    run = RunSetup(config, workdir)
   created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -393,7 +394,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f'another --workdir') from None
   # The lock is taken outside the clean-up below: a run refused because another holds the
   # workdir must never remove what that run writes.
-  with _locked(workdir):
+  with _locked(workdir), interrupts.doing(f'starting or ending the run in {workdir}',
+                                          'its saved checkpoints are kept'):
     try:
       return _train(run)
     except BaseException:
