@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.model = 'resnet32x4'
   c.teacher.checkpoint = ml_collections.FieldReference(None, field_type=str)
   c.teacher.zoo_url = ml_collections.FieldReference(None, field_type=str)
+  # A teacher trained on another dataset than config.data.name is refused (its classes mean
+  # other things); True uses it anyway, deliberately.
+  c.teacher.other_data = False
   # With no checkpoint, train the teacher first into <workdir>/teacher (digits presets).
   c.teacher.train_if_missing = False
   c.teacher.num_epochs = ml_collections.FieldReference(None, field_type=int)

@@ -33,9 +33,10 @@ import http.client
 import os
 import pathlib
 import re
+import socket
 import sys
-import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from kdjax import interrupts
@@ -53,32 +54,57 @@ class ChecksumError(KdjaxError):
 
 def cache_dir(override: str | None = None) -> str:
   """The cache folder, created if missing: ``override``, else ``$KDJAX_CACHE``, else
-  ``~/.cache/kdjax``."""
+  ``~/.cache/kdjax``. It may be read-only (a team's shared, prepared cache): what it holds
+  is read; writing what it lacks fails with one line then."""
   folder = override or os.environ.get(CACHE_ENV) or os.path.join('~', '.cache', 'kdjax')
   folder = os.path.abspath(os.path.expanduser(folder))
   try:
     os.makedirs(folder, exist_ok=True)
-    writable = os.access(folder, os.W_OK | os.X_OK)
   except OSError as e:
     raise KdjaxError(f'cannot create the cache folder {folder} ({e.strerror or e}); set '
                      f'{CACHE_ENV} or config.data.data_dir to a writable folder') from e
-  if not writable:
-    raise KdjaxError(f'the cache folder {folder} is not writable; set {CACHE_ENV} or '
-                     f'config.data.data_dir to a writable folder')
   return folder
+
+
+def source_key(url: str) -> str:
+  """A folder name for what comes from ``url``: its host (``local`` for a path or
+  ``file://``) and 12 hex digits of the URL's SHA-256, so one source's files are never
+  taken for another's."""
+  full = _as_url(url)
+  host = urllib.parse.urlsplit(full).hostname or 'local'
+  return f'{host}_{hashlib.sha256(full.encode()).hexdigest()[:12]}'
+
+
+def remove(*paths: str) -> None:
+  """Deletes each of ``paths`` that exists, with its :func:`file_sha256` sidecar."""
+  for path in paths:
+    for name in (path, path + '.sha256'):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(name)
 
 
 @contextlib.contextmanager
 def file_lock(path: str):
   """Holds an exclusive ``flock`` on the file ``path`` (created, with its folder, if missing)
-  for the ``with`` block: processes that share the file system take turns."""
+  for the ``with`` block: processes that share the file system take turns. The holder's
+  process id and host are written into it, and a process that has to wait says for whom."""
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    lock = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+    lock = open(path, 'a+', encoding='utf-8')  # pylint: disable=consider-using-with
   except OSError as e:
-    raise KdjaxError(f'cannot write {path} ({e.strerror or e}); choose a writable folder') from e
+    raise KdjaxError(f'cannot write {path} ({e.strerror or e}); choose a writable folder '
+                     f'({CACHE_ENV}, config.data.data_dir)') from e
   with lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      lock.seek(0)
+      holder = lock.read().strip() or 'another process'
+      print(f'kdjax: waiting for {holder}, which holds {path}', file=sys.stderr, flush=True)
+      fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+    lock.truncate(0)
+    lock.write(f'process {os.getpid()} on {socket.gethostname()}\n')
+    lock.flush()
     yield
 
 
@@ -117,11 +143,11 @@ def _read_sidecar(path: str) -> tuple[str, tuple[int, int]] | None:
 def _write_sidecar(path: str, digest: str) -> None:
   """Records ``digest`` next to ``path``; only a speed-up, so failures pass."""
   size, mtime_ns = _stamp(path)
+  tmp = f'{path}.sha256.{os.getpid()}.tmp'  # created with the user's umask, as every file
   with contextlib.suppress(OSError):
-    with tempfile.NamedTemporaryFile('w', dir=os.path.dirname(path), delete=False,
-                                     suffix='.tmp') as f:
+    with open(tmp, 'w', encoding='utf-8') as f:
       f.write(f'{digest} {size} {mtime_ns}\n')
-    os.replace(f.name, path + '.sha256')
+    os.replace(tmp, path + '.sha256')
 
 
 def file_sha256(path: str) -> str:
@@ -209,7 +235,7 @@ def _download(url: str, part: str, size: int | None, what: str, dest: str) -> bo
     raise _network_failure(what, url, dest, f'HTTP {e.code} {e.reason}') from e
   except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
     raise _network_failure(what, url, dest, getattr(e, 'reason', None) or e) from e
-  if total and done < total:
+  if total and done != total:
     raise _network_failure(what, url, dest,
                            f'the connection closed after {done:,} of {total:,} bytes, which '
                            f'are kept in {part}')
@@ -227,6 +253,17 @@ def _sha256_problem(actual: str, sha256: str | None) -> str | None:
   return f'has sha256 {actual}, expected {sha256}'
 
 
+def _verified(dest: str, sha256: str | None, size: int | None, what: str, url: str) -> str:
+  """``dest``, unless its size or SHA-256 is not the expected one."""
+  problem = _size_problem(dest, size)
+  if problem is None and sha256 is not None:
+    problem = _sha256_problem(file_sha256(dest), sha256)
+  if problem:
+    raise ChecksumError(f'{dest} is not {what}: it {problem}; delete it to download '
+                        f'{what} again from {url}')
+  return dest
+
+
 def fetch(url: str, dest: str, *, sha256: str | None, size: int | None = None,
           what: str = 'the file') -> str:
   """Makes ``dest`` a verified copy of ``url`` (see the module docstring) and returns it.
@@ -238,15 +275,11 @@ def fetch(url: str, dest: str, *, sha256: str | None, size: int | None = None,
   sha256 = None if sha256 is None else check_sha256(sha256)
   dest = os.path.abspath(dest)
   part = dest + '.part'
+  if os.path.exists(dest):  # no lock, no write: a shared cache may be read-only
+    return _verified(dest, sha256, size, what, url)
   with file_lock(dest + '.lock'):
-    if os.path.exists(dest):
-      problem = _size_problem(dest, size)
-      if problem is None and sha256 is not None:
-        problem = _sha256_problem(file_sha256(dest), sha256)
-      if problem:
-        raise ChecksumError(f'{dest} is not {what}: it {problem}; delete it to download '
-                            f'{what} again from {url}')
-      return dest
+    if os.path.exists(dest):  # another process has just downloaded it
+      return _verified(dest, sha256, size, what, url)
     for _ in range(2):
       kept = os.path.getsize(part) if os.path.exists(part) else 0
       complete = kept > 0 and kept == size  # killed between downloading and renaming

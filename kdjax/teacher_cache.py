@@ -226,6 +226,33 @@ def _manifest(folder: str, fields: dict, layout: _Layout) -> dict:
   return {**described, 'chunk_images': layout.chunk_images, 'chunks': {}}
 
 
+def _of(layout: _Layout, manifest: dict) -> _Layout:
+  """``layout`` with the chunk size of ``manifest`` (a resumed build continues its chunks)."""
+  return layout._replace(chunk_images=manifest['chunk_images'])
+
+
+def _read_chunks(folder: str, manifest: dict, layout: _Layout, *,
+                 report: bool) -> tuple[np.ndarray, list]:
+  """``(logits, missing chunks)``: the verified chunks of ``manifest`` read into ``logits``;
+  a damaged one is dropped from the manifest (and named on stderr if ``report``)."""
+  logits = np.empty(layout.shape, layout.stored)
+  missing = []
+  for k in range(layout.num_chunks):
+    rows, sha256 = layout.rows(k), manifest['chunks'].get(str(k))
+    path = os.path.join(folder, f'chunk_{k:05d}.npy')
+    chunk = None if sha256 is None else _read_chunk(
+        path, sha256, (rows.stop - rows.start,) + layout.shape[1:], layout.stored)
+    if isinstance(chunk, np.ndarray):
+      logits[rows] = chunk
+      continue
+    if chunk is not None:
+      if report:
+        _say(f'teacher cache: {path} is {chunk}; computing it again')
+      del manifest['chunks'][str(k)]
+    missing.append(k)
+  return logits, missing
+
+
 def teacher_logits(config: ml_collections.ConfigDict, teacher: nn.Module, teacher_variables,
                    train: data.Dataset, mesh: Mesh) -> np.ndarray:
   """The cache of ``config``'s teacher on ``train`` (module docstring): ``(N, V, classes)``
@@ -237,25 +264,17 @@ def teacher_logits(config: ml_collections.ConfigDict, teacher: nn.Module, teache
   check_config(config)
   fields = cache_fields(config, teacher_variables, train)
   folder = cache_folder(fields)
+  layout = _layout(fields, train.num_classes, config.teacher.cache_chunk_images)
+  manifest = _manifest(folder, fields, layout)
+  if len(manifest['chunks']) == _of(layout, manifest).num_chunks:  # complete: only read, so
+    logits, missing = _read_chunks(folder, manifest, _of(layout, manifest), report=False)
+    if not missing:  # a shared cache may be read-only: no lock taken
+      return logits.view(layout.dtype)
   with downloads.file_lock(folder + '.lock'):
     os.makedirs(folder, exist_ok=True)
-    layout = _layout(fields, train.num_classes, config.teacher.cache_chunk_images)
     manifest = _manifest(folder, fields, layout)
-    layout = layout._replace(chunk_images=manifest['chunk_images'])
-    logits = np.empty(layout.shape, layout.stored)
-    missing = []
-    for k in range(layout.num_chunks):
-      rows, sha256 = layout.rows(k), manifest['chunks'].get(str(k))
-      path = os.path.join(folder, f'chunk_{k:05d}.npy')
-      chunk = None if sha256 is None else _read_chunk(
-          path, sha256, (rows.stop - rows.start,) + layout.shape[1:], layout.stored)
-      if isinstance(chunk, np.ndarray):
-        logits[rows] = chunk
-        continue
-      if chunk is not None:
-        _say(f'teacher cache: {path} is {chunk}; computing it again')
-        del manifest['chunks'][str(k)]
-      missing.append(k)
+    layout = _of(layout, manifest)
+    logits, missing = _read_chunks(folder, manifest, layout, report=True)
     if missing:
       with interrupts.doing(f'building the teacher-logit cache {folder}', 'the chunks done '
                             'are kept and the next run computes only the others'):

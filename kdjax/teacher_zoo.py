@@ -10,15 +10,19 @@ state dict. :data:`PUBLISHED_TOP1` is their CIFAR-100 top-1 (%) as published.
 
 :func:`resolve` turns a spec into a kdjax teacher folder (:func:`kdjax.teachers.save`):
 
-1. The tar is downloaded once into ``<cache>/teachers/mdistiller/cifar_teachers.tar``
-   (:func:`kdjax.downloads.fetch`). mdistiller publishes no checksum, so the first download
-   is trusted and its URL, size and SHA-256 are recorded in ``cifar_teachers.tar.json`` next
-   to it; a later download, or a file put there, that differs is refused.
+1. The tar is downloaded once into ``<root>/cifar_teachers.tar``, ``<root>`` being
+   :func:`source_root`, ``<cache>/teachers/mdistiller/<source>`` with ``<source>`` keyed by
+   the URL (:func:`kdjax.downloads.source_key`): another ``zoo_url`` is another download and
+   another teacher. mdistiller publishes no checksum, so the first whole download (a tar that
+   reads to its end-of-archive blocks: a cut without Content-Length is caught) is trusted and
+   its URL, size and SHA-256 are recorded in ``cifar_teachers.tar.json`` next to it; a later
+   download that differs is refused; a kept file that differs from the record, or a recorded
+   one that is not a whole tar, is downloaded again.
 2. Only the teacher's member is read from the tar, and only if it is a regular file; its
    name is never used as a path, so a crafted member cannot write outside the cache. It is
    converted by :mod:`kdjax.convert` (``torch.load(weights_only=True)``: no code runs) and
-   saved in a temporary folder, renamed to ``<cache>/teachers/mdistiller/<name>`` only when
-   complete: a killed run leaves no half teacher.
+   saved in a temporary folder, renamed to ``<root>/<name>`` only when complete: a killed
+   run leaves no half teacher. Its ``teacher.json`` names the source and the dataset.
 3. Later calls return that folder, with no network and no tar.
 
 ``<cache>`` is :func:`kdjax.downloads.cache_dir`: the ``cache`` argument, else
@@ -29,9 +33,9 @@ torchvision ImageNet weights that mdistiller's ``mdistiller/models/imagenet/resn
 loads (its ``model_urls``), a plain state dict at ``TORCHVISION_URL + <file>``. The 8 hex
 digits in the file's name are the start of its SHA-256 (torchvision's convention,
 ``torch.hub`` ``check_hash``): the file is downloaded once into
-``<cache>/teachers/torchvision/<file>`` (:func:`kdjax.downloads.fetch`), refused unless its
-SHA-256 starts with them, converted for the imagenet zoo's model and saved, as above, to
-``<cache>/teachers/torchvision/<name>``. ``config.teacher.zoo_url`` may name a mirror folder
+``<cache>/teachers/torchvision/<source>/<file>`` (:func:`kdjax.downloads.fetch`), refused
+unless its SHA-256 starts with them, converted for the imagenet zoo's model and saved, as
+above, to ``<cache>/teachers/torchvision/<source>/<name>``. ``config.teacher.zoo_url`` may name a mirror folder
 (``http(s)://``, ``file://`` or a local path) that holds the same file names.
 """
 
@@ -43,7 +47,7 @@ import shutil
 import tarfile
 import tempfile
 
-from kdjax import convert, downloads, jsonio, teachers
+from kdjax import convert, downloads, interrupts, jsonio, teachers
 from kdjax.errors import KdjaxError
 
 PREFIX = 'mdistiller:'
@@ -127,38 +131,83 @@ def check_spec(spec: str, model: str) -> None:
                      f'is {model}')
 
 
-def _fetch_archive(url: str, path: str) -> str:
-  """Downloads the tar once, pinned to its first download's size and SHA-256; returns that."""
-  pin_path = path + '.json'
+def source_root(kind: str, url: str, cache: str | None = None) -> str:
+  """``<cache>/teachers/<kind>/<source>``: the folder of what comes from ``url`` (the tar, or
+  torchvision's folder), keyed by it (:func:`kdjax.downloads.source_key`)."""
+  return os.path.join(downloads.cache_dir(cache), 'teachers', kind, downloads.source_key(url))
+
+
+def _pin(pin_path: str) -> dict | None:
+  """The record of the tar's first whole download, or None (none, or not a record: asked
+  for again)."""
   pin = jsonio.read_json(pin_path)
-  if os.path.exists(pin_path) and not (isinstance(pin, dict) and {'size', 'sha256'} <= set(pin)):
-    raise KdjaxError(f'{pin_path} is not a record of {ARCHIVE} (size, sha256); delete it to '
-                     f'record the next download')
-  try:
-    downloads.fetch(url, path, sha256=pin['sha256'] if pin else None,
-                    size=pin['size'] if pin else None, what=ARCHIVE)
-  except downloads.ChecksumError as e:
-    raise downloads.ChecksumError(f'{e} (the expected file is the first one downloaded, '
-                                  f'recorded in {pin_path}; delete that to accept another)'
-                                  ) from e
-  digest = downloads.file_sha256(path)
-  if not pin:
-    jsonio.write_json(pin_path, {'url': url, 'size': os.path.getsize(path), 'sha256': digest})
-  return digest
+  return pin if isinstance(pin, dict) and {'size', 'sha256'} <= set(pin) else None
 
 
-def _extract(archive: str, name: str, dest: str) -> None:
-  """Copies the regular-file member ``name`` of the tar ``archive`` to ``dest``."""
+def _tar_problem(path: str) -> str | None:
+  """Why the file at ``path`` is not a whole tar, or None: every header and member is there,
+  then the two zero blocks that end an archive (a download cut short has not got them)."""
   try:
-    with tarfile.open(archive) as tar:
-      found = next((m for m in tar if m.name.removeprefix('./') == name), None)
-      if found is None or not found.isfile():
-        raise KdjaxError(f'{archive} has no file {name}; is it mdistiller\'s {ARCHIVE}?')
-      with tar.extractfile(found) as src, open(dest, 'wb') as out:
-        shutil.copyfileobj(src, out)
-  except (OSError, tarfile.TarError) as e:
-    raise KdjaxError(f'could not read {name} from {archive} ({e}); delete it (and '
-                     f'{ARCHIVE}.json if it is damaged) to download it again') from e
+    with tarfile.open(path, 'r:') as tar:
+      tar.getmembers()  # reads every header; a member cut short raises
+      end = tar.offset
+    with open(path, 'rb') as f:
+      f.seek(end)
+      marker = f.read(2 * tarfile.BLOCKSIZE)
+  except tarfile.ReadError as e:
+    if not any(cut in str(e) for cut in ('unexpected end', 'truncated')):
+      return f'is not a tar ({e})'
+    marker = b''
+  if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b'\0'):
+    return (f'is not a whole tar: its {os.path.getsize(path):,} bytes stop before the end of '
+            f'the archive (a download cut short)')
+  return None
+
+
+def _fetch_archive(url: str, path: str) -> str:
+  """Downloads the tar once and returns its SHA-256. It is recorded (pinned) only when it is a
+  whole tar; later downloads must match the record. A kept file that is not the recorded one,
+  or a recorded one that is no whole tar, is deleted and asked for again, once."""
+  pin_path = path + '.json'
+  for _ in range(2):
+    pin, fresh = _pin(pin_path), not os.path.exists(path)
+    try:
+      downloads.fetch(url, path, sha256=pin and pin['sha256'], size=pin and pin['size'],
+                      what=ARCHIVE)
+    except downloads.ChecksumError as e:
+      if fresh:
+        raise downloads.ChecksumError(f'{e} (the expected file is the first one downloaded '
+                                      f'from this URL, recorded in {pin_path}; delete that '
+                                      f'to accept another)') from e
+      downloads.remove(path)  # the kept file changed: asked for again
+      continue
+    problem = _tar_problem(path)
+    if problem is None:
+      digest = downloads.file_sha256(path)
+      if not pin:
+        jsonio.write_json(pin_path, {'url': url, 'size': os.path.getsize(path),
+                                     'sha256': digest})
+      return digest
+    downloads.remove(path, pin_path)
+    if fresh:
+      raise KdjaxError(f'{ARCHIVE} downloaded from {url} {problem}; it was deleted, not '
+                       f'recorded: run again to download it anew, or check '
+                       f'config.teacher.zoo_url')
+  raise AssertionError('unreachable: the second pass downloads afresh')
+
+
+def _extract(archive: str, name: str, dest: str, url: str) -> None:
+  """Copies the regular-file member ``name`` of the tar ``archive`` (from ``url``) to
+  ``dest``."""
+  with tarfile.open(archive, 'r:') as tar:
+    found = next((m for m in tar if m.name.removeprefix('./') == name), None)
+    if found is None or not found.isfile():
+      raise KdjaxError(f'{ARCHIVE} from {url} has no file {name}: is config.teacher.zoo_url '
+                       f'mdistiller\'s {ARCHIVE} ({ZOO_URL})? Point it at one that holds the '
+                       f'teacher (this one stays in {os.path.dirname(archive)}, or delete '
+                       f'that folder)')
+    with tar.extractfile(found) as src, open(dest, 'wb') as out:
+      shutil.copyfileobj(src, out)
 
 
 def _fetch_torchvision(name: str, base_url: str, root: str) -> tuple[str, str, str]:
@@ -179,7 +228,7 @@ def _fetch_torchvision(name: str, base_url: str, root: str) -> tuple[str, str, s
 def resolve(spec: str, *, zoo_url: str | None = None, cache: str | None = None,
             num_classes: int = 100) -> str:
   """The kdjax teacher folder of ``spec`` (``mdistiller:<name>`` or ``torchvision:<name>``),
-  made on the first call.
+  made on the first call from ``zoo_url``, found by it later (another URL: another folder).
 
   ``zoo_url``: where ``cifar_teachers.tar`` comes from (None: :data:`ZOO_URL`; a
   ``file://`` URL or a local path for a mirror), or for a torchvision teacher the folder of
@@ -189,8 +238,8 @@ def resolve(spec: str, *, zoo_url: str | None = None, cache: str | None = None,
   """
   name = _teacher_name(spec)
   torchvision = spec.startswith(TORCHVISION_PREFIX)
-  root = os.path.join(downloads.cache_dir(cache), 'teachers',
-                      'torchvision' if torchvision else 'mdistiller')
+  url = zoo_url or (TORCHVISION_URL if torchvision else ZOO_URL)
+  root = source_root('torchvision' if torchvision else 'mdistiller', url, cache)
   folder = os.path.join(root, name)
   if os.path.isfile(os.path.join(folder, teachers.TEACHER_JSON)):
     return folder
@@ -201,19 +250,21 @@ def resolve(spec: str, *, zoo_url: str | None = None, cache: str | None = None,
   work = tempfile.mkdtemp(dir=root, prefix=f'.{name}.')
   try:
     if torchvision:
-      model = TORCHVISION[name][0]
-      pth, url, digest = _fetch_torchvision(name, zoo_url or TORCHVISION_URL, root)
-      variables = convert.variables_from_torch(model, convert.load_pth(pth), num_classes,
-                                               zoo='imagenet')
+      model, dataset = TORCHVISION[name][0], 'imagenet'
+      pth, url, digest = _fetch_torchvision(name, url, root)
       source = f'{url} (sha256 {digest})'
     else:
-      model, url = name, zoo_url or ZOO_URL
+      model, dataset = name, 'cifar100'
       digest = _fetch_archive(url, os.path.join(root, ARCHIVE))
       pth = os.path.join(work, 'ckpt_epoch_240.pth')
-      _extract(os.path.join(root, ARCHIVE), member(name), pth)
-      variables = convert.variables_from_torch(name, convert.load_pth(pth), num_classes)
+      _extract(os.path.join(root, ARCHIVE), member(name), pth, url)
       source = f'{member(name)} of {url} (sha256 {digest})'
-    teachers.save(os.path.join(work, name), model, num_classes, variables, source=source)
+    with interrupts.doing(f'converting {spec}', 'its download is kept; no half-converted '
+                          'teacher is left'):
+      variables = convert.variables_from_torch(model, convert.load_pth(pth), num_classes,
+                                               zoo='imagenet' if torchvision else 'cifar')
+      teachers.save(os.path.join(work, name), model, num_classes, variables, source=source,
+                    dataset=dataset)
     try:
       os.rename(os.path.join(work, name), folder)
     except OSError as e:  # another process was first, or something else is in the way

@@ -12,7 +12,10 @@
   (:mod:`kdjax.convert`; needs ``kdjax[torch]``).
 
 A teacher whose architecture or class count does not fit the config is refused with one
-line naming the first mismatched variable, before any training.
+line naming the first mismatched variable, before any training. So is one trained on another
+dataset (a workdir's ``config.json``, a folder's ``teacher.json`` record it; the dataset
+fixes kdjax's normalisation too) unless ``config.teacher.other_data`` says it is deliberate:
+a CIFAR-10 teacher has as many classes as digits, but they mean other things.
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ TEACHER_JSON = 'teacher.json'
 
 
 def save(directory: str, model: str, num_classes: int, variables: dict, *,
-         source: str = '') -> None:
-  """Writes a teacher folder: ``teacher.json`` and the variables (Orbax)."""
+         source: str = '', dataset: str | None = None) -> None:
+  """Writes a teacher folder: ``teacher.json`` (with the ``dataset`` it was trained on, when
+  known) and the variables (Orbax)."""
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   checkpoints.save_tree(os.path.join(directory, 'variables'), variables)
+  meta = {'model': model, 'num_classes': num_classes, 'source': source, 'dataset': dataset}
   with open(os.path.join(directory, TEACHER_JSON), 'w') as f:
-    json.dump({'model': model, 'num_classes': num_classes, 'source': source}, f, indent=2)
+    json.dump({k: v for k, v in meta.items() if v is not None}, f, indent=2)
 
 
 def _from_workdir(path: str) -> tuple[dict, dict]:
@@ -88,16 +93,26 @@ def check_fits(variables: dict, model: str, num_classes: int, source: str,
 
 
 def load_variables(path: str, model: str, num_classes: int,
-                   image_shape=models.CIFAR_IMAGE_SHAPE, zoo: str = 'cifar') -> dict:
+                   image_shape=models.CIFAR_IMAGE_SHAPE, zoo: str = 'cifar', *,
+                   dataset: str | None = None, other_data: bool = False) -> dict:
   """The variables of the teacher at ``path`` (see the module docstring), checked to fit
-  ``zoo``'s ``model`` with ``num_classes`` classes on images of ``image_shape``."""
-  return load(path, model, num_classes, image_shape, zoo)[0]
+  ``zoo``'s ``model`` with ``num_classes`` classes on images of ``image_shape``, and to have
+  been trained on ``dataset`` where it says (unless ``other_data``)."""
+  variables, meta = load(path, model, num_classes, image_shape, zoo)
+  trained_on = meta.get('dataset')
+  if dataset and trained_on and trained_on != dataset and not other_data:
+    raise KdjaxError(f'teacher {path!r} was trained on {trained_on}, and this run is on '
+                     f'{dataset} (config.data.name): its classes and normalisation are '
+                     f'another\'s; choose a teacher trained on {dataset}, or set '
+                     f'--config.teacher.other_data=true if this is deliberate')
+  return variables
 
 
 def load(path: str, model: str, num_classes: int, image_shape=models.CIFAR_IMAGE_SHAPE,
          zoo: str = 'cifar') -> tuple[dict, dict]:
   """:func:`load_variables` and what ``path`` says of them: ``model``, and a workdir's
-  ``dataset`` and ``step``, a teacher folder's ``num_classes`` and ``source``."""
+  ``dataset`` and ``step``, a teacher folder's ``num_classes``, ``source`` and (when
+  recorded) ``dataset``."""
   if not os.path.exists(path):
     raise KdjaxError(f'teacher checkpoint {path!r} does not exist (config.teacher.checkpoint)')
   if path.endswith(('.pth', '.pt', '.tar')) and os.path.isfile(path):

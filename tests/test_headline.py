@@ -12,6 +12,7 @@ import hashlib
 import pytest
 
 import archives
+from kdjax import teacher_zoo
 from conftest import run_cli
 from fileserver import FileServer
 
@@ -37,8 +38,9 @@ def test_headline_command_fetches_verifies_caches_converts_and_trains(tmp_path):
   teacher_line = next(line for line in first.stderr.splitlines()
                       if line.startswith('teacher resnet56 (mdistiller:resnet56): top-1 '))
   assert teacher_line.endswith('on the 32 test images (published: 72.34%)')
+  teacher = teacher_zoo.source_root('mdistiller', server.url('cifar_teachers.tar'), str(cache))
   for path in ('cifar/cifar-100-binary.tar.gz', 'cifar/cifar100.npz',
-               'teachers/mdistiller/resnet56/teacher.json'):
+               f'{teacher}/resnet56/teacher.json'):
     assert (cache / path).exists(), path
   assert (workdir / 'checkpoints' / '2').is_dir()
   # The server is gone: the same command resumes from the cache alone (nothing left to train

@@ -46,7 +46,8 @@ def test_resolve_verifies_converts_once_and_then_works_offline(pth, monkeypatch,
     server.files[file] = pth
     folder = teacher_zoo.resolve(SPEC, zoo_url=server.url(''), cache=cache, num_classes=1000)
     assert [path for path, _ in server.requests] == [file]
-  assert folder == os.path.join(cache, 'teachers', 'torchvision', 'resnet18')
+  assert folder == os.path.join(
+      teacher_zoo.source_root('torchvision', server.url(''), cache), 'resnet18')
   # The server is gone: the converted folder is reused, no network.
   assert teacher_zoo.resolve(SPEC, zoo_url=server.url(''), cache=cache,
                              num_classes=1000) == folder
@@ -66,7 +67,7 @@ def test_a_file_whose_sha256_does_not_start_with_its_name_digits_is_refused(pth,
     with pytest.raises(downloads.ChecksumError, match='does not start with deadbeef') as error:
       teacher_zoo.resolve(SPEC, zoo_url=server.url(''), cache=cache, num_classes=1000)
   assert '\n' not in str(error.value)
-  root = os.path.join(cache, 'teachers', 'torchvision')
+  root = teacher_zoo.source_root('torchvision', server.url(''), cache)
   assert not os.path.exists(os.path.join(root, 'resnet18-deadbeef.pth'))  # deleted, not used
   assert not os.path.exists(os.path.join(root, 'resnet18'))
 

@@ -8,6 +8,7 @@ statistics, laid out as PyTorch's), saved as RepDistiller's train_teacher.py sav
 import hashlib
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -52,14 +53,14 @@ def _logits(variables, images):
   return models.create(MODEL, 100).apply(variables, images, train=False).logits
 
 
-def _root(cache) -> str:
-  return os.path.join(cache, 'teachers', 'mdistiller')
+def _root(cache, server) -> str:
+  return teacher_zoo.source_root('mdistiller', server.url('cifar_teachers.tar'), cache)
 
 
 def test_resolve_converts_the_teacher_once_and_then_works_offline(server, pth, tmp_path):
   url, cache = server.url('cifar_teachers.tar'), str(tmp_path / 'cache')
   folder = teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache)
-  assert folder == os.path.join(_root(cache), MODEL)
+  assert folder == os.path.join(_root(cache, server), MODEL)
   direct = tmp_path / 'direct.pth'
   direct.write_bytes(pth)
   expected = convert.variables_from_torch(MODEL, convert.load_pth(direct), 100)
@@ -68,7 +69,7 @@ def test_resolve_converts_the_teacher_once_and_then_works_offline(server, pth, t
   assert np.all(np.isfinite(logits)) and np.ptp(logits) > 0
   np.testing.assert_array_equal(logits, _logits(expected, images))
   archive = server.files['cifar_teachers.tar']
-  root = tmp_path / 'cache' / 'teachers' / 'mdistiller'
+  root = pathlib.Path(_root(cache, server))
   pin = json.loads((root / 'cifar_teachers.tar.json').read_text())
   assert pin == {'url': url, 'size': len(archive), 'sha256': hashlib.sha256(archive).hexdigest()}
   meta = json.loads((root / MODEL / teachers.TEACHER_JSON).read_text())
@@ -86,7 +87,7 @@ def test_a_changed_archive_is_refused(server, pth, tmp_path):
   first = server.files['cifar_teachers.tar']
   changed = archives.tar({teacher_zoo.member(MODEL): pth, 'cifar_teachers/extra.txt': b'new'})
   server.files['cifar_teachers.tar'] = changed
-  os.remove(os.path.join(_root(cache), 'cifar_teachers.tar'))  # the big file, cleaned up
+  os.remove(os.path.join(_root(cache, server), 'cifar_teachers.tar'))  # the big file, cleaned up
   os.rename(folder, folder + '.old')
   with pytest.raises(downloads.ChecksumError) as error:
     teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache)
@@ -95,7 +96,7 @@ def test_a_changed_archive_is_refused(server, pth, tmp_path):
   assert hashlib.sha256(changed).hexdigest() in line
   assert hashlib.sha256(first).hexdigest() in line
   assert 'cifar_teachers.tar.json' in line
-  assert not os.path.exists(os.path.join(_root(cache), 'cifar_teachers.tar'))
+  assert not os.path.exists(os.path.join(_root(cache, server), 'cifar_teachers.tar'))
   assert not os.path.exists(folder)
 
 
@@ -103,7 +104,7 @@ def test_a_failed_conversion_leaves_no_teacher_folder(server, tmp_path):
   url, cache = server.url('cifar_teachers.tar'), str(tmp_path / 'cache')
   with pytest.raises(KdjaxError, match='the checkpoint has 100 classes'):
     teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache, num_classes=10)
-  assert sorted(os.listdir(_root(cache))) == [
+  assert sorted(os.listdir(_root(cache, server))) == [
       'cifar_teachers.tar', 'cifar_teachers.tar.json', 'cifar_teachers.tar.lock',
       'cifar_teachers.tar.sha256']
 
@@ -116,7 +117,55 @@ def test_only_a_regular_file_member_is_read(torch, tmp_path):
     with pytest.raises(KdjaxError, match=f'has no file {teacher_zoo.member(MODEL)}'):
       teacher_zoo.resolve('mdistiller:resnet56', zoo_url=server.url('cifar_teachers.tar'),
                           cache=str(tmp_path))
-  assert not [e for e in os.listdir(_root(str(tmp_path))) if e.startswith('.')]
+    assert not [e for e in os.listdir(_root(str(tmp_path), server)) if e.startswith('.')]
+
+
+def test_another_zoo_url_is_another_download_and_teacher(server, pth, tmp_path):
+  cache = str(tmp_path / 'cache')
+  server.files['mirror.tar'] = archives.tar({teacher_zoo.member(MODEL): pth})
+  first = teacher_zoo.resolve('mdistiller:resnet56', zoo_url=server.url('cifar_teachers.tar'),
+                              cache=cache)
+  second = teacher_zoo.resolve('mdistiller:resnet56', zoo_url=server.url('mirror.tar'),
+                               cache=cache)
+  assert first != second
+  assert [path for path, _ in server.requests] == ['cifar_teachers.tar', 'mirror.tar']
+  meta = json.loads(pathlib.Path(second, teachers.TEACHER_JSON).read_text())
+  digest = hashlib.sha256(server.files['mirror.tar']).hexdigest()
+  assert server.url('mirror.tar') in meta['source'] and digest in meta['source']
+  assert meta['dataset'] == 'cifar100'
+
+
+def test_a_tar_cut_short_without_content_length_is_never_recorded(server, tmp_path):
+  url, cache = server.url('cifar_teachers.tar'), str(tmp_path / 'cache')
+  whole = server.files['cifar_teachers.tar']
+  server.send_length, server.cut_after = False, len(whole) // 2
+  with pytest.raises(KdjaxError) as error:
+    teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache)
+  assert str(error.value) == (
+      f'cifar_teachers.tar downloaded from {url} is not a whole tar: its {len(whole) // 2:,} '
+      f'bytes stop before the end of the archive (a download cut short); it was deleted, not '
+      f'recorded: run again to download it anew, or check config.teacher.zoo_url')
+  root = _root(cache, server)
+  assert not {'cifar_teachers.tar', 'cifar_teachers.tar.json'} & set(os.listdir(root))
+  server.cut_after = None  # the next try gets the whole file, and records it
+  teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache)
+  assert json.loads(pathlib.Path(root, 'cifar_teachers.tar.json').read_text())['size'] == len(
+      whole)
+
+
+def test_a_recorded_tar_that_is_not_whole_is_asked_for_again(server, tmp_path):
+  """A cache from before tars were checked: a half tar, recorded as if it were the file."""
+  url, cache = server.url('cifar_teachers.tar'), str(tmp_path / 'cache')
+  whole = server.files['cifar_teachers.tar']
+  root = pathlib.Path(_root(cache, server))
+  root.mkdir(parents=True)
+  (root / 'cifar_teachers.tar').write_bytes(whole[:len(whole) // 2])
+  (root / 'cifar_teachers.tar.json').write_text(json.dumps(
+      {'url': url, 'size': len(whole) // 2,
+       'sha256': hashlib.sha256(whole[:len(whole) // 2]).hexdigest()}))
+  teacher_zoo.resolve('mdistiller:resnet56', zoo_url=url, cache=cache)
+  assert (root / 'cifar_teachers.tar').read_bytes() == whole
+  assert json.loads((root / 'cifar_teachers.tar.json').read_text())['size'] == len(whole)
 
 
 def test_an_unknown_teacher_lists_the_published_ones(tmp_path):

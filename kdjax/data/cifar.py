@@ -24,11 +24,11 @@ as ``<name>.npz`` (uncompressed, written to a temporary file and renamed, read w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import tarfile
-import tempfile
 import zipfile
 
 import numpy as np
@@ -147,14 +147,15 @@ def _cached_split(npz: str, sha256: str, split: str) -> tuple[np.ndarray, np.nda
 
 
 def _write_cache(npz: str, arrays: dict[str, np.ndarray], sha256: str) -> None:
-  with tempfile.NamedTemporaryFile(dir=os.path.dirname(npz), suffix='.npz.tmp',
-                                   delete=False) as f:
-    try:
+  tmp = f'{npz}.{os.getpid()}.tmp'  # created with the user's umask: a cache can be shared
+  try:
+    with open(tmp, 'wb') as f:
       np.savez(f, archive_sha256=np.asarray(sha256), **arrays)
-    except BaseException:
-      os.remove(f.name)
-      raise
-  os.replace(f.name, npz)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+  os.replace(tmp, npz)
 
 
 def load(name: str, split: str, *, cache: str | None = None, download: bool = True,

@@ -206,8 +206,9 @@ class RunSetup:
       raise KdjaxError(f'{config.method} meta-learns on a quiz set held out from the training '
                        f'set: set config.data.holdout (e.g. 5000 for CIFAR, 144 for digits)')
     if self.method.teacher is not None and teacher_variables is None:
-      teacher_variables = teachers.load_variables(self.teacher_path(), config.teacher.model,
-                                                  self.train.num_classes, image_shape, zoo)
+      teacher_variables = teachers.load_variables(
+          self.teacher_path(), config.teacher.model, self.train.num_classes, image_shape, zoo,
+          dataset=config.data.name, other_data=config.teacher.other_data)
     self.frozen: dict = step_lib.frozen_inputs(self.method, teacher_variables)
     self.cache_placement, self.host_teacher_logits = None, None
     if config.teacher.cache and self.method.teacher is not None:
