@@ -37,7 +37,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from kdjax.errors import KdjaxError
+from kdjax.errors import KdjaxError, warn
 
 
 class _OrbaxTracebacks(logging.Filter):
@@ -195,9 +195,8 @@ class Checkpointer:
         raise KdjaxError(f'checkpoint at step {step} in {self.directory} could not be restored '
                          f'({cause}) nor moved to {target} ({_first_line(e)}); move it away '
                          f'by hand and rerun') from None
-      logging.warning('checkpoint at step %d in %s could not be restored (%s); moved it to %s '
-                      'and resumed from step %d', step, self.directory, cause, target,
-                      restored_step)
+      warn(f'checkpoint at step {step} in {self.directory} could not be restored ({cause}); '
+           f'moved it to {target} and resumed from step {restored_step}')
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices('kdjax_checkpoint_moved_aside')
@@ -214,8 +213,7 @@ class Checkpointer:
     try:
       self._manager.close()
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning('closing the checkpoint manager of %s failed (%s)', self.directory,
-                      _first_line(e))
+      warn(f'closing the checkpoint manager of {self.directory} failed ({_first_line(e)})')
 
   def wait(self) -> None:
     """Waits for the save in flight (see :meth:`save` for errors)."""
@@ -264,8 +262,8 @@ def restore_on_host(directory: str) -> Optional[tuple[int, Any]]:
             state=ocp.args.StandardRestore(target)))
         return step, restored['state']
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('checkpoint at step %d in %s could not be restored (%s); trying the '
-                        'previous one', step, directory, _first_line(e))
+        warn(f'checkpoint at step {step} in {directory} could not be restored '
+             f'({_first_line(e)}); trying the previous one')
     if steps:
       raise KdjaxError(f'no checkpoint in {directory} could be restored (steps {steps})')
     return None

@@ -32,3 +32,9 @@ def run_command(command: Callable[[], str]) -> int:
     print(f'kdjax: error: {e}', file=sys.stderr)
     return 2
   return 0
+
+
+def warn(text: str) -> None:
+  """Prints ``warning: <text>`` on stderr: kdjax's one voice for what went wrong without
+  stopping the run (never a library's log format)."""
+  print(f'warning: {text}', file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ if __name__ == '__main__':  # run as a command: a signal from here on is one lin
 
 import importlib.resources
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -62,10 +63,13 @@ def _run_plan(config, workdir: str) -> None:
   if _DRY_RUN.value:
     print(plan.describe(runs))
     return
+  print(f'kdjax: workdir {os.path.abspath(workdir)}', file=sys.stderr, flush=True)
   try:
     plan.execute(runs)
   except plan.Interrupted as e:
     print(f'kdjax: {e}', file=sys.stderr)
+    return
+  print(f'workdir: {os.path.abspath(workdir)}')  # under the summary table
 
 
 def command(argv, action) -> None:
@@ -81,8 +85,12 @@ def command(argv, action) -> None:
   except OSError as e:
     print(f'kdjax: error: {_config_file_error(e)}', file=sys.stderr)
     sys.exit(2)
-  workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
   try:
+    workdir = local_path(_WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename),
+                         '--workdir')
+    if config.get('teacher') and config.teacher.checkpoint:
+      config.teacher.checkpoint = local_path(config.teacher.checkpoint,
+                                             'config.teacher.checkpoint')
     platform_tuning.apply(config)  # XLA reads its flags once, when the backend starts
     distributed.initialize(config.get('distributed', 'auto'))  # before any device is used
     action(config, workdir)
@@ -93,6 +101,16 @@ def command(argv, action) -> None:
     where = f' ({e.filename})' if e.filename else ''
     print(f'kdjax: error: {e.strerror or e}{where}', file=sys.stderr)
     sys.exit(2)
+
+
+def local_path(value: str, what: str) -> str:
+  """A path as users type it: ``~`` expanded. A URL (``gs://``, ``http://``) is refused with
+  one line: kdjax reads and writes local (or mounted) folders only, for now."""
+  if re.match(r'[A-Za-z][A-Za-z0-9+.-]*://', value):
+    raise KdjaxError(f'{what} {value} is a URL, and kdjax reads and writes local folders only '
+                     f'(for now); give a local path, or mount the bucket (e.g. with gcsfuse) '
+                     f'and give its folder')
+  return os.path.expanduser(value)
 
 
 def _config_file_error(error: Exception) -> str:

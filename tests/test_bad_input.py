@@ -54,16 +54,31 @@ def test_a_workdir_that_cannot_be_created(tmp_path):
                              f'--workdir={workdir}']), workdir)
 
 
-def _teacher_folder(tmp_path):
-  """A real teacher folder (kdjax.teachers.save) of a random resnet20 for digits."""
+def _teacher_folder(tmp_path, dataset=None):
+  """A real teacher folder (kdjax.teachers.save) of a random resnet20 for digits (or, as
+  its teacher.json says, trained on ``dataset``)."""
   import jax
   import jax.numpy as jnp
   from kdjax import models, teachers
   net = models.create('resnet20', 10)
   variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
   folder = tmp_path / 'teacher'
-  teachers.save(str(folder), 'resnet20', 10, variables, source='test')
+  teachers.save(str(folder), 'resnet20', 10, variables, source='test', dataset=dataset)
   return folder
+
+
+def test_a_teacher_trained_on_other_data_is_refused_unless_deliberate(tmp_path):
+  folder = _teacher_folder(tmp_path, dataset='cifar10')  # 10 classes, as digits has
+  workdir = tmp_path / 'run'
+  _one_line_error(run_cli(DIGITS_KD + [f'--config.teacher.checkpoint={folder}',
+                                       f'--workdir={workdir}']),
+                  f"teacher '{folder}' was trained on cifar10, and this run is on digits "
+                  f"(config.data.name)", '--config.teacher.other_data=true', alone=False)
+  assert not workdir.exists()
+  from kdjax import teachers
+  assert teachers.load_variables(str(folder), 'resnet20', 10, dataset='digits',
+                                 other_data=True)
+  assert teachers.load_variables(str(folder), 'resnet20', 10, dataset='cifar10')
 
 
 def test_damaged_teachers_are_one_line(tmp_path):

@@ -2,7 +2,6 @@
 
 import io
 import json
-import logging
 import os
 
 import grain
@@ -176,12 +175,13 @@ def test_eval_is_resize_then_center_crop_of_each_file(folder):
   assert not images[24:].any()
 
 
-def test_an_unreadable_jpeg_is_counted_warned_and_replaced(folder, caplog):
-  with caplog.at_level(logging.WARNING), _train(folder, worker_count=2) as train:
+def test_an_unreadable_jpeg_is_counted_warned_and_replaced(folder, capfd):
+  with _train(folder, worker_count=2) as train:
     batches = list(train)
   assert train.unreadable == 2  # once in each epoch
-  warnings = [r.getMessage() for r in caplog.records if 'unreadable' in r.getMessage()]
+  warnings = [line for line in capfd.readouterr().err.splitlines() if 'unreadable' in line]
   assert len(warnings) == 1 and str(folder / 'train' / CORRUPT) in warnings[0]
+  assert warnings[0].startswith('warning: skipped the unreadable image ')
   for batch in batches:  # its place went to another, readable, image
     assert batch['images'].shape == (8, CROP, CROP, 3)
   source = image_sources.ImageFolder(folder / 'train')

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 import tarfile
+import warnings
 from typing import Any, Mapping
 
 import flax
@@ -188,7 +189,8 @@ def _load_failure(path: str, error: Exception) -> str:
     boilerplate = ('Weights only load failed', 'Check the documentation', 'Please file an')
     reason = next((line for line in lines if not line.startswith(boilerplate)),
                   lines[0] if lines else type(error).__name__)
-  return f'could not read {path!r} as a PyTorch weights file: {reason}'
+  return (f'{path!r} is not a PyTorch checkpoint (torch.load: {reason}); pass a .pth that '
+          f'torch.save wrote, such as RepDistiller\'s or mdistiller\'s ckpt_epoch_240.pth')
 
 
 def _is_checkpoint_archive(path: str) -> bool:
@@ -243,7 +245,10 @@ def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if not os.path.isfile(path):
     raise KdjaxError(f'checkpoint {path!r} is not a file')
   try:
-    with torch.serialization.safe_globals([argparse.Namespace]):
+    # torch's own warnings (an unusual pickle protocol in garbage) would speak in its format;
+    # what matters reaches the user as the one line below.
+    with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+      warnings.simplefilter('ignore')
       obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     if _is_checkpoint_archive(path):

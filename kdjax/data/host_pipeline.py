@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import collections
 import io
-import logging
 import math
 import os
 from typing import Any, Optional, Sequence
@@ -78,7 +77,7 @@ import numpy as np
 from PIL import Image
 
 from kdjax.data.order import epoch_permutation
-from kdjax.errors import KdjaxError
+from kdjax.errors import KdjaxError, warn
 
 # torchvision's ImageNet statistics (mdistiller's ImageNet normalisation).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -299,10 +298,9 @@ class HostBatches:
     for index in first[first >= 0].tolist():
       if index not in self._warned:
         self._warned.add(index)
-        logging.warning('kdjax: skipped the unreadable image %s (%s); %d unreadable so far',
-                        self.source.describe(index),
-                        'masked out' if self._with_mask else 'the next image took its place',
-                        self.unreadable)
+        warn(f'skipped the unreadable image {self.source.describe(index)} ('
+             f'{"masked out" if self._with_mask else "the next image took its place"}); '
+             f'{self.unreadable} unreadable so far')
 
   def get_state(self) -> dict:
     """The position of the next batch, JSON-able: ``{'step', 'seed', 'records', ...}``."""

@@ -1,0 +1,35 @@
+"""Paths as users type them (kdjax/main.py ``local_path``): ``~`` expanded, a URL refused with
+one line, the workdir's absolute path printed at the start and under the final table."""
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+
+@pytest.mark.parametrize('workdir', ['http://example.com/runs/x', 'gs://bucket/runs/x'])
+def test_a_url_workdir_is_one_line_and_nothing_is_written(workdir):
+  done = run_cli(['--config', 'vanilla:digits', f'--workdir={workdir}'])
+  assert done.returncode == 2 and not done.stdout
+  assert done.stderr == (f'kdjax: error: --workdir {workdir} is a URL, and kdjax reads and '
+                         f'writes local folders only (for now); give a local path, or mount '
+                         f'the bucket (e.g. with gcsfuse) and give its folder\n')
+  assert not (ROOT / workdir.split('/')[0]).exists()
+
+
+def test_a_tilde_is_the_home_folder(tmp_path):
+  done = run_cli(['--config', 'kd:digits', '--workdir=~/runs/x', '--dry-run',
+                  '--config.teacher.checkpoint=~/teacher'], env={'HOME': str(tmp_path)})
+  assert done.returncode == 0, done.stderr
+  assert done.stdout == (f'1. kd student: kd resnet8 <- resnet20 {tmp_path}/teacher, 8 epochs, '
+                         f'seed 0 -> {tmp_path}/runs/x\n')
+
+
+@pytest.mark.slow
+def test_a_run_names_its_workdir_absolutely_at_the_start_and_the_end(tmp_path):
+  done = run_cli(['--config', 'vanilla:digits', '--workdir=~/runs/x', '--config.model=resnet8',
+                  '--config.num_epochs=1', '--config.max_steps=2'], env={'HOME': str(tmp_path)})
+  assert done.returncode == 0, done.stderr[-2000:]
+  workdir = tmp_path / 'runs' / 'x'
+  assert done.stderr.splitlines()[0] == f'kdjax: workdir {workdir}'
+  assert done.stdout.splitlines()[-1] == f'workdir: {workdir}'
+  assert (workdir / 'results.json').exists() and not (ROOT / '~').exists()
