@@ -8,6 +8,7 @@ key, the teacher folder round trip and the command line's one-line errors.
 
 import argparse
 import os
+import random
 import subprocess
 import sys
 
@@ -127,6 +128,19 @@ def test_a_file_without_a_state_dict_is_refused(torch, tmp_path):
   torch.save({'epoch': 3, 'best_acc': 71.2}, pth)
   with pytest.raises(KdjaxError, match="holds no state dict.*it holds: epoch, best_acc"):
     convert.load_pth(pth)
+
+
+def test_garbage_is_named_as_not_a_pytorch_checkpoint(torch, tmp_path, capfd):
+  del torch
+  rng = random.Random(44)  # bytes that made torch's unpickler fail with an IndexError
+  garbage = bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 10, 100, 1000])))
+  for content in (garbage, b'hello world\n', b''):
+    pth = tmp_path / 'garbage.pth'
+    pth.write_bytes(content)
+    with pytest.raises(KdjaxError) as refused:
+      convert.load_pth(pth)
+    assert str(refused.value).startswith(f"'{pth}' is not a PyTorch checkpoint (torch.load: ")
+  assert not capfd.readouterr().err  # no torch warning in its own format
 
 
 def test_an_archive_of_checkpoints_is_named_as_such(torch, tmp_path):

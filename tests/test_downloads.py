@@ -2,12 +2,16 @@
 
 import hashlib
 import os
+import socket
+import stat
 import threading
 import time
 
 import pytest
 
+import archives
 from kdjax import downloads
+from kdjax.data import cifar
 from kdjax.errors import KdjaxError
 from fileserver import FileServer, closed_port_url
 
@@ -206,3 +210,70 @@ def test_an_unwritable_cache_is_one_line(tmp_path):
   line = _one_line(error)
   assert str(tmp_path / 'file' / 'sub') in line
   assert 'KDJAX_CACHE' in line and 'config.data.data_dir' in line
+
+
+def test_a_wait_for_a_lock_names_its_holder(tmp_path, capfd):
+  lock = str(tmp_path / 'a.bin.lock')
+  held, release = threading.Event(), threading.Event()
+
+  def hold():
+    with downloads.file_lock(lock):
+      held.set()
+      release.wait(30)
+
+  holder = threading.Thread(target=hold)
+  holder.start()
+  assert held.wait(30)
+  threading.Timer(0.3, release.set).start()
+  with downloads.file_lock(lock):
+    pass
+  holder.join()
+  assert capfd.readouterr().err == (f'kdjax: waiting for process {os.getpid()} on '
+                                    f'{socket.gethostname()}, which holds {lock}\n')
+
+
+def _snapshot(folder) -> dict:
+  return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+          for root, _, names in os.walk(folder) for name in names}
+
+
+def test_a_read_only_cache_that_holds_everything_is_only_read(tmp_path):
+  archive, records = archives.cifar10()
+  cache = tmp_path / 'shared'
+  with FileServer() as server:
+    server.files['c10.tar.gz'] = archive
+    source = dict(url=server.url('c10.tar.gz'), sha256=hashlib.sha256(archive).hexdigest())
+    cifar.load('cifar10', 'train', cache=str(cache), **source)  # the team prepares it once
+  for root, folders, names in os.walk(cache):
+    for name in folders + names:
+      os.chmod(os.path.join(root, name), 0o555 if name in folders else 0o444)
+  os.chmod(cache, 0o555)
+  before = _snapshot(cache)
+  try:
+    for split in ('train', 'test'):  # the server is gone: no network, no write, no lock
+      images, _ = cifar.load('cifar10', split, cache=str(cache), **source)
+      assert len(images) == len(records[split])
+    assert downloads.fetch(source['url'], str(cache / 'cifar' / 'cifar-10-binary.tar.gz'),
+                           **{'sha256': source['sha256']}) == str(
+                               cache / 'cifar' / 'cifar-10-binary.tar.gz')
+    assert _snapshot(cache) == before
+  finally:
+    for root, folders, _ in os.walk(cache):
+      for name in folders:
+        os.chmod(os.path.join(root, name), 0o755)
+    os.chmod(cache, 0o755)
+
+
+def test_cache_files_are_created_with_the_users_umask(server, tmp_path):
+  archive, _ = archives.cifar10()
+  server.files['c10.tar.gz'] = archive
+  old = os.umask(0o022)
+  try:
+    downloads.fetch(server.url('a.bin'), str(tmp_path / 'a.bin'), sha256=SHA)
+    cifar.load('cifar10', 'train', cache=str(tmp_path), url=server.url('c10.tar.gz'),
+               sha256=hashlib.sha256(archive).hexdigest())
+  finally:
+    os.umask(old)
+  for path in (tmp_path / 'a.bin', tmp_path / 'a.bin.sha256', tmp_path / 'cifar' / 'cifar10.npz',
+               tmp_path / 'cifar' / 'cifar-10-binary.tar.gz.sha256'):
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path

@@ -226,6 +226,24 @@ def test_a_damaged_or_missing_chunk_is_detected_and_computed_again(tmp_path, cap
   assert sorted(manifest['chunks']) == ['0', '1', '2']
 
 
+def test_a_complete_cache_is_only_read_so_a_team_can_share_it_read_only(tmp_path):
+  _, variables = _teacher()
+  config = _config()
+  first = _cache_of(config, variables)
+  (folder,) = (tmp_path / 'cache' / 'teacher_logits').glob('*/')
+  (folder.parent / f'{folder.name}.lock').unlink()  # as a prepared, copied cache has none
+  files = sorted(folder.iterdir())
+  for path in [*files, folder, folder.parent]:
+    os.chmod(path, 0o555 if path.is_dir() else 0o444)
+  try:
+    np.testing.assert_array_equal(_cache_of(config, variables), first)
+  finally:
+    for path in (folder, folder.parent):
+      os.chmod(path, 0o755)
+  assert sorted(folder.iterdir()) == files  # nothing written, not even a lock
+  assert not (folder.parent / f'{folder.name}.lock').exists()
+
+
 def test_a_method_that_reads_teacher_features_is_refused_with_the_cache():
   validate(_config('kd', **{'teacher.cache': True}))
   validate(_config('fitnet'))
