@@ -25,7 +25,7 @@ import os
 import ml_collections
 from absl import app, flags
 
-from kdjax import jsonio, methods
+from kdjax import interrupts, jsonio, methods
 from kdjax import main as main_lib
 from kdjax import plan as plan_lib
 from kdjax.configdict import derive
@@ -48,7 +48,9 @@ def build_for_plan(config: ml_collections.ConfigDict, workdir: str) -> None:
       raise KdjaxError(f'the teacher of "{run.role}" is trained by this command first, into '
                        f'{t.checkpoint}: run python -m kdjax.main with the same flags and '
                        f'--config.teacher.cache=True (it builds the cache after the teacher)')
-    loop.RunSetup(run.config, run.workdir)  # builds, or loads and verifies, the cache
+    with interrupts.doing(f'preparing the teacher-logit cache of "{run.role}"',
+                          'what its cache holds is kept'):
+      loop.RunSetup(run.config, run.workdir)  # builds, or loads and verifies, the cache
     done.add((t.checkpoint, t.model))
   if not done:
     raise KdjaxError(f'no run of this command distils from a teacher (config.method '

@@ -221,7 +221,7 @@ def _fetch_torchvision(name: str, base_url: str, root: str) -> tuple[str, str, s
     os.remove(path)
     raise downloads.ChecksumError(f'{file} from {url} has sha256 {digest}, which does not '
                                   f'start with {prefix} as its name says; it was deleted, '
-                                  f'not used')
+                                  f'not used: check config.teacher.zoo_url')
   return path, url, digest
 
 
