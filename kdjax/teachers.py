@@ -20,6 +20,7 @@ a CIFAR-10 teacher has as many classes as digits, but they mean other things.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -27,7 +28,7 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import checkpoints, convert, methods, models
+from kdjax import checkpoints, convert, jsonio, methods, models
 from kdjax.errors import KdjaxError
 
 TEACHER_JSON = 'teacher.json'
@@ -35,14 +36,17 @@ TEACHER_JSON = 'teacher.json'
 
 def save(directory: str, model: str, num_classes: int, variables: dict, *,
          source: str = '', dataset: str | None = None) -> None:
-  """Writes a teacher folder: ``teacher.json`` (with the ``dataset`` it was trained on, when
-  known) and the variables (Orbax)."""
+  """Writes a teacher folder: the variables (Orbax), then ``teacher.json`` (with the
+  ``dataset`` it was trained on, when known), which marks it complete: a folder whose writing
+  was interrupted has none, and is never taken for a teacher."""
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
+  with contextlib.suppress(FileNotFoundError):  # an older teacher's, being replaced
+    os.remove(os.path.join(directory, TEACHER_JSON))
   checkpoints.save_tree(os.path.join(directory, 'variables'), variables)
   meta = {'model': model, 'num_classes': num_classes, 'source': source, 'dataset': dataset}
-  with open(os.path.join(directory, TEACHER_JSON), 'w') as f:
-    json.dump({k: v for k, v in meta.items() if v is not None}, f, indent=2)
+  jsonio.write_json(os.path.join(directory, TEACHER_JSON),
+                    {k: v for k, v in meta.items() if v is not None})
 
 
 def _from_workdir(path: str) -> tuple[dict, dict]:

@@ -67,7 +67,7 @@ def convert(checkpoint: str, out_dir: str, model: str, num_classes: int = 100, *
   import jax
   import numpy as np
 
-  from kdjax import models, teachers
+  from kdjax import interrupts, models, teachers
   from kdjax.convert.torch_import import load_pth, variables_from_torch
 
   if model not in models.names():
@@ -82,7 +82,9 @@ def convert(checkpoint: str, out_dir: str, model: str, num_classes: int = 100, *
   _check_out_dir(out_dir, overwrite)
   variables = variables_from_torch(model, load_pth(checkpoint), num_classes)
   try:
-    teachers.save(out_dir, model, num_classes, variables, source=os.path.abspath(checkpoint))
+    with interrupts.doing(f'writing the teacher folder {out_dir}', 'it has no teacher.json, '
+                          'so it is not taken for a teacher; convert again with --overwrite'):
+      teachers.save(out_dir, model, num_classes, variables, source=os.path.abspath(checkpoint))
   except OSError as e:
     raise KdjaxError(f'could not write the teacher folder {out_dir!r}: '
                      f'{e.strerror or e}') from e
