@@ -82,8 +82,11 @@ class FileServer:
         self.end_headers()
         rest = body[start:]
         while server.trickle is not None and rest:
-          self.wfile.write(rest[:1024])
-          self.wfile.flush()
+          try:
+            self.wfile.write(rest[:1024])
+            self.wfile.flush()
+          except (BrokenPipeError, ConnectionResetError):  # the client went away
+            return
           rest = rest[1024:]
           time.sleep(server.trickle)
         if server.cut_after is not None and server.cut_after < len(rest):

@@ -70,7 +70,23 @@ def test_sigint_during_a_download_keeps_the_part_for_the_next_run(tmp_path):
   assert err.splitlines()[-1] == (
       f'kdjax: interrupted by SIGINT while downloading cifar-10-binary.tar.gz from {url}; the '
       f'bytes so far are kept in {part} and the next run resumes from them')
-  assert [line for line in err.splitlines() if 'kdjax:' in line] == [err.splitlines()[-1]]
+  assert [line for line in err.splitlines() if 'interrupted' in line] == [err.splitlines()[-1]]
   assert part.stat().st_size < len(archive) and archive.startswith(part.read_bytes())
   assert not (tmp_path / 'cache' / 'cifar' / 'cifar-10-binary.tar.gz').exists()
   assert not (tmp_path / 'r').exists()
+
+
+def test_sigint_while_a_run_is_set_up_removes_its_workdir_and_says_so(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, '--config', 'vanilla:digits', '--workdir', os.fspath(workdir))
+  assert proc.stderr.readline() == f'kdjax: workdir {workdir}\n'  # the plan is made: setup
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert 'Traceback' not in err
+  assert err.splitlines()[-1] in (
+      f'kdjax: interrupted by SIGINT while setting up the run in {workdir}; its workdir was not '
+      f'touched',
+      f'kdjax: interrupted by SIGINT while starting or ending the run in {workdir}; its saved '
+      f'checkpoints are kept'), err
+  assert not workdir.exists()  # nothing was saved in it, so nothing is left
