@@ -32,7 +32,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kdjax import distributed, platform_tuning
+from kdjax import distributed, interrupts, platform_tuning
 from kdjax.errors import KdjaxError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file, e.g. '
@@ -63,13 +63,16 @@ def _run_plan(config, workdir: str) -> None:
   if _DRY_RUN.value:
     print(plan.describe(runs))
     return
-  print(f'kdjax: workdir {os.path.abspath(workdir)}', file=sys.stderr, flush=True)
+  where = os.path.abspath(workdir)
+  print(f'kdjax: workdir {where}', file=sys.stderr, flush=True)
   try:
-    plan.execute(runs)
+    with interrupts.doing(f'running the plan in {where}', 'its finished runs are kept; the same '
+                          'command continues it'):
+      plan.execute(runs)
   except plan.Interrupted as e:
     print(f'kdjax: {e}', file=sys.stderr)
     return
-  print(f'workdir: {os.path.abspath(workdir)}')  # under the summary table
+  print(f'workdir: {where}')  # under the summary table
 
 
 def command(argv, action) -> None:
