@@ -92,3 +92,16 @@ def test_sigint_while_a_run_is_set_up_removes_its_workdir_and_says_so(tmp_path):
       f'kdjax: interrupted by SIGINT while starting or ending the run in {workdir}; its saved '
       f'checkpoints are kept'), err
   assert not workdir.exists()  # nothing was saved in it, so nothing is left
+
+
+def test_the_console_scripts_run_their_commands():
+  """pyproject.toml's scripts go through kdjax.interrupts.script (handlers first)."""
+  code = ('import sys; from kdjax import interrupts; sys.argv[1:] = ["--config", "kd:digitz"]; '
+          'interrupts.kdjax_main()')
+  done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert done.returncode == 2
+  assert done.stderr.startswith("kdjax: error: unknown preset 'digitz' for kd; did you mean "
+                                "'digits'?")
+  for script in ('kdjax_main', 'kdjax_cache', 'kdjax_convert', 'kdjax_report'):
+    assert f'kdjax.interrupts:{script}' in (ROOT / 'pyproject.toml').read_text()
