@@ -1,8 +1,9 @@
 """SIGINT and SIGTERM anywhere in a kdjax command: one line, exit 130 / 143, no traceback.
 
-:func:`install` runs first in every command (``python -m kdjax.main``, ``kdjax.cache`` and
+:func:`install` runs first in every command (``python -m kdjax.main``, ``kdjax.cache``,
 ``kdjax.convert``, ``kdjax.evaluate`` and ``kdjax.export`` from their first line; the console
-scripts through :func:`script`, before they import anything heavy). From then on a SIGINT (Ctrl-C) or SIGTERM prints
+scripts through :func:`script`, before they import anything heavy). From then on a SIGINT
+(Ctrl-C) or SIGTERM prints
 
     kdjax: interrupted by SIGINT while downloading cifar-10-binary.tar.gz from URL; the
     bytes so far are kept in ....part and the next run resumes from them

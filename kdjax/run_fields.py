@@ -5,7 +5,8 @@ same numbers (the data order, the initialisation and the updates are functions o
 config alone). The fields in :data:`NEUTRAL` change how a run is carried out or reported,
 never what it computes: logging, evaluation and checkpoint cadence, an early stop for tests,
 the platform and worker settings, where the teacher-logit cache is kept and how it is built,
-the runs planned beside this one, the permission to use a teacher of other data. ``kdjax.report`` groups runs with this module (one row:
+the runs planned beside this one, the permission to use a teacher of other data.
+``kdjax.report`` groups runs with this module (one row:
 configs that differ in ``seed`` alone).
 """
 

@@ -35,8 +35,9 @@ digits in the file's name are the start of its SHA-256 (torchvision's convention
 ``torch.hub`` ``check_hash``): the file is downloaded once into
 ``<cache>/teachers/torchvision/<source>/<file>`` (:func:`kdjax.downloads.fetch`), refused
 unless its SHA-256 starts with them, converted for the imagenet zoo's model and saved, as
-above, to ``<cache>/teachers/torchvision/<source>/<name>``. ``config.teacher.zoo_url`` may name a mirror folder
-(``http(s)://``, ``file://`` or a local path) that holds the same file names.
+above, to ``<cache>/teachers/torchvision/<source>/<name>``. ``config.teacher.zoo_url`` may
+name a mirror folder (``http(s)://``, ``file://`` or a local path) that holds the same file
+names.
 """
 
 from __future__ import annotations

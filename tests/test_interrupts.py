@@ -103,5 +103,6 @@ def test_the_console_scripts_run_their_commands():
   assert done.returncode == 2
   assert done.stderr.startswith("kdjax: error: unknown preset 'digitz' for kd; did you mean "
                                 "'digits'?")
-  for script in ('kdjax_main', 'kdjax_cache', 'kdjax_convert', 'kdjax_report'):
+  for script in ('kdjax_main', 'kdjax_cache', 'kdjax_convert', 'kdjax_report', 'kdjax_eval',
+                 'kdjax_export'):
     assert f'kdjax.interrupts:{script}' in (ROOT / 'pyproject.toml').read_text()
