@@ -64,10 +64,10 @@ def _run_plan(config, workdir: str) -> None:
     print(plan.describe(runs))
     return
   where = os.path.abspath(workdir)
-  print(f'kdjax: workdir {where}', file=sys.stderr, flush=True)
   try:
     with interrupts.doing(f'running the plan in {where}', 'its finished runs are kept; the same '
                           'command continues it'):
+      print(f'kdjax: workdir {where}', file=sys.stderr, flush=True)
       plan.execute(runs)
   except plan.Interrupted as e:
     print(f'kdjax: {e}', file=sys.stderr)
