@@ -55,6 +55,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.resize_size = 256
   c.data.workers = ml_collections.FieldReference(None, field_type=int)
+  # Your own data (kdjax/data/custom.py, docs/custom.md): name 'folder' (an ImageFolder in
+  # data_dir) or 'tfds:<name>' (a TFDS dataset prepared as ArrayRecord in data_dir), made
+  # image_size square; placement 'auto' holds it on the devices when it fits in a quarter
+  # of their memory, else streams it ('device' / 'host' to choose); mean / std: None, from the
+  # training split; train_split / test_split: None, train and val (folder) or train and test
+  # (tfds); image_key / label_key: the tfds features; skip_unreadable: leave out (and count)
+  # images Pillow cannot read instead of stopping.
+  c.data.placement = 'auto'
+  c.data.mean = ml_collections.FieldReference(None, field_type=tuple)
+  c.data.std = ml_collections.FieldReference(None, field_type=tuple)
+  c.data.train_split = ml_collections.FieldReference(None, field_type=str)
+  c.data.test_split = ml_collections.FieldReference(None, field_type=str)
+  c.data.image_key, c.data.label_key = 'image', 'label'
+  c.data.skip_unreadable = False
 
   c.batch_size = 64  # global, over all devices
   c.eval_batch_size = 256
@@ -276,13 +290,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(zoo in models.IMAGE_SHAPES,
            f'unknown model zoo {zoo!r} (config.zoo); expected one of: '
            f'{", ".join(models.IMAGE_SHAPES)}')
-  _require(config.model in models.names(zoo),
-           f'unknown model {config.model!r} in the {zoo} zoo (config.model); expected one '
-           f'of: {", ".join(models.names(zoo))}')
+  models.check(config.model, zoo, 'config.model')
   if method.uses_teacher:
-    _require(config.teacher.model in models.names(zoo),
-             f'unknown teacher model {config.teacher.model!r} in the {zoo} zoo '
-             f'(config.teacher.model); expected one of: {", ".join(models.names(zoo))}')
+    models.check(config.teacher.model, zoo, 'config.teacher.model')
     _require(config.teacher.checkpoint is not None or config.teacher.train_if_missing,
              f'method {config.method} needs a trained teacher: set '
              f'--config.teacher.checkpoint to a kdjax workdir, a teacher folder from '
@@ -290,9 +300,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f'teacher mdistiller:<model>')
     if teacher_zoo.is_zoo_spec(config.teacher.checkpoint):
       teacher_zoo.check_spec(config.teacher.checkpoint, config.teacher.model)
-  _require(config.data.name in data.DATASETS + data.HOST_DATASETS,
+  _require(config.data.name in data.DATASETS + data.HOST_DATASETS
+           or data.is_custom(config.data.name),
            f'unknown dataset {config.data.name!r} (config.data.name); expected one of: '
-           f'{", ".join(data.DATASETS + data.HOST_DATASETS)}')
+           f'{", ".join(data.DATASETS + data.HOST_DATASETS)}, or your own: folder, tfds:<name>')
   _require(isinstance(config.seed, int) and config.seed >= 0,
            f'config.seed must be an integer >= 0, got {config.seed!r}')
   opt = config.optimizer
@@ -337,13 +348,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     data.cifar.source(config.data.name, config.data.get('url'), config.data.get('sha256'))
   _require(config.data.holdout >= 0,
            f'config.data.holdout must be >= 0, got {config.data.holdout}')
-  if config.data.name in data.HOST_DATASETS:
+  custom = data.is_custom(config.data.name)
+  if config.data.name in data.HOST_DATASETS or custom:
     _validate_host_data(config, zoo)
   else:
     _require(zoo == 'cifar', f'the {zoo} zoo\'s models take '
              f'{models.IMAGE_SHAPES[zoo][0]}x{models.IMAGE_SHAPES[zoo][1]} images, and '
              f'{config.data.name} is 32x32: set --config.zoo=cifar')
-  image = models.CIFAR_IMAGE_SHAPE[0]  # every dataset held on the devices is 32x32
+  # every built-in dataset held on the devices is 32x32
+  image = config.data.image_size if custom else models.CIFAR_IMAGE_SHAPE[0]
   _require(0 <= config.data.crop_padding <= image,
            f'config.data.crop_padding must be between 0 and the image size {image}, got '
            f'{config.data.crop_padding}')
@@ -359,11 +372,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_host_data(config: ml_collections.ConfigDict, zoo: str) -> None:
-  """The fields of a run on a host dataset (:data:`kdjax.data.HOST_DATASETS`)."""
+  """The fields of a run on a host dataset (:data:`kdjax.data.HOST_DATASETS`) or your own
+  (:mod:`kdjax.data.custom`; user nets, ``module.path:factory``, are checked on the images
+  when the run is built)."""
   d = config.data
-  image_sources.require_data_dir(d.name, d.data_dir)
+  if data.is_custom(d.name):
+    data.custom.check_config(config)
+  else:
+    image_sources.require_data_dir(d.name, d.data_dir)
   size = models.IMAGE_SHAPES[zoo][0]
-  _require(d.image_size == size,
+  nets = [config.model] + ([config.teacher.model] if methods.info(config.method).uses_teacher
+                           else [])
+  _require(d.image_size == size or all(map(models.user.is_spec, nets)),
            f'config.data.image_size is {d.image_size}, but the {zoo} zoo\'s models take '
            f'{size}x{size} images: set --config.data.image_size={size}')
   _require(d.resize_size >= d.image_size,
@@ -372,7 +392,5 @@ def _validate_host_data(config: ml_collections.ConfigDict, zoo: str) -> None:
   _require(d.workers is None or d.workers >= 0,
            f'config.data.workers must be >= 0 (0: decode in the training process) or None, '
            f'got {d.workers}')
-  _require(not d.holdout, f'config.data.holdout is not supported on {d.name} (no quiz set is '
-                          f'held out of a host pipeline); set it to 0')
-  _require(not config.teacher.cache, f'config.teacher.cache covers the crops of 32x32 images '
-                                     f'held on the devices, not {d.name}; set it to False')
+  if not data.is_custom(d.name):  # your own data is streamed where placement says
+    data.custom.check_host_fields(config)

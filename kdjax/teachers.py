@@ -12,10 +12,12 @@
   (:mod:`kdjax.convert`; needs ``kdjax[torch]``).
 
 A teacher whose architecture or class count does not fit the config is refused with one
-line naming the first mismatched variable, before any training. So is one trained on another
-dataset (a workdir's ``config.json``, a folder's ``teacher.json`` record it; the dataset
-fixes kdjax's normalisation too) unless ``config.teacher.other_data`` says it is deliberate:
-a CIFAR-10 teacher has as many classes as digits, but they mean other things.
+line, before any training: one trained on another number of classes than the data has
+(:func:`check_classes`), or whose variables do not fit (the first mismatched one named). So is
+one trained on another dataset (a workdir's ``config.json``, a folder's ``teacher.json``
+record it; the dataset fixes kdjax's normalisation too) unless ``config.teacher.other_data``
+says it is deliberate: a CIFAR-10 teacher has as many classes as digits, but they mean other
+things.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ def _from_workdir(path: str) -> tuple[dict, dict]:
   step, state = restored
   net = methods.info(config.get('method', methods.SUPERVISED)).trained_net  # SFTN: 'teacher'
   variables = {'params': state['params'][net], 'batch_stats': state['batch_stats'][net]}
+  results = jsonio.read_json(os.path.join(path, 'results.json')) or {}
   meta = {'model': config.get('model'), 'dataset': config.get('data', {}).get('name'),
-          'step': int(step)}
+          'step': int(step), 'num_classes': results.get('num_classes')}
   return variables, meta
 
 
@@ -96,6 +99,17 @@ def check_fits(variables: dict, model: str, num_classes: int, source: str,
       {k: jnp.asarray(v, jnp.float32) for k, v in have.items() if k in want}, sep='/')
 
 
+def check_classes(meta: dict, num_classes: int, path: str) -> None:
+  """Raises one line when the teacher at ``path`` (its ``meta``) was trained on another number
+  of classes than the run's data has."""
+  trained = meta.get('num_classes')
+  if trained is not None and trained != num_classes:
+    on = f' of {meta["dataset"]}' if meta.get('dataset') else ''
+    raise KdjaxError(f'teacher {path!r} was trained on {trained} classes{on}, and the data has '
+                     f'{num_classes}: distil on the data it was trained on, or train a teacher '
+                     f'on this data (method vanilla)')
+
+
 def load_variables(path: str, model: str, num_classes: int,
                    image_shape=models.CIFAR_IMAGE_SHAPE, zoo: str = 'cifar', *,
                    dataset: str | None = None, other_data: bool = False) -> dict:
@@ -115,7 +129,7 @@ def load_variables(path: str, model: str, num_classes: int,
 def load(path: str, model: str, num_classes: int, image_shape=models.CIFAR_IMAGE_SHAPE,
          zoo: str = 'cifar') -> tuple[dict, dict]:
   """:func:`load_variables` and what ``path`` says of them: ``model``, and a workdir's
-  ``dataset`` and ``step``, a teacher folder's ``num_classes``, ``source`` and (when
+  ``dataset``, ``step`` and (from its results) ``num_classes``, a teacher folder's ``num_classes``, ``source`` and (when
   recorded) ``dataset``."""
   if not os.path.exists(path):
     raise KdjaxError(f'teacher checkpoint {path!r} does not exist (config.teacher.checkpoint)')
@@ -140,6 +154,7 @@ def load(path: str, model: str, num_classes: int, image_shape=models.CIFAR_IMAGE
   if meta.get('model') and meta['model'] != model:
     raise KdjaxError(f'teacher {path!r} is a {meta["model"]}, but config.teacher.model is '
                      f'{model}')
+  check_classes(meta, num_classes, path)
   try:
     return check_fits(variables, model, num_classes, path, image_shape, zoo), meta
   except (TypeError, ValueError) as e:

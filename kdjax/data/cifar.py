@@ -146,11 +146,13 @@ def _cached_split(npz: str, sha256: str, split: str) -> tuple[np.ndarray, np.nda
     return None  # missing or damaged: the archive is parsed again
 
 
-def _write_cache(npz: str, arrays: dict[str, np.ndarray], sha256: str) -> None:
+def write_npz(npz: str, arrays: dict[str, np.ndarray]) -> None:
+  """``np.savez`` of ``arrays`` into ``npz`` through a temporary file renamed into place: a
+  killed writer leaves no half-written ``npz``."""
   tmp = f'{npz}.{os.getpid()}.tmp'  # created with the user's umask: a cache can be shared
   try:
     with open(tmp, 'wb') as f:
-      np.savez(f, archive_sha256=np.asarray(sha256), **arrays)
+      np.savez(f, **arrays)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
@@ -186,7 +188,7 @@ def load(name: str, split: str, *, cache: str | None = None, download: bool = Tr
                         'by the next run'):
     arrays = read_archive(path, name)
     try:
-      _write_cache(npz, arrays, sha256)
+      write_npz(npz, {'archive_sha256': np.asarray(sha256), **arrays})
     except OSError as e:
       raise KdjaxError(f'could not write {npz} ({e.strerror or e}); choose a writable cache '
                        f'(KDJAX_CACHE or config.data.data_dir)') from e

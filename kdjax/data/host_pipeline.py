@@ -85,7 +85,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # What PIL raises on a file it cannot decode (UnidentifiedImageError and a truncated file
 # are OSErrors); a file that cannot be read at all is an OSError too.
-_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _MAX_SUBSTITUTES = 16  # unreadable examples in a row before a training example gives up
 _AUGMENT_STREAM = 7  # last word of an image's seed; nonzero, so no prefix of it is a seed
 
@@ -181,7 +181,7 @@ def _read(source, index: int) -> tuple[Optional[Image.Image], int]:
   try:
     data, label = source[index]
     return decode(data), label
-  except _UNREADABLE:
+  except UNREADABLE:
     return None, -1
 
 

@@ -1,8 +1,9 @@
 """Sources of encoded images read one example at a time: ImageNet-sized data on the host.
 
-A source is a sequence of ``(encoded image bytes, label)``, with ``num_classes``, ``labels``
-(every example's label) and ``describe(index)`` (what to name in a warning about that
-example). Nothing is decoded here: :mod:`kdjax.data.host_pipeline` decodes and augments in
+A source is a sequence of ``(encoded image bytes, label)``, with ``num_classes``,
+``classes`` (their names), ``labels`` (every example's label), ``describe(index)`` (what to
+name in a warning about that example) and ``fingerprint()`` (what a decoded copy of it,
+:mod:`kdjax.data.decoded`, is keyed by). Nothing is decoded here: :mod:`kdjax.data.host_pipeline` decodes and augments in
 its grain workers. Both sources pickle small enough to be sent to every worker process.
 
 * :class:`ImageFolder`: torchvision's ``ImageFolder`` layout, which mdistiller's ImageNet
@@ -10,10 +11,12 @@ its grain workers. Both sources pickle small enough to be sent to every worker p
   name (label = position in that order) and the examples are found as torchvision's
   ``datasets.folder.make_dataset`` finds them: class by class in that order, walking each
   class folder (following links) in sorted order, files in sorted order, keeping the names
-  with one of :data:`IMG_EXTENSIONS` (case-insensitive).
+  with one of :data:`IMG_EXTENSIONS` (case-insensitive). A class folder without an image is
+  refused, as torchvision refuses it.
 * :class:`TfdsImages`: a TFDS-prepared dataset (``tfds build imagenet2012
   --file_format=array_record``; preparing it needs TensorFlow, reading it does not), read
-  through ``tfds.data_source`` with the image left encoded (``tfds.decode.SkipDecoding``).
+  through ``tfds.data_source`` with the image left encoded (``tfds.decode.SkipDecoding``);
+  its image and label features are named by ``image_key`` and ``label_key``.
 
 :func:`imagenet` opens a split of ImageNet from a data dir holding either.
 """
@@ -37,8 +40,8 @@ class ImageFolder:
   def __init__(self, folder: str):
     self.folder = os.path.abspath(folder)
     if not os.path.isdir(self.folder):
-      raise KdjaxError(f'image folder {folder} does not exist; expected <root>/train/<class>/'
-                       f'*.JPEG and <root>/val/<class>/*.JPEG as torchvision\'s ImageFolder')
+      raise KdjaxError(f'image folder {folder} does not exist; expected {folder}/<class>/<image> '
+                       f'(torchvision\'s ImageFolder layout)')
     self.classes = tuple(sorted(e.name for e in os.scandir(self.folder) if e.is_dir()))
     if not self.classes:
       raise KdjaxError(f'image folder {folder} has no class sub-folders; expected '
@@ -51,9 +54,9 @@ class ImageFolder:
           if file.lower().endswith(IMG_EXTENSIONS):
             paths.append(os.path.relpath(os.path.join(root, file), self.folder))
             labels.append(label)
-    if not paths:
-      raise KdjaxError(f'image folder {folder} holds no image ({", ".join(IMG_EXTENSIONS)}) '
-                       f'in its {len(self.classes)} class folders')
+      if not labels or labels[-1] != label:  # torchvision refuses an empty class too
+        raise KdjaxError(f'class folder {class_dir} holds no image ({", ".join(IMG_EXTENSIONS)}); '
+                         f'add its images or remove it')
     # One array of byte strings rather than a list of str: a few dozen bytes per example,
     # which is what each grain worker receives.
     self._paths = np.asarray([os.fsencode(p) for p in paths])
@@ -79,18 +82,27 @@ class ImageFolder:
     """The file of example ``index``."""
     return os.path.join(self.folder, os.fsdecode(self._paths[index]))
 
+  def fingerprint(self) -> list:
+    """``[relative path, size, mtime_ns]`` of every image: what its decoded copy depends on."""
+    stats = (os.stat(self.describe(i)) for i in range(len(self)))
+    return [[os.fsdecode(p), s.st_size, s.st_mtime_ns] for p, s in zip(self._paths, stats)]
+
 
 class TfdsImages:
-  """Split ``split`` of the TFDS-prepared ``name`` in ``data_dir``, images still encoded."""
+  """Split ``split`` of the TFDS-prepared ``name`` in ``data_dir``, images still encoded: the
+  features ``image_key`` (an image) and ``label_key`` (a ``ClassLabel``)."""
 
-  def __init__(self, name: str, split: str, data_dir: str):
+  def __init__(self, name: str, split: str, data_dir: str, *, image_key: str = 'image',
+               label_key: str = 'label'):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     self.name, self.split, self._labels = name, split, None
+    self._keys = image_key, label_key
     try:
       self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                                      decoders={'image': tfds.decode.SkipDecoding()})
-      self.num_classes = self._source.dataset_info.features['label'].num_classes
-    except Exception as e:  # tfds raises many types (missing files, versions, ...)
+                                      decoders={image_key: tfds.decode.SkipDecoding()})
+      label = self._source.dataset_info.features[label_key]
+      self.num_classes, self.classes = label.num_classes, tuple(label.names)
+    except Exception as e:  # tfds raises many types (missing files, versions, keys, ...)
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
       raise KdjaxError(f'could not open {name} ({split}) in the TensorFlow Datasets data_dir '
                        f'{data_dir}: {reason}. Prepare it with `tfds build {name} '
@@ -103,16 +115,24 @@ class TfdsImages:
   def labels(self) -> np.ndarray:
     """Every example's label, int32: reads every record once (minutes for ImageNet)."""
     if self._labels is None:
-      self._labels = np.asarray([int(self._source[i]['label']) for i in range(len(self))],
+      self._labels = np.asarray([int(self._source[i][self._keys[1]]) for i in range(len(self))],
                                 np.int32)
     return self._labels
 
   def __getitem__(self, index: int) -> tuple[bytes, int]:
     record = self._source[index]
-    return record['image'], int(record['label'])
+    return record[self._keys[0]], int(record[self._keys[1]])
 
   def describe(self, index: int) -> str:
     return f'{self.name} {self.split} record {index}'
+
+  def fingerprint(self) -> list:
+    """The split's files (``[name, size, mtime_ns]``) and features: what its decoded copy
+    depends on."""
+    folder = self._source.dataset_info.data_dir
+    files = sorted(glob.glob(os.path.join(glob.escape(folder), f'*-{self.split}.*')))
+    return [[os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files] + [
+        list(self._keys)]
 
 
 _TFDS_SPLITS = {'train': 'train', 'test': 'validation'}

@@ -46,11 +46,12 @@ _CIFAR_STATS = {'cifar10': (CIFAR10_MEAN, CIFAR10_STD), 'cifar100': (CIFAR100_ME
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """One split of a dataset held in host memory."""
-  images: np.ndarray  # (N, 32, 32, 3) uint8
+  images: np.ndarray  # (N, 32, 32, 3) uint8; (N, S, S, 3) for your own data (kdjax.data.custom)
   labels: np.ndarray  # (N,) int32
   num_classes: int
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
+  classes: tuple[str, ...] = ()  # the class names, where the data names them
 
   def __len__(self) -> int:
     return len(self.labels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from kdjax import models
 from kdjax.errors import KdjaxError
 from kdjax.methods import (at, crd, dkd, fitnet, kd, ofd, pkt, reviewkd, rkd, sftn, skd, slkd,
                            sp, vanilla)
@@ -50,10 +51,21 @@ def info(name: str) -> MethodInfo:
 
 
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
-  """Builds ``config.method`` from the run's ``inputs``."""
-  info(config.method)
+  """Builds ``config.method`` from the run's ``inputs``, after :func:`check_user_nets`."""
+  check_user_nets(config, inputs)
   return _METHODS[config.method].build(config, inputs)
 
 
+def check_user_nets(config: ml_collections.ConfigDict, inputs: BuildInputs) -> None:
+  """Refuses, with one line, a user's net (``module.path:factory``, :mod:`kdjax.models.user`)
+  of the run that cannot take its images or lacks an output the method reads
+  (``INFO.net_outputs``)."""
+  method = info(config.method)
+  specs = [config.model] + ([config.teacher.model] if method.uses_teacher else [])
+  for spec in filter(models.user.is_spec, specs):
+    models.user.check_outputs(inputs.create_net(spec), spec, inputs.image_shape,
+                              inputs.num_classes, method.net_outputs, method.label)
+
+
 __all__ = ['Batch', 'BuildInputs', 'FollowUp', 'Method', 'MethodInfo', 'NetRunner', 'SUPERVISED',
-           'StepContext', 'build', 'default_configs', 'info', 'names']
+           'StepContext', 'build', 'check_user_nets', 'default_configs', 'info', 'names']

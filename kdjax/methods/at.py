@@ -18,7 +18,7 @@ from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teac
 from kdjax.methods.distiller import distillation_method
 
 
-INFO = MethodInfo('AT')
+INFO = MethodInfo('AT', net_outputs=('features',))
 
 
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:

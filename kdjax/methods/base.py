@@ -136,6 +136,9 @@ class MethodInfo:
   pair: Callable[[Mapping], tuple[str, str]] = default_pair
   # Extra report figures: 'kl_monitors' (loss/kl_* curves), 'eval_nets' (every eval net).
   figures: tuple = ()
+  # What its losses read of the student's and teacher's outputs besides their logits (names
+  # of kdjax.models.user.OUTPUTS); a user's net without them is refused (methods.build).
+  net_outputs: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,7 +71,8 @@ def other_class_sampler(labels: np.ndarray, num_classes: int):
   return sample
 
 
-INFO = MethodInfo('CRD', inputs=lambda config: ('train_labels',))
+INFO = MethodInfo('CRD', inputs=lambda config: ('train_labels',),
+                  net_outputs=('embedding',))
 
 
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:

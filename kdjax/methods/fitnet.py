@@ -19,7 +19,7 @@ from kdjax.methods.connectors import ConvReg
 from kdjax.methods.distiller import distillation_method, hint_shapes
 
 
-INFO = MethodInfo('FitNet')
+INFO = MethodInfo('FitNet', net_outputs=('features',))
 
 
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:

@@ -98,7 +98,7 @@ class MarginTeacher(nn.Module):
     return MarginTeacherOutput(*out, margins)
 
 
-INFO = MethodInfo('OFD')
+INFO = MethodInfo('OFD', net_outputs=('preact_features',))
 
 
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:

@@ -107,7 +107,8 @@ def _pyramid(out, preact: bool):
   return list(maps) + [out.embedding[:, None, None, :]]
 
 
-INFO = MethodInfo('ReviewKD')
+INFO = MethodInfo('ReviewKD',
+                  net_outputs=('features', 'preact_features', 'embedding'))
 
 
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:

@@ -17,7 +17,7 @@ from kdjax.methods.base import BuildInputs, Method, MethodInfo, student_and_teac
 from kdjax.methods.distiller import distillation_method
 
 
-INFO = MethodInfo('RKD')
+INFO = MethodInfo('RKD', net_outputs=('embedding',))
 
 
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:

@@ -83,7 +83,7 @@ def follow_ups(config: ml_collections.ConfigDict, workdir: str) -> tuple:
 INFO = MethodInfo('SFTN', uses_teacher=False, trained_net='teacher', follow_ups=follow_ups,
                   pair=lambda config: (config['model'],
                                        (config.get('sftn') or {}).get('student', '')),
-                  figures=('eval_nets',))
+                  figures=('eval_nets',), net_outputs=('features', 'start'))
 
 
 class Transform(nn.Module):

@@ -16,14 +16,16 @@ Every model accepts ``dtype`` (the computation dtype; parameters stay float32) a
 ``bn_groups`` (BatchNorm statistics per group of the batch, see
 :class:`kdjax.models.layers.BatchNorm`); models with residual blocks also
 ``materialize_residuals`` (:func:`kdjax.models.layers.materialize`, a CPU speed setting that
-changes no result).
+changes no result). ``models.create('my_package.nets:make_net', 10)`` builds your own net
+instead (:mod:`kdjax.models.user`).
 """
 
 from __future__ import annotations
 
 from kdjax.models.base import (CIFAR_IMAGE_SHAPE, ModelOutput, output_shapes,  # noqa: F401
                                variable_shapes)
-from kdjax.models.registry import IMAGE_SHAPES, create, names, register  # noqa: F401
+from kdjax.models.registry import IMAGE_SHAPES, check, create, names, register  # noqa: F401
+from kdjax.models import user  # noqa: F401
 
 # Importing the families registers their models (order = mdistiller's listing).
 from kdjax.models import resnet  # noqa: F401
@@ -36,5 +38,5 @@ from kdjax.models import shufflenetv2  # noqa: F401
 from kdjax.models import imagenet_resnet  # noqa: F401
 from kdjax.models import mobilenetv1  # noqa: F401
 
-__all__ = ['CIFAR_IMAGE_SHAPE', 'IMAGE_SHAPES', 'ModelOutput', 'create', 'names', 'output_shapes',
-           'register', 'variable_shapes']
+__all__ = ['CIFAR_IMAGE_SHAPE', 'IMAGE_SHAPES', 'ModelOutput', 'check', 'create', 'names',
+           'output_shapes', 'register', 'user', 'variable_shapes']

@@ -6,7 +6,8 @@ method with the inputs it names, the teacher, the jitted steps); the config was 
 is one. Each
 step is one jitted call; the host only computes the batch's indices, and fetches metrics
 every ``config.log_every_steps`` steps. A dataset too large for the devices
-(``config.data.name`` in :data:`kdjax.data.HOST_DATASETS`, e.g. ImageNet) comes instead
+(``config.data.name`` in :data:`kdjax.data.HOST_DATASETS`, e.g. ImageNet, or your own data
+as :func:`kdjax.data.streams` places it) comes instead
 through the host pipeline (:mod:`kdjax.data.host_pipeline`): grain workers decode and
 augment each batch, which is on the devices before its step runs, and the pipeline's
 position rides in every checkpoint (``progress['input_pipeline']``), so a resumed run sees
@@ -163,12 +164,12 @@ class RunSetup:
     if config.batch_size % n_dev:
       raise KdjaxError(f'config.batch_size {config.batch_size} is not divisible by the '
                        f'{n_dev} devices')
-    self.host_data = config.data.name in data.HOST_DATASETS
+    self.host_data = data.streams(config)
     load = _open_source if self.host_data else _load_split
     self.train, self.test = datasets or (load(config, 'train'), load(config, 'test'))
     if self.host_data:
       self.image_shape = (config.data.image_size, config.data.image_size, 3)
-      self.mean, self.std = host_pipeline.IMAGENET_MEAN, host_pipeline.IMAGENET_STD
+      self.mean, self.std = data.custom.normalisation(config, self.train)
     else:
       self.image_shape = tuple(self.train.images.shape[1:])
       self.mean, self.std = self.train.mean, self.train.std
@@ -371,10 +372,14 @@ class _HostFeed:
 
 
 def _open_source(config: ml_collections.ConfigDict, split: str):
+  if data.is_custom(config.data.name):
+    return data.custom.open_source(config, split)
   return image_sources.open_split(config.data.name, split, config.data.data_dir)
 
 
 def _load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
+  if data.is_custom(config.data.name):
+    return data.custom.load(config, split)
   return data.load_split(config.data.name, split, data_dir=config.data.data_dir,
                          download=config.data.download, url=config.data.url,
                          sha256=config.data.sha256)
@@ -622,6 +627,8 @@ def _results(run: RunSetup, progress: dict, step: int, images_per_second) -> dic
       'method': run.config.method,
       'model': run.config.model,
       'dataset': run.config.data.name,
+      'num_classes': run.train.num_classes,
+      'classes': list(run.train.classes),
       'seed': run.config.seed,
       'step': step,
       'total_steps': run.total_steps,
