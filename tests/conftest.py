@@ -53,6 +53,37 @@ def tiny_config(method: str = 'vanilla', **overrides):
   return config
 
 
+def write_tfds(name: str, data_dir, images: dict) -> None:
+  """What `tfds build NAME --file_format=array_record` leaves in ``data_dir``, written without
+  TensorFlow: tf.train.Example records (tfds' own protos) of ``images[split]``, a list of
+  ``(encoded image bytes, label)``, in ArrayRecord files, and the dataset's metadata."""
+  import tensorflow_datasets as tfds
+  from array_record.python.array_record_module import ArrayRecordWriter
+  from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
+  builder = tfds.builder(name, data_dir=str(data_dir), file_format='array_record')
+  os.makedirs(builder.data_dir)
+  splits = []
+  for split, examples in images.items():
+    writer = ArrayRecordWriter(os.path.join(
+        builder.data_dir, f'{name}-{split}.array_record-00000-of-00001'), 'group_size:1')
+    for i, (encoded, label) in enumerate(examples):
+      feature = {
+          'image': tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=[encoded])),
+          'label': tf_feature_pb2.Feature(int64_list=tf_feature_pb2.Int64List(value=[label])),
+          'file_name': tf_feature_pb2.Feature(
+              bytes_list=tf_feature_pb2.BytesList(value=[f'{i}.JPEG'.encode()]))}
+      writer.write(tf_example_pb2.Example(
+          features=tf_feature_pb2.Features(feature=feature)).SerializeToString())
+    writer.close()
+    splits.append(tfds.core.SplitInfo(
+        name=split, shard_lengths=[len(examples)], num_bytes=0,
+        filename_template=tfds.core.ShardedFileTemplate(
+            data_dir=builder.data_dir, dataset_name=name, split=split,
+            filetype_suffix='array_record')))
+  builder.info.set_splits(tfds.core.SplitDict(splits))
+  builder.info.write_to_directory(builder.data_dir)
+
+
 def run_cli(args, env=None, timeout=600):
   """Runs ``python -m kdjax.main ARGS`` in the project root; returns the CompletedProcess."""
   import subprocess

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_tfds
 from kdjax.data import host_pipeline, image_sources
 from kdjax.errors import KdjaxError
 
@@ -234,42 +235,11 @@ def test_device_prefetch_puts_sharded_batches_and_saves_the_consumed_position(fo
     _assert_same([jax.device_get(b) for b in resumed], expected[1:])
 
 
-def _tfds_imagenet(data_dir, images: dict) -> None:
-  """What `tfds build imagenet2012 --file_format=array_record` leaves, written without
-  TensorFlow: tf.train.Example records (tfds' own protos) of JPEG bytes in ArrayRecord files,
-  and the dataset's metadata."""
-  import tensorflow_datasets as tfds
-  from array_record.python.array_record_module import ArrayRecordWriter
-  from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
-  builder = tfds.builder('imagenet2012', data_dir=str(data_dir), file_format='array_record')
-  os.makedirs(builder.data_dir)
-  splits = []
-  for split, examples in images.items():
-    writer = ArrayRecordWriter(os.path.join(
-        builder.data_dir, f'imagenet2012-{split}.array_record-00000-of-00001'), 'group_size:1')
-    for i, (jpeg, label) in enumerate(examples):
-      feature = {
-          'image': tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=[jpeg])),
-          'label': tf_feature_pb2.Feature(int64_list=tf_feature_pb2.Int64List(value=[label])),
-          'file_name': tf_feature_pb2.Feature(
-              bytes_list=tf_feature_pb2.BytesList(value=[f'{i}.JPEG'.encode()]))}
-      writer.write(tf_example_pb2.Example(
-          features=tf_feature_pb2.Features(feature=feature)).SerializeToString())
-    writer.close()
-    splits.append(tfds.core.SplitInfo(
-        name=split, shard_lengths=[len(examples)], num_bytes=0,
-        filename_template=tfds.core.ShardedFileTemplate(
-            data_dir=builder.data_dir, dataset_name='imagenet2012', split=split,
-            filetype_suffix='array_record')))
-  builder.info.set_splits(tfds.core.SplitDict(splits))
-  builder.info.write_to_directory(builder.data_dir)
-
-
 def test_tfds_prepared_imagenet_is_read_as_jpeg_bytes_in_grain_workers(tmp_path):
   rng = np.random.default_rng(1)
   train = [(_jpeg(rng, 40 + i, 30 + 2 * i), i % 5) for i in range(8)]
   val = [(_jpeg(rng, 50, 40), 999)]
-  _tfds_imagenet(tmp_path, {'train': train, 'validation': val})
+  write_tfds('imagenet2012', tmp_path, {'train': train, 'validation': val})
   source = image_sources.imagenet(str(tmp_path), 'train')
   assert isinstance(source, image_sources.TfdsImages)
   assert len(source) == 8 and source.num_classes == 1000

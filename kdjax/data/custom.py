@@ -85,6 +85,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def check_host_fields(config: ml_collections.ConfigDict) -> None:
   """Raises one line for a setting data streamed through the host pipeline cannot serve."""
   d = config.data
+  _require(d.resize_size <= 2 * d.image_size,
+           f'config.data.resize_size {d.resize_size} would evaluate a small central patch of '
+           f'each image (Resize({d.resize_size}), then CenterCrop({d.image_size})): set it to '
+           f'about image_size * 8 / 7, e.g. {round(d.image_size * 8 / 7)}')
   _require(not d.holdout, f'config.data.holdout is not supported on {d.name} through the host '
                           f'pipeline (no quiz set is held out of it); set it to 0')
   _require(not config.teacher.cache,

@@ -26,6 +26,7 @@ import zipfile
 
 import jax
 import numpy as np
+import PIL
 
 from kdjax import downloads, jsonio
 from kdjax.data import cifar, host_pipeline
@@ -47,7 +48,8 @@ def _decode_one(source, index: int, size: int):
     data, label = source[index]
     return host_pipeline.eval_image(host_pipeline.decode(data), size, size), label, None
   except host_pipeline.UNREADABLE as e:
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+    reason = ('not an image Pillow reads' if isinstance(e, PIL.UnidentifiedImageError)
+              else (str(e).strip().splitlines() or [type(e).__name__])[0][:120])
     return None, -1, f'{source.describe(index)} ({reason})'
 
 

@@ -1,10 +1,12 @@
-"""Sources of encoded images read one example at a time: ImageNet-sized data on the host.
+"""Sources of encoded images read one example at a time: ImageNet, and your own data
+(:mod:`kdjax.data.custom`).
 
 A source is a sequence of ``(encoded image bytes, label)``, with ``num_classes``,
 ``classes`` (their names), ``labels`` (every example's label), ``describe(index)`` (what to
 name in a warning about that example) and ``fingerprint()`` (what a decoded copy of it,
-:mod:`kdjax.data.decoded`, is keyed by). Nothing is decoded here: :mod:`kdjax.data.host_pipeline` decodes and augments in
-its grain workers. Both sources pickle small enough to be sent to every worker process.
+:mod:`kdjax.data.decoded`, is keyed by). Nothing is decoded here:
+:mod:`kdjax.data.host_pipeline` decodes and augments in its grain workers. Both sources
+pickle small enough to be sent to every worker process.
 
 * :class:`ImageFolder`: torchvision's ``ImageFolder`` layout, which mdistiller's ImageNet
   loader reads: ``<folder>/<class>/**/<image>``. The classes are the sub-folders sorted by
