@@ -75,7 +75,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            'from the training split)')
   for field, low in (('mean', -np.inf), ('std', 0.0)):
     value = d[field]
-    _require(value is None or (len(value) == 3 and all(float(v) > low for v in value)),
+    _require(value is None or (len(value) == 3 and all(
+        isinstance(v, (int, float)) and v > low for v in value)),
              f'config.data.{field} must be None (computed from the training split) or 3 '
              f'{"positive " if low == 0 else ""}numbers, one per channel, got {value!r}')
   if d.placement == 'host':

@@ -100,8 +100,8 @@ def create(spec: str, kwargs: dict) -> UserNet:
   try:
     net = call_factory(make, kwargs)
   except Exception as e:  # pylint: disable=broad-except
-    raise KdjaxError(f'{spec}(num_classes={kwargs["num_classes"]}) failed: {_reason(e)}; the '
-                     f'factory must take num_classes') from None
+    raise KdjaxError(f'{spec}: the factory called with num_classes={kwargs["num_classes"]} '
+                     f'failed ({_reason(e)})') from None
   if not isinstance(net, nn.Module):
     raise KdjaxError(f'{spec} returned a {type(net).__name__}, not a flax.linen Module')
   return UserNet(net)
