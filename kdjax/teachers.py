@@ -129,8 +129,8 @@ def load_variables(path: str, model: str, num_classes: int,
 def load(path: str, model: str, num_classes: int, image_shape=models.CIFAR_IMAGE_SHAPE,
          zoo: str = 'cifar') -> tuple[dict, dict]:
   """:func:`load_variables` and what ``path`` says of them: ``model``, and a workdir's
-  ``dataset``, ``step`` and (from its results) ``num_classes``, a teacher folder's ``num_classes``, ``source`` and (when
-  recorded) ``dataset``."""
+  ``dataset``, ``step`` and (from its results) ``num_classes``, a teacher folder's
+  ``num_classes``, ``source`` and (when recorded) ``dataset``."""
   if not os.path.exists(path):
     raise KdjaxError(f'teacher checkpoint {path!r} does not exist (config.teacher.checkpoint)')
   if path.endswith(('.pth', '.pt', '.tar')) and os.path.isfile(path):
