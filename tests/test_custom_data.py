@@ -90,7 +90,8 @@ def test_a_folder_trains_a_teacher_then_kd_into_a_user_net(folder_teacher, tmp_p
 @pytest.mark.slow
 def test_a_tfds_dataset_streams_through_the_host_pipeline(folder_teacher, tmp_path):
   """The same images as a prepared TFDS ``beans`` (3 classes), its ``validation`` split as the
-  test set, streamed; the folder's teacher distils on it (the same data)."""
+  test set, streamed; the folder's teacher distils on it (the same images under another
+  dataset name: config.teacher.other_data says it is deliberate)."""
   _, cache, teacher, _ = folder_teacher
   examples = _examples()
   write_tfds('beans', tmp_path / 'tfds', {'train': examples['train'],
@@ -98,7 +99,8 @@ def test_a_tfds_dataset_streams_through_the_host_pipeline(folder_teacher, tmp_pa
   kd, log = _cli([*_kd_args(teacher), '--config.data.name=tfds:beans',
                   f'--config.data.data_dir={tmp_path / "tfds"}',
                   '--config.data.test_split=validation', '--config.data.placement=host',
-                  '--config.data.resize_size=36', '--config.data.workers=0'],
+                  '--config.data.resize_size=36', '--config.data.workers=0',
+                  '--config.teacher.other_data=true'],
                  cache, str(tmp_path / 'kd'))
   assert 'stream through the host pipeline (config.data.placement=host)' in log
   assert kd['classes'] == ['angular_leaf_spot', 'bean_rust', 'healthy']
