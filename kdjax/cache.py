@@ -20,10 +20,11 @@ if __name__ == '__main__':  # run as a command: a signal from here on is one lin
   from kdjax import interrupts
   interrupts.install()
 
+import functools
 import os
 
 import ml_collections
-from absl import app, flags
+from absl import app
 
 from kdjax import interrupts, jsonio, methods
 from kdjax import main as main_lib
@@ -59,8 +60,10 @@ def build_for_plan(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def run() -> None:
   """``python -m kdjax.cache`` / ``kdjax-cache-teacher``."""
-  flags.mark_flag_as_required('config')
-  app.run(lambda argv: main_lib.command(argv, build_for_plan), flags_parser=main_lib.parse_flags)
+  purpose = ("Builds the teacher-logit caches of a command's runs ahead of time, instead of "
+             'training them.')
+  app.run(lambda argv: main_lib.command(argv, build_for_plan),
+          flags_parser=functools.partial(main_lib.parse_flags, purpose=purpose))
 
 
 if __name__ == '__main__':

@@ -32,7 +32,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kdjax import distributed, interrupts, platform_tuning
+from kdjax import cli, distributed, interrupts, platform_tuning
 from kdjax.errors import KdjaxError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file, e.g. '
@@ -42,8 +42,12 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, met
                                'results.json); default runs/<config>[_<preset>]')
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Run seeds 0..N-1 one after another into '
                               'WORKDIR/seed_<i>, skipping finished ones (kdjax/plan.py)')
-_DRY_RUN = flags.DEFINE_bool('dry-run', False, 'Print the plan (every run, its config and '
-                             'workdir) and exit without training')
+_DRY_RUN = flags.DEFINE_bool('dry-run', False, 'Print the plan and exit without training: '
+                             'every run, its workdir, its state (new, resumable, finished) '
+                             "and its config's differences from the method's defaults")
+flags.DEFINE_bool('list', False, 'List the methods and their presets, and exit')
+
+_HELP_FLAGS = ('--help', '-h', '-?', '--helpshort')
 
 
 def default_workdir(config_arg: str) -> str:
@@ -144,20 +148,54 @@ def _with_packaged_configs(argv: list) -> list:
   return out
 
 
-def parse_flags(argv):
-  """absl's flag parsing, with every mistake (bad file, unknown key) as one line."""
+_PURPOSE = ('Trains the runs of a distillation experiment (the teacher it needs first, the '
+            'student, its\nbaselines, per seed); running it again resumes them.')
+
+
+def _usage(purpose: str) -> str:
+  """``--help``: how to call the command as typed, and kdjax's own flags (absl's
+  ``--help`` would list those of the console script's wrapper module, none)."""
+  flag_help = flags.FLAGS.module_help(flags.FLAGS.find_module_defining_flag('workdir'))
+  return (f'usage: {cli.invoked_as("kdjax.main")} --config METHOD[:PRESET] [--workdir DIR] '
+          f'[--seeds N] [--dry-run]\n    [--config.FIELD=VALUE ...]\n\n{purpose}\n\n'
+          f'{flag_help.split(":", 1)[1].strip(chr(10))}\n\n'
+          f'  e.g. --config slkd:digits (packaged), --config experiments/kd.py:res56_res20 '
+          f'(a file),\n  --config.optimizer.lr=0.01 (any field of the config). The methods '
+          f'and presets: --list.\n  absl\'s own flags (logging, ...): --helpfull.')
+
+
+def parse_flags(argv, purpose: str = _PURPOSE):
+  """absl's flag parsing, with every mistake (bad file, unknown key) as one line; ``--help``
+  and ``--list`` answered; no ``--config`` is an error line followed by the methods."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    print(_usage(purpose))
+    sys.exit(0)
   try:
-    return flags.FLAGS(_with_packaged_configs(argv))
+    parsed = flags.FLAGS(_with_packaged_configs(argv))
   except Exception as e:  # pylint: disable=broad-except
-    message = ' '.join(str(e).split()) or type(e).__name__
-    if 'Failed loading config file' in str(e) or isinstance(e, OSError):
-      message = _config_file_error(e)
-    elif isinstance(e, (KeyError, AttributeError)):
-      message = (f'unknown config field in the --config.* overrides: '
-                 f'{_plain(e.args[0] if e.args else message)}; the experiment file lists the '
-                 f'fields')
-    print(f'kdjax: error: {message}', file=sys.stderr)
+    _flag_error(e)
+  if flags.FLAGS.list:
+    print(cli.method_list())
+    sys.exit(0)
+  if not flags.FLAGS['config'].present:
+    print(f'kdjax: error: --config is required, e.g. {cli.invoked_as("kdjax.main")} '
+          f'--config slkd:digits', file=sys.stderr)
+    print(cli.method_list(), file=sys.stderr)
     sys.exit(2)
+  return parsed
+
+
+def _flag_error(e: Exception) -> None:
+  """Exits with the one line of a flag that absl could not parse."""
+  message = ' '.join(str(e).split()) or type(e).__name__
+  if 'Failed loading config file' in str(e) or isinstance(e, OSError):
+    message = _config_file_error(e)
+  elif isinstance(e, (KeyError, AttributeError)):
+    message = (f'unknown config field in the --config.* overrides: '
+               f'{_plain(e.args[0] if e.args else message)}; the experiment file lists the '
+               f'fields')
+  print(f'kdjax: error: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 def _plain(text) -> str:
@@ -169,7 +207,6 @@ def _plain(text) -> str:
 
 
 def run() -> None:
-  flags.mark_flag_as_required('config')
   app.run(main, flags_parser=parse_flags)
 
 

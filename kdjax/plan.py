@@ -32,14 +32,15 @@ from typing import NamedTuple, Optional
 import ml_collections
 
 from kdjax import config as config_lib
-from kdjax import jsonio, methods
+from kdjax import cli, jsonio, methods
 from kdjax.configdict import derive
 from kdjax.errors import KdjaxError
+from kdjax.train import writers
 from kdjax.train.loop import Interrupted, check_workdir, say, train_and_evaluate
 
 
 __all__ = ['Interrupted', 'PlannedRun', 'describe', 'execute', 'make_plan', 'run',
-           'seed_workdir', 'summary_table', 'teacher_config']
+           'run_state', 'seed_workdir', 'summary_table', 'teacher_config']
 
 
 class PlannedRun(NamedTuple):
@@ -117,15 +118,29 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str,
 
 
 def describe(plan: tuple) -> str:
-  """The plan as lines: ``i. role: method model [<- teacher] -> workdir``."""
+  """The plan as lines: ``i. role: method model [<- teacher] -> workdir (state)``, each
+  followed by its config's differences from its method's defaults
+  (:func:`kdjax.cli.config_diff`)."""
   lines = []
   for i, run in enumerate(plan, 1):
     c = run.config
     teacher = (f' <- {c.teacher.model} {c.teacher.checkpoint}'
                if methods.info(c.method).uses_teacher else '')
     lines.append(f'{i}. {run.role}: {c.method} {c.model}{teacher}, {c.num_epochs} epochs, '
-                 f'seed {c.seed} -> {run.workdir}')
+                 f'seed {c.seed} -> {run.workdir} ({run_state(run)})')
+    lines += [f'     {line}' for line in cli.config_diff(c)]
   return '\n'.join(lines)
+
+
+def run_state(run: PlannedRun) -> str:
+  """``finished`` (:func:`execute` skips it), ``resumable from step N`` (a checkpoint) or
+  ``new``; read from the workdir's files, nothing opened for writing."""
+  if _finished_results(run) is not None:
+    return 'finished'
+  ckpt_dir = os.path.join(run.workdir, 'checkpoints')
+  steps = [int(n) for n in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else ())
+           if n.isdigit()]
+  return f'resumable from step {max(steps)}' if steps else 'new'
 
 
 def _finished_results(run: PlannedRun) -> Optional[dict]:
@@ -148,7 +163,9 @@ def execute(plan: tuple) -> list:
     else:
       if where:
         say(f'{where}{run.workdir}')
-      results = train_and_evaluate(run.config, run.workdir)
+      later = [r for r in plan[i:] if _finished_results(r) is None]
+      with writers.later_in_plan(len(later), sum(r.config.num_epochs for r in later)):
+        results = train_and_evaluate(run.config, run.workdir)
     all_results.append(results)
   print(summary_table(plan, all_results))
   return all_results

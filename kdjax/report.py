@@ -44,7 +44,7 @@ import statistics
 import sys
 from typing import Iterable, Optional, Sequence
 
-from kdjax import jsonio, methods, run_fields
+from kdjax import cli, jsonio, methods, run_fields
 from kdjax.errors import KdjaxError
 
 _SKIP_DIRS = ('checkpoints', 'tb')  # a run's own sub-folders, never runs themselves
@@ -540,7 +540,7 @@ def report(dirs: Sequence[str], out: Optional[str] = None,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(prog='python -m kdjax.report', description=(
+  parser = argparse.ArgumentParser(prog=cli.invoked_as('kdjax.report'), description=(
       'Table (Markdown, CSV) and plots of the kdjax runs under the given folders; what '
       'cannot be read is listed under "skipped:" on stderr and in OUTDIR/skipped.txt.'))
   parser.add_argument('dirs', nargs='+', metavar='DIR', help='run folders (searched recursively)')

@@ -66,7 +66,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
   done = run_cli(['--config', 'experiments/skd.py:digits', f'--workdir={workdir}',
                   '--seeds=2', '--dry-run'])
   assert done.returncode == 0, done.stderr[-2000:]
-  lines = done.stdout.strip().splitlines()
+  lines = [line for line in done.stdout.strip().splitlines() if line[0].isdigit()]
   assert [line.split(':')[0] for line in lines] == ['1. teacher', '2. seed 0', '3. seed 0',
                                                    '4. seed 1', '5. seed 1']
   assert lines[1].startswith(f'2. seed 0: skd student: skd resnet8 <- resnet20 '
@@ -78,4 +78,5 @@ def test_a_packaged_preset_by_name(tmp_path):
   """``kdjax --config kd:digits`` finds kdjax/experiments/kd.py, as after a pip install."""
   done = run_cli(['--config', 'kd:digits', f'--workdir={tmp_path / "kd"}', '--dry-run'])
   assert done.returncode == 0, done.stderr[-2000:]
-  assert done.stdout.splitlines()[-1].startswith('2. kd student: kd resnet8 <- resnet20 ')
+  assert [line for line in done.stdout.splitlines() if line.startswith('2. ')][0].startswith(
+      '2. kd student: kd resnet8 <- resnet20 ')

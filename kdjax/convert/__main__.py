@@ -20,15 +20,14 @@ import argparse
 import os
 import sys
 
+from kdjax import cli
 from kdjax.errors import KdjaxError, OneLineParser, run_command
-
-PROG = 'python -m kdjax.convert'
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = OneLineParser(prog=PROG, description='Convert a RepDistiller / mdistiller '
-                         'PyTorch checkpoint into a kdjax teacher folder for '
-                         '--config.teacher.checkpoint.')
+  parser = OneLineParser(prog=cli.invoked_as('kdjax.convert'), description=(
+      'Convert a RepDistiller / mdistiller PyTorch checkpoint into a kdjax teacher folder for '
+      '--config.teacher.checkpoint.'))
   parser.add_argument('--model', required=True,
                       help='kdjax zoo name of the architecture, e.g. resnet32x4, wrn_40_2, '
                       'vgg13, resnet56, resnet110, ResNet50')

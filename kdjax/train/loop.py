@@ -509,7 +509,8 @@ def _loop(run: RunSetup, ckpt, writer: MetricWriter, feed, state: TrainState,
   config, workdir, method = run.config, run.workdir, run.method
   primary = jax.process_index() == 0
   frozen = feed.frozen
-  bar = Progress(last, start, enabled=primary)
+  bar = Progress(last, start, enabled=primary, steps_per_epoch=run.steps_per_epoch,
+                 num_epochs=config.num_epochs)
   window, t_window, stopped_by = [], time.perf_counter(), None
   images_per_second = None
   with _StopFlag() as stop:
@@ -553,6 +554,7 @@ def _loop(run: RunSetup, ckpt, writer: MetricWriter, feed, state: TrainState,
       if stopping:
         stopped_by = stop.signum
         break
+  bar.close()
   final_step = int(state.step)
   ckpt.save(final_step, state, _with_input_state(progress, feed), wait=True)
   ckpt.close()

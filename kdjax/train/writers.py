@@ -1,19 +1,22 @@
 """Where metrics go: JSON lines, TensorBoard, and a progress line for people.
 
 ``metrics.jsonl`` gets one object per logging point (``{"step": ..., "split": "train" |
-"test", ...}``); TensorBoard event files get the same scalars. On an interactive terminal a
-single updating line shows step, steps/s, ETA and the latest loss; otherwise the same
-appears as plain log lines at each logging point.
+"test", ...}``); TensorBoard event files get the same scalars. :class:`Progress` shows steps/s,
+the ETA, the latest loss and the plan's remaining time through tqdm: a live bar on a terminal,
+a rare log line elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import sys
-import time
 from typing import Mapping
+
+import tqdm
 
 # A non-finite value is logged as is (the loop then stops with its own message naming it);
 # tensorboardX's own warning about it would only repeat that.
@@ -77,36 +80,77 @@ def _truncate_after(path: str, step: int) -> None:
           flush=True)
 
 
-class Progress:
-  """Step counter with steps/s and ETA; a live line on a TTY, log lines otherwise."""
+# Off a terminal (a log file, nohup, SLURM, Colab's `!`), a progress line at most this often
+# and once per percent of the run, whichever is rarer; epoch summaries always.
+LOG_INTERVAL_SECONDS = 180.0
+_LOG_FORMAT = ('{desc}{percentage:.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, '
+               '{rate_fmt}{postfix}]')
 
-  def __init__(self, total_steps: int, first_step: int, stream=None, *, enabled: bool = True):
-    self.total = total_steps
+_later = {'runs': 0, 'epochs': 0.0}  # the plan's runs after the current one (plan.execute)
+
+
+@contextlib.contextmanager
+def later_in_plan(runs: int, epochs: float):
+  """While a plan's run trains: ``runs`` more runs of ``epochs`` epochs in all follow it
+  (its progress line then shows the whole plan's remaining time)."""
+  _later.update(runs=runs, epochs=epochs)
+  try:
+    yield
+  finally:
+    _later.update(runs=0, epochs=0.0)
+
+
+class Progress:
+  """tqdm's progress of one run (steps/s, ETA, the loss) and the plan's time left: a live bar
+  on a TTY; otherwise the same text as a log line at most every
+  :data:`LOG_INTERVAL_SECONDS` and 1% of the run."""
+
+  def __init__(self, total_steps: int, first_step: int, stream=None, *, steps_per_epoch: int,
+               num_epochs: int, enabled: bool = True):
     self.enabled = enabled  # False on every process but 0 of a multi-process run
     self.stream = stream or sys.stderr
     self.live = hasattr(self.stream, 'isatty') and self.stream.isatty()
-    self._t0, self._s0 = time.perf_counter(), first_step
+    self._epochs = (steps_per_epoch, num_epochs)
+    self._later = dict(_later)
+    self._bar = tqdm.tqdm(total=total_steps, initial=first_step, unit='step', smoothing=0.1,
+                          file=self.stream if self.live else io.StringIO(),
+                          bar_format=None if self.live else _LOG_FORMAT,
+                          disable=not enabled, dynamic_ncols=True)
+    self._logged = (self._bar.start_t if enabled else 0.0, first_step)
 
   def update(self, step: int, epoch: int, loss: float) -> None:
     if not self.enabled:
       return
-    elapsed = time.perf_counter() - self._t0
-    rate = (step - self._s0) / elapsed if elapsed > 0 else 0.0
-    eta = (self.total - step) / rate if rate > 0 else float('nan')
-    eta_s = time.strftime('%H:%M:%S', time.gmtime(eta)) if eta == eta else '--:--:--'
-    text = (f'epoch {epoch} step {step}/{self.total} ({100.0 * step / self.total:.0f}%) '
-            f'{rate:.2f} steps/s ETA {eta_s} loss {loss:.4f}')
-    if self.live:
-      self.stream.write('\r' + text.ljust(100))
-    else:
-      self.stream.write(text + '\n')
-    self.stream.flush()
+    bar = self._bar
+    bar.update(step - bar.n)  # first: the rate the plan's time left needs
+    bar.set_description(f'epoch {epoch}/{self._epochs[1]}', refresh=False)
+    bar.set_postfix_str(f'loss {loss:.4f}{self._plan_left(step)}', refresh=self.live)
+    now, (t_logged, s_logged) = bar._time(), self._logged  # pylint: disable=protected-access
+    if not self.live and (now - t_logged >= LOG_INTERVAL_SECONDS
+                          and step - s_logged >= bar.total / 100):
+      self.stream.write(str(bar) + '\n')
+      self.stream.flush()
+      self._logged = (now, step)
+
+  def _plan_left(self, step: int) -> str:
+    """``, plan: N more runs, ~H:MM:SS left`` at this run's speed (none: this run's ETA)."""
+    rate = self._bar.format_dict['rate']
+    if not self._later['runs'] or not rate:
+      return ''
+    left = (self._bar.total - step + self._later['epochs'] * self._epochs[0]) / rate
+    runs = self._later['runs']
+    return (f', plan: {runs} more run{"s" if runs > 1 else ""}, '
+            f'~{tqdm.tqdm.format_interval(left)} left')
 
   def message(self, text: str) -> None:
-    """A line that stays (evaluation results, checkpoints)."""
+    """A line that stays (evaluation results, checkpoints), above a live bar."""
     if not self.enabled:
       return
     if self.live:
-      self.stream.write('\r' + ' ' * 100 + '\r')
-    self.stream.write(text + '\n')
-    self.stream.flush()
+      self._bar.write(text, file=self.stream)
+    else:
+      self.stream.write(text + '\n')
+      self.stream.flush()
+
+  def close(self) -> None:
+    self._bar.close()

@@ -1,0 +1,75 @@
+"""The commands explain themselves (kdjax issue 26): ``--help`` shows kdjax's own flags under
+the name the user typed, ``kdjax`` alone is one error line and the methods, ``--list``, and
+``--dry-run`` shows each run's state and its config's differences from the method's defaults.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_cli
+from kdjax import cli
+
+
+def test_help_shows_kdjax_flags_under_the_typed_name():
+  done = run_cli(['--help'])
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.startswith('usage: python -m kdjax.main --config METHOD[:PRESET]')
+  for flag in ('--config', '--workdir', '--seeds', '--[no]dry-run', '--[no]list'):
+    assert f'  {flag}:' in done.stdout, done.stdout
+
+
+def test_no_config_is_one_error_line_and_the_methods():
+  done = run_cli([])
+  assert done.returncode == 2 and 'Traceback' not in done.stderr
+  lines = done.stderr.splitlines()
+  assert lines[0] == ('kdjax: error: --config is required, e.g. python -m kdjax.main '
+                      '--config slkd:digits')
+  assert sum(line.startswith('kdjax: error:') for line in lines) == 1
+  listed = run_cli(['--list'])
+  assert listed.returncode == 0 and listed.stdout.strip() == '\n'.join(lines[1:])
+  methods = {line.split()[0] for line in lines[2:] if line.startswith('  ') and
+             not line.startswith('   ')}
+  assert methods == set(cli.method_names()) >= {'vanilla', 'kd', 'slkd', 'skd', 'sftn', 'dkd'}
+  slkd = next(line for line in lines if line.startswith('  slkd '))
+  assert 'digits, every CIFAR-100 pair*, r34_r18, r50_mv1; variants: official, sequential' in slkd
+  assert 'r50_mv1' not in next(line for line in lines if line.startswith('  sftn '))
+
+
+def test_dry_run_shows_states_and_the_config_diff(tmp_path):
+  workdir = tmp_path / 'kd'
+  os.makedirs(workdir / 'teacher')
+  (workdir / 'teacher' / 'results.json').write_text('{"finished": true, "num_epochs": 8}')
+  os.makedirs(workdir / 'checkpoints' / '40')  # the student's checkpoint of step 40
+  done = run_cli(['--config', 'kd:digits', f'--workdir={workdir}', '--dry-run',
+                  '--config.kd.temperature=2'])
+  assert done.returncode == 0, done.stderr[-2000:]
+  lines = done.stdout.splitlines()
+  runs = [line for line in lines if line[0].isdigit()]
+  assert runs[0].endswith(f'-> {workdir}/teacher (finished)')
+  assert runs[1].endswith(f'-> {workdir} (resumable from step 40)')
+  student = lines[lines.index(runs[1]) + 1:]
+  assert "     data.name: 'cifar100' -> 'digits'" in student
+  assert '     kd.temperature: 4.0 -> 2.0' in student
+  assert not any('optimizer.momentum' in line for line in lines)  # unchanged: not shown
+  fresh = run_cli(['--config', 'vanilla:digits', f'--workdir={tmp_path / "v"}', '--dry-run'])
+  assert fresh.stdout.splitlines()[0].endswith(' (new)')
+
+
+@pytest.mark.parametrize('module', ['kdjax.report', 'kdjax.convert', 'kdjax.cache'])
+def test_every_command_names_itself_in_its_help(module):
+  done = subprocess.run([sys.executable, '-m', module, '--help'], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.startswith(f'usage: python -m {module} '), done.stdout[:200]
+
+
+def test_invoked_as(monkeypatch):
+  monkeypatch.setattr(sys, 'argv', ['/venv/bin/kdjax-report', '--help'])
+  assert cli.invoked_as('kdjax.report') == 'kdjax-report'
+  monkeypatch.setattr(sys, 'argv', [os.path.join(ROOT, 'kdjax', 'convert', '__main__.py')])
+  assert cli.invoked_as('kdjax.convert') == 'python -m kdjax.convert'
+  monkeypatch.setattr(sys, 'argv', [''])
+  assert cli.invoked_as('kdjax.main') == 'python -m kdjax.main'
