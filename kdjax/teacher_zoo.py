@@ -98,6 +98,24 @@ def published_top1(spec: object, dataset: str) -> float | None:
   return PUBLISHED_TOP1.get(spec.removeprefix(PREFIX))
 
 
+# A published teacher measured this many points below its published top-1 is suspect.
+SHORTFALL_POINTS = 5.0
+
+
+def shortfall_warning(spec: object, dataset: str, measured_top1: float) -> str | None:
+  """A warning line when zoo teacher ``spec`` measures more than :data:`SHORTFALL_POINTS`
+  below its published top-1 on ``dataset``, naming the likely causes; else None."""
+  published = published_top1(spec, dataset)
+  if published is None or measured_top1 >= published - SHORTFALL_POINTS:
+    return None
+  return (f'warning: teacher {spec} measures {measured_top1:.2f}% top-1, '
+          f'{published - measured_top1:.1f} points below its published {published:.2f}%: '
+          f'check that the data is the right dataset and split with the normalisation the '
+          f'teacher was trained with (config.data), and that the checkpoint converted '
+          f'correctly (a changed or damaged file, the wrong model name); a student distilled '
+          f'from it will be worse')
+
+
 def member(name: str) -> str:
   """The path of teacher ``name``'s checkpoint inside ``cifar_teachers.tar``."""
   return f'cifar_teachers/{name}_vanilla/ckpt_epoch_240.pth'

@@ -38,6 +38,11 @@ def test_headline_command_fetches_verifies_caches_converts_and_trains(tmp_path):
   teacher_line = next(line for line in first.stderr.splitlines()
                       if line.startswith('teacher resnet56 (mdistiller:resnet56): top-1 '))
   assert teacher_line.endswith('on the 32 test images (published: 72.34%)')
+  # The random teacher is far below the published figure: one warning before training.
+  lines = first.stderr.splitlines()
+  warning = lines[lines.index(teacher_line) + 1]
+  assert warning.startswith('warning: teacher mdistiller:resnet56 measures ') and (
+      'points below its published 72.34%: check that the data is the right dataset') in warning
   teacher = teacher_zoo.source_root('mdistiller', server.url('cifar_teachers.tar'), str(cache))
   for path in ('cifar/cifar-100-binary.tar.gz', 'cifar/cifar100.npz',
                f'{teacher}/resnet56/teacher.json'):

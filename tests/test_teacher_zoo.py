@@ -185,3 +185,12 @@ def test_specs_and_published_numbers():
   assert set(teacher_zoo.TEACHERS) <= set(models.names())
   assert teacher_zoo.PUBLISHED_TOP1['resnet32x4'] == 79.42
   assert teacher_zoo.member('wrn_40_2') == 'cifar_teachers/wrn_40_2_vanilla/ckpt_epoch_240.pth'
+
+
+def test_a_teacher_far_below_its_published_figure_is_warned_about():
+  assert teacher_zoo.shortfall_warning('mdistiller:resnet56', 'cifar100', 67.5) is None
+  line = teacher_zoo.shortfall_warning('mdistiller:resnet56', 'cifar100', 60.0)
+  assert line.startswith('warning: teacher mdistiller:resnet56 measures 60.00% top-1, 12.3 '
+                         'points below its published 72.34%') and '\n' not in line
+  assert 'normalisation' in line and 'converted' in line
+  assert teacher_zoo.shortfall_warning('/my/teacher', 'cifar100', 1.0) is None  # no figure

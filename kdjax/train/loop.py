@@ -497,6 +497,10 @@ def _run_feed(run: RunSetup, ckpt: checkpoints.Checkpointer, feed, state: TrainS
     say(f'teacher {config.teacher.model} ({config.teacher.checkpoint}): top-1 '
         f'{acc["top1"]:.2f}%, top-5 {acc["top5"]:.2f}% on the {len(run.test)} test images'
         + (f' (published: {published:.2f}%)' if published is not None else ''))
+    warning = teacher_zoo.shortfall_warning(config.teacher.checkpoint, config.data.name,
+                                            acc['top1'])
+    if warning:
+      say(warning)
 
   last = run.total_steps if config.max_steps is None else min(run.total_steps, config.max_steps)
   with contextlib.closing(MetricWriter(workdir, resume_step=start, enabled=primary)) as writer:
