@@ -23,7 +23,7 @@ CORRUPT = os.path.join('n02', 'broken.JPEG')  # sorts first in its class: label 
 def _jpeg(rng, width, height) -> bytes:
   """A smooth random image (JPEG keeps it close to what was written)."""
   coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-  image = Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
+  image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR)
   buffer = io.BytesIO()
   image.save(buffer, 'JPEG', quality=90)
   return buffer.getvalue()
@@ -168,7 +168,7 @@ def test_eval_is_resize_then_center_crop_of_each_file(folder):
     w, h = image.size
     scale = RESIZE / min(w, h)
     size = (RESIZE, int(h * scale)) if w <= h else (int(w * scale), RESIZE)
-    resized = np.asarray(image.resize(size, Image.BILINEAR))
+    resized = np.asarray(image.resize(size, Image.Resampling.BILINEAR))
     top = int(round((resized.shape[0] - CROP) / 2))
     left = int(round((resized.shape[1] - CROP) / 2))
     np.testing.assert_array_equal(images[i], resized[top:top + CROP, left:left + CROP])

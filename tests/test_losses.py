@@ -516,3 +516,21 @@ def test_multistage_losses_reject_mismatched_lists():
     losses.at([a, a], [a])
   with pytest.raises(TypeError):
     losses.sp(a, a)
+
+
+@pytest.mark.parametrize('call, shapes', [
+    (lambda: losses.kd(np.zeros((4, 10)), np.zeros((4, 100))), ['(4, 10)', '(4, 100)']),
+    (lambda: losses.kd(np.zeros((4, 10)), np.zeros((4, 10, 1))), ['(4, 10)', '(4, 10, 1)']),
+    (lambda: losses.dkd(np.zeros((4, 10)), np.zeros((5, 10)), np.zeros(4, int)),
+     ['(4, 10)', '(5, 10)']),
+    (lambda: losses.cross_entropy(np.zeros((4, 10)), np.zeros(3, int)), ['(4, 10)', '(3,)']),
+    (lambda: losses.cross_entropy(np.zeros((4, 10)), np.zeros(4)), ['(4, 10)', 'float']),
+    (lambda: losses.kd(np.zeros(10), np.zeros(10)), ['(10,)']),
+    (lambda: losses.kd(np.zeros((2, 4, 10)), np.zeros((2, 4, 10))), ['(2, 4, 10)']),
+])
+def test_a_wrong_shape_is_a_value_error_naming_the_shapes(call, shapes):
+  """Not silently reduced over a wrong axis, nor a raw broadcasting error (issue 26)."""
+  with pytest.raises(ValueError) as raised:
+    call()
+  for shape in shapes:
+    assert shape in str(raised.value), str(raised.value)

@@ -7,7 +7,7 @@ running statistics after each step, must equal PyTorch's to float32 rounding. Th
 the loss, the weight decay, the momentum and the BN statistics update together.
 """
 
-import flax
+import chex
 import jax
 import numpy as np
 
@@ -43,11 +43,11 @@ def test_two_kd_steps_equal_mdistiller():
     np.testing.assert_allclose(metrics['loss/kd'], ref[f'step{step}/loss_kd'], rtol=1e-5)
     expected = convert.variables_from_torch(config.model,
                                             _state_dict(ref, f'student_after{step}/'))
-    for collection, tree in (('params', state.params['student']),
-                             ('batch_stats', state.batch_stats['student'])):
-      got = flax.traverse_util.flatten_dict(tree, sep='/')
-      want = flax.traverse_util.flatten_dict(expected[collection], sep='/')
-      assert got.keys() == want.keys()
-      for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=2e-6,
-                                   err_msg=f'step {step}: {collection}/{key}')
+    # Against a float64 run of the same steps (benchmarks/float64_parity.py), the float32
+    # weights after step 2 are at 0.32 of this tolerance for PyTorch, 0.16 for jax 0.10.2,
+    # and 1,698 for jax 0.10.0/0.10.1 (the first conv off by 6.3e-3): a wrong float32 CPU
+    # step there, not rounding, hence pyproject.toml's jax floor.
+    chex.assert_trees_all_close(state.params['student'], expected['params'], rtol=1e-4,
+                                atol=2e-6, custom_message=f'step {step}')
+    chex.assert_trees_all_close(state.batch_stats['student'], expected['batch_stats'],
+                                rtol=1e-4, atol=2e-6, custom_message=f'step {step}')

@@ -132,7 +132,7 @@ def _resize(image: Image.Image, width: int, height: int) -> Image.Image:
   """torchvision's ``F.resize`` of a PIL image: bilinear, unchanged if already that size."""
   if image.size == (width, height):
     return image
-  return image.resize((width, height), Image.BILINEAR)
+  return image.resize((width, height), Image.Resampling.BILINEAR)
 
 
 def resized_crop(image: Image.Image, box: tuple[int, int, int, int], size: int) -> Image.Image:

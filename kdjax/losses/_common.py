@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,6 +102,32 @@ def smooth_l1(a: jax.Array, b: jax.Array) -> jax.Array:
   """``F.smooth_l1_loss(a, b)`` (beta = 1, mean over all elements)."""
   d = jnp.abs(a - b)
   return jnp.mean(jnp.where(d < 1.0, 0.5 * jnp.square(d), d - 0.5))
+
+
+def check_logits(name: str, student, teacher=None, labels=None) -> None:
+  """Raises ``ValueError`` naming the shapes unless ``student`` is floating ``(B, K)``,
+  ``teacher`` (if given) has its shape, and ``labels`` (if given) are ``(B,)`` integers."""
+  student = jnp.asarray(student)
+  try:
+    chex.assert_rank(student, 2)
+    chex.assert_type(student, float)
+  except AssertionError:
+    raise ValueError(f'{name}: logits must be floating (batch, classes), got the shape '
+                     f'{student.shape} ({student.dtype})') from None
+  for what, other, check in (
+      ('teacher logits', teacher, lambda t: chex.assert_equal_shape([student, t])),
+      ('labels', labels, lambda y: (chex.assert_shape(y, student.shape[:1]),
+                                    chex.assert_type(y, int)))):
+    if other is None:
+      continue
+    other = jnp.asarray(other)
+    try:
+      check(other)
+    except AssertionError:
+      raise ValueError(f'{name}: student logits of shape {student.shape} but {what} of shape '
+                       f'{other.shape} ({other.dtype}); expected '
+                       f'{student.shape if what == "teacher logits" else student.shape[:1]}'
+                       f'{"" if what == "teacher logits" else " integers"}') from None
 
 
 def check_pairs(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array], name: str) -> None:

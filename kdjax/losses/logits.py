@@ -37,6 +37,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   Returns:
     Scalar loss in ``logits.dtype``.
   """
+  _common.check_logits('cross_entropy', logits, labels=labels)
   z = _common.upcast(logits)
   log_p = jax.nn.log_softmax(z, axis=-1)
   labels = jnp.asarray(labels).astype(jnp.int32)
@@ -63,6 +64,7 @@ def kd(logits_student: jax.Array, logits_teacher: jax.Array,
   Returns:
     Scalar loss in ``logits_student.dtype``.
   """
+  _common.check_logits('kd', logits_student, logits_teacher)
   zs, zt = _common.upcast(logits_student, logits_teacher)
   log_ps = jax.nn.log_softmax(zs / temperature, axis=-1)
   log_pt = jax.nn.log_softmax(zt / temperature, axis=-1)
@@ -104,6 +106,7 @@ def dkd(logits_student: jax.Array, logits_teacher: jax.Array, target: jax.Array,
   Returns:
     Scalar loss in ``logits_student.dtype``.
   """
+  _common.check_logits('dkd', logits_student, logits_teacher, target)
   zs, zt = _common.upcast(logits_student, logits_teacher)
   target = jnp.asarray(target).astype(jnp.int32).reshape(-1)
   gt_mask = jax.nn.one_hot(target, zs.shape[-1], dtype=zs.dtype)
