@@ -91,8 +91,15 @@ def _flat(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
 
 def config_diff(config: ml_collections.ConfigDict) -> list:
   """``field: default -> value`` for every field of ``config`` that differs from its
-  method's defaults (``experiments/<method>.py`` without a preset)."""
+  method's defaults (``experiments/<method>.py`` without a preset), but those a run of its
+  method never reads: a vanilla run's (a plan's teacher) distillation blocks, inherited
+  from the command's method."""
+  from kdjax import methods  # pylint: disable=import-outside-toplevel
+  unread = set(method_names()) - {config.method} if config.method == methods.SUPERVISED else ()
+  if not methods.info(config.method).uses_teacher:
+    unread = {*unread, 'teacher'}
   defaults = _flat(experiment(config.method).get_config())
   return [f'{key}: {repr(defaults[key]) if key in defaults else "(not set)"} -> {value!r}'
           for key, value in sorted(_flat(config).items())
-          if key not in defaults or defaults[key] != value]
+          if (key not in defaults or defaults[key] != value)
+          and key.split('.')[0] not in unread]

@@ -50,9 +50,11 @@ def test_dry_run_shows_states_and_the_config_diff(tmp_path):
   runs = [line for line in lines if line[0].isdigit()]
   assert runs[0].endswith(f'-> {workdir}/teacher (finished)')
   assert runs[1].endswith(f'-> {workdir} (resumable from step 40)')
-  student = lines[lines.index(runs[1]) + 1:]
+  teacher, student = lines[1:lines.index(runs[1])], lines[lines.index(runs[1]) + 1:]
   assert "     data.name: 'cifar100' -> 'digits'" in student
   assert '     kd.temperature: 4.0 -> 2.0' in student
+  assert "     model: 'resnet32x4' -> 'resnet20'" in teacher  # vanilla's defaults
+  assert not any(line.startswith(('     kd.', '     teacher.')) for line in teacher)  # unread
   assert not any('optimizer.momentum' in line for line in lines)  # unchanged: not shown
   fresh = run_cli(['--config', 'vanilla:digits', f'--workdir={tmp_path / "v"}', '--dry-run'])
   assert fresh.stdout.splitlines()[0].endswith(' (new)')
