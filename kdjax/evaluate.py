@@ -34,7 +34,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from kdjax import data, jsonio, models, teacher_zoo, teachers
+from kdjax import cli, data, jsonio, models, teacher_zoo, teachers
 from kdjax.errors import KdjaxError, OneLineParser, run_command
 from kdjax.export import Net, dataset_facts, load_flax, load_options, load_workdir
 from kdjax.train import step as step_lib
@@ -134,8 +134,8 @@ def _report(args) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
   """``kdjax-eval`` / ``python -m kdjax.evaluate``."""
-  parser = OneLineParser(prog='kdjax-eval', description='Print the top-1 / top-5 accuracy of '
-                         'a checkpoint on a test split.')
+  parser = OneLineParser(prog=cli.invoked_as('kdjax.evaluate'), description=(
+      'Print the top-1 / top-5 accuracy of a checkpoint on a test split.'))
   parser.add_argument('checkpoint', help='a kdjax workdir, a teacher folder, a .pth, '
                       'mdistiller:<name>, torchvision:<name>, or a kdjax-export --format '
                       'flax .msgpack')

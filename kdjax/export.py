@@ -35,7 +35,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from kdjax import data, jsonio, models, teachers
+from kdjax import cli, data, jsonio, models, teachers
 from kdjax.convert import torch_export
 from kdjax.errors import KdjaxError, OneLineParser, run_command
 
@@ -162,8 +162,8 @@ def export(workdir: str, fmt: str, out: str) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
   """``kdjax-export`` / ``python -m kdjax.export``."""
-  parser = OneLineParser(prog='kdjax-export', description='Write the trained net of a kdjax '
-                         'workdir as a PyTorch state dict or as Flax variables.')
+  parser = OneLineParser(prog=cli.invoked_as('kdjax.export'), description=(
+      'Write the trained net of a kdjax workdir as a PyTorch state dict or as Flax variables.'))
   parser.add_argument('workdir', help='the kdjax workdir (its newest checkpoint)')
   parser.add_argument('--format', required=True, choices=FORMATS,
                       help="torch: a state dict for RepDistiller's / mdistiller's model class; "

@@ -60,7 +60,8 @@ def test_dry_run_shows_states_and_the_config_diff(tmp_path):
   assert fresh.stdout.splitlines()[0].endswith(' (new)')
 
 
-@pytest.mark.parametrize('module', ['kdjax.report', 'kdjax.convert', 'kdjax.cache'])
+@pytest.mark.parametrize('module', ['kdjax.report', 'kdjax.convert', 'kdjax.cache',
+                                    'kdjax.evaluate', 'kdjax.export'])
 def test_every_command_names_itself_in_its_help(module):
   done = subprocess.run([sys.executable, '-m', module, '--help'], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
