@@ -20,8 +20,11 @@ def test_a_tilde_is_the_home_folder(tmp_path):
   done = run_cli(['--config', 'kd:digits', '--workdir=~/runs/x', '--dry-run',
                   '--config.teacher.checkpoint=~/teacher'], env={'HOME': str(tmp_path)})
   assert done.returncode == 0, done.stderr
-  assert done.stdout == (f'1. kd student: kd resnet8 <- resnet20 {tmp_path}/teacher, 8 epochs, '
-                         f'seed 0 -> {tmp_path}/runs/x\n')
+  assert done.stdout.splitlines()[0] == (f'1. kd student: kd resnet8 <- resnet20 '
+                                         f'{tmp_path}/teacher, 8 epochs, seed 0 -> '
+                                         f'{tmp_path}/runs/x (new)')
+  assert f"     teacher.checkpoint: 'mdistiller:resnet32x4' -> '{tmp_path}/teacher'" in (
+      done.stdout.splitlines())
 
 
 @pytest.mark.slow
