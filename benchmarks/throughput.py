@@ -22,12 +22,12 @@ matrix-multiply peak measured on the same device in the same run (a jitted squar
 **The teacher-logit cache.** With ``--teacher-cache`` each method (one whose losses read only
 the teacher's logits: kd, dkd, slkd, skd) is timed twice in the same run: the step that runs
 the teacher, then the step that gathers the teacher's logits from the cache instead
-(``config.teacher.cache``, :mod:`kdjax.teacher_cache`; row ``<method> (teacher cache)``, the
+(``config.teacher.cache``, :mod:`kdjax.teachers.logit_cache`; row ``<method> (teacher cache)``, the
 same fields), the cache a random ``(50,000, 162, 100)`` float32 array on the devices (speed
 does not depend on its values); ``--cache-placement device,host`` adds the row ``<method>
 (teacher cache in host memory)``: the cache kept on the host, each step's rows gathered there
 and sent with the batch, as a run does when the cache does not fit a device. The cache's
-one-off cost is measured with its own builder (:func:`kdjax.teacher_cache.make_forward`,
+one-off cost is measured with its own builder (:func:`kdjax.teachers.logit_cache.make_forward`,
 ``--cache-build-batch`` forwards per call, the median of ``--cache-build-calls`` timed calls):
 teacher forwards per second, the hours to build CIFAR-100's 50,000 x 162 forwards, and how
 many runs of ``config.num_epochs`` (240) epochs repay it: build time / (240 x 50,000 x (1 / cached img/s - 1 / uncached img/s)).
@@ -87,7 +87,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax import config as config_lib
-from kdjax import data, methods, models, platform_tuning, teacher_cache, teachers, trajectory
+from kdjax import data, methods, models, platform_tuning, teachers
+from kdjax.teachers import logit_cache, trajectory
 from kdjax.config import base_config, digits_preset, distillation_config, imagenet_preset
 from kdjax.data import image_sources
 from kdjax.train import loop as loop_lib
@@ -223,7 +224,7 @@ def _random_cache(config, datasets) -> np.ndarray:
 def bench_cache_build(run: loop_lib.RunSetup, teacher_vars, batch: int, calls: int) -> dict:
   """The teacher-logit cache builder's forwards per second on ``run``'s teacher and data."""
   config, train = run.config, run.train
-  forward = teacher_cache.make_forward(
+  forward = logit_cache.make_forward(
       run.method.teacher, run.mesh, num_images=len(train), mean=train.mean, std=train.std,
       crop_padding=config.data.crop_padding, flip=config.data.flip, dtype=run.dtype,
       batch=batch)

@@ -1,5 +1,5 @@
 """Command line: ``python -m kdjax.cache --config experiments/<method>.py[:<preset>]``
-(``kdjax-cache-teacher``) builds the teacher-logit caches (:mod:`kdjax.teacher_cache`) of a
+(``kdjax-cache-teacher``) builds the teacher-logit caches (:mod:`kdjax.teachers.logit_cache`) of a
 command's runs ahead of time, instead of training them.
 
     python -m kdjax.cache --config experiments/kd.py:res32x4_res8x4 \

@@ -16,8 +16,9 @@ import math
 
 import ml_collections
 
-from kdjax import (data, distributed, methods, models, platform_tuning, presets, teacher_cache,
-                   teacher_zoo)
+from kdjax import data, distributed, methods, models, platform_tuning, presets
+from kdjax.teachers import logit_cache
+from kdjax.teachers import zoo as teacher_zoo
 from kdjax.data import image_sources
 from kdjax.errors import KdjaxError
 
@@ -90,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   # The frozen teacher of distillation methods (unused by vanilla): a kdjax workdir, a
   # teacher folder from `python -m kdjax.convert`, a RepDistiller/mdistiller .pth, or a
   # published teacher 'mdistiller:<model>' (downloaded once from zoo_url, converted, cached;
-  # kdjax/teacher_zoo.py; zoo_url None: mdistiller's GitHub release).
+  # kdjax/teachers/zoo.py; zoo_url None: mdistiller's GitHub release).
   c.teacher = ml_collections.ConfigDict()
   c.teacher.model = 'resnet32x4'
   c.teacher.checkpoint = ml_collections.FieldReference(None, field_type=str)
@@ -103,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.num_epochs = ml_collections.FieldReference(None, field_type=int)
   # K > 0: the teacher trained first records its trajectory (SKD's snapshots), see below.
   c.teacher.trajectory_stages = 0
-  # The teacher-logit cache (kdjax/teacher_cache.py): the teacher's logits on every crop and
+  # The teacher-logit cache (kdjax/teachers/logit_cache.py): the teacher's logits on every crop and
   # flip of every training image, computed once into $KDJAX_CACHE/teacher_logits/<key>/ and
   # gathered by each step instead of running the teacher; for methods that read only the
   # teacher's logits (KD, DKD, SLKD, SKD). float32: the same run to rounding; 'bfloat16'
@@ -117,7 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.cache_chunk_images = 0  # images per file of it; 0: about 64 MiB of logits each
 
   # K > 0: record the trained net's variables at the end of each of K equal stages of the
-  # run into <workdir>/trajectory/stage_<j> (kdjax/trajectory.py; SKD's teacher snapshots).
+  # run into <workdir>/trajectory/stage_<j> (kdjax/teachers/trajectory.py; SKD's teacher snapshots).
   c.trajectory = ml_collections.ConfigDict({'stages': 0})
   # Methods also run on the same pair, teacher and data into <workdir>/<method>, printed
   # next to this run in the summary (the digits SKD preset compares with ('kd',)).
@@ -200,7 +201,7 @@ PAIRS = {
 
 # mdistiller's ImageNet pairs (its configs/imagenet/<preset>/*.yaml): preset -> (teacher,
 # student) of the imagenet zoo. The teacher is the torchvision ImageNet model mdistiller
-# loads, a published teacher 'torchvision:<name>' (kdjax.teacher_zoo.TORCHVISION).
+# loads, a published teacher 'torchvision:<name>' (kdjax.teachers.zoo.TORCHVISION).
 IMAGENET_PAIRS = {
     'r34_r18': ('ResNet34', 'ResNet18'),
     'r50_mv1': ('ResNet50', 'MobileNetV1'),
@@ -240,7 +241,7 @@ def distillation_config(method: str, arg: str | None,
 
   Without a preset: CIFAR-100 ``res32x4_res8x4``. A CIFAR preset distils from its pair's
   published teacher, ``mdistiller:<teacher>`` (downloaded, verified and converted once into
-  the cache, :mod:`kdjax.teacher_zoo`), unless ``--config.teacher.checkpoint`` names
+  the cache, :mod:`kdjax.teachers.zoo`), unless ``--config.teacher.checkpoint`` names
   another; an ImageNet preset (:func:`imagenet_preset`) from torchvision's,
   ``torchvision:<name>``, likewise; ``digits`` trains its teacher first into
   ``<workdir>/teacher`` and reuses it on later runs.
@@ -365,7 +366,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.keep_checkpoints >= 1,
            f'config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
   distributed.normalize_mode(config.get('distributed', 'auto'))
-  teacher_cache.check_config(config)
+  logit_cache.check_config(config)
   nan_at = config.get('debug', {}).get('nan_at_step')
   _require(nan_at is None or nan_at >= 1,
            f'config.debug.nan_at_step must be >= 1 (a 1-based step) or None, got {nan_at}')

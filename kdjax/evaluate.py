@@ -10,7 +10,7 @@ top-1 / top-5 accuracy of a net on a dataset's test split.
 CHECKPOINT is what ``config.teacher.checkpoint`` takes (:mod:`kdjax.teachers`, read by the same
 code): a kdjax workdir (the trained net of its newest checkpoint), a teacher folder
 (``kdjax-convert``), a RepDistiller / mdistiller ``.pth`` (``--model`` names its architecture),
-``mdistiller:<name>`` / ``torchvision:<name>`` (:mod:`kdjax.teacher_zoo`), and also the
+``mdistiller:<name>`` / ``torchvision:<name>`` (:mod:`kdjax.teachers.zoo`), and also the
 msgpack file (or its JSON) of ``kdjax-export --format flax``. The dataset is the workdir's or
 the exported file's unless ``--dataset`` names one (``mdistiller:*``: cifar100,
 ``torchvision:*``: imagenet); CIFAR comes from ``--data-dir`` or the cache, ImageNet's
@@ -34,7 +34,8 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from kdjax import cli, data, jsonio, models, teacher_zoo, teachers
+from kdjax import cli, data, jsonio, models, teachers
+from kdjax.teachers import zoo as teacher_zoo
 from kdjax.errors import KdjaxError, OneLineParser, run_command
 from kdjax.export import Net, dataset_facts, load_flax, load_options, load_workdir
 from kdjax.train import step as step_lib

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import models, teacher_zoo
-from kdjax.convert.torch_import import torch_key
+from kdjax import models
+from kdjax.teachers import zoo as teacher_zoo
+from kdjax.teachers.torch_import import torch_key
 
 
 def tar_gz(members: dict[str, bytes]) -> bytes:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from kdjax import convert, data, evaluate, export, models
+from kdjax.teachers import torch_import
 from kdjax.convert import torch_export
 from kdjax.data import cifar
 from kdjax.errors import KdjaxError
@@ -156,7 +157,7 @@ def test_the_torch_export_of_the_run_evaluates_as_a_pth_to_the_runs_accuracy(dig
   line = _one_line_output(capsys, [workdir, '--format', 'torch', '--out', str(out)], export)
   assert re.search(r'-> .*student\.pth: 56 tensors \(78,714 values\)', line), line
   loaded = torch.load(out, weights_only=True)
-  layout = convert.torch_import.torch_layout('resnet8', 10)
+  layout = torch_import.torch_layout('resnet8', 10)
   assert [k for k in loaded if not k.endswith('num_batches_tracked')] == list(layout.variables)
   assert {int(v) for k, v in loaded.items() if k.endswith('tracked')} == {results['step']}
   line = _one_line_output(capsys, [str(out), '--model', 'resnet8', '--dataset', 'digits'])
@@ -169,7 +170,7 @@ def test_mdistiller_teachers_are_evaluated_on_cifar100_from_the_cache(tmp_path, 
   CIFAR-100 test split in the parsed cache, normalised with mdistiller's statistics."""
   torch = pytest.importorskip('torch')
   import archives  # pylint: disable=import-outside-toplevel
-  from kdjax import teacher_zoo  # pylint: disable=import-outside-toplevel
+  from kdjax.teachers import zoo as teacher_zoo  # pylint: disable=import-outside-toplevel
   state = _fixture_state('models_', 'resnet56')
   pth = tmp_path / 'ckpt.pth'
   torch.save({'model': {k: torch.from_numpy(v) for k, v in state.items()}}, pth)

@@ -12,7 +12,7 @@ import hashlib
 import pytest
 
 import archives
-from kdjax import teacher_zoo
+from kdjax.teachers import zoo as teacher_zoo
 from conftest import run_cli
 from fileserver import FileServer
 

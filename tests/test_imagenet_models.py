@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from kdjax import convert, models
+from kdjax.teachers import torch_import
 from kdjax.errors import KdjaxError
 from conftest import fixture_path, load_fixture
 
@@ -152,7 +153,7 @@ def test_train_mode_logits_and_running_statistics_equal_pytorch(name):
   np.testing.assert_allclose(out.logits, io['logits_train'], atol=1e-4, rtol=0)
   stats = flax.traverse_util.flatten_dict(updates['batch_stats'])
   for path, value in stats.items():
-    key = convert.torch_import.torch_key('batch_stats', path)
+    key = torch_import.torch_key('batch_stats', path)
     np.testing.assert_allclose(value, io[f'train_buffers/{key}'], atol=1e-5, rtol=1e-4,
                                err_msg=key)
   assert len(stats) == sum(1 for k in io.files if k.startswith('train_buffers/')

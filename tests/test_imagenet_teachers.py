@@ -1,4 +1,4 @@
-"""kdjax.teacher_zoo's torchvision teachers (``torchvision:<name>``), over a local HTTP server.
+"""kdjax.teachers.zoo's torchvision teachers (``torchvision:<name>``), over a local HTTP server.
 
 The served file is a real torchvision-layout state dict: mdistiller's ImageNet ResNet18 of the
 reference fixture (``imagenet_ResNet18.npz``, whose eval logits on a fixed input are in
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import load_fixture
-from kdjax import downloads, models, teacher_zoo, teachers
+from kdjax import downloads, models, teachers
+from kdjax.teachers import zoo as teacher_zoo
 from kdjax.errors import KdjaxError
 from fileserver import FileServer
 

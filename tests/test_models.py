@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from kdjax import convert, models
+from kdjax.teachers import torch_import
 from conftest import fixture_path, load_fixture
 
 MODELS_JSON = json.loads(fixture_path("models.json").read_text())["models"]
@@ -93,7 +94,7 @@ def test_train_mode_logits_and_running_statistics_equal_pytorch(name):
   stats = flax.traverse_util.flatten_dict(updates['batch_stats'])
   checked = 0
   for path, value in stats.items():
-    key = convert.torch_import.torch_key('batch_stats', path)
+    key = torch_import.torch_key('batch_stats', path)
     np.testing.assert_allclose(value, io[f'train_buffers/{key}'], atol=1e-5, rtol=1e-4,
                                err_msg=key)
     checked += 1

@@ -9,7 +9,8 @@ import pytest
 
 
 from conftest import build_method, run_cli, tiny_config
-from kdjax import models, trajectory
+from kdjax import models
+from kdjax.teachers import trajectory
 from kdjax.methods import skd
 from kdjax.methods.base import Batch, Method, NetRunner, StepContext
 from kdjax.train import optim

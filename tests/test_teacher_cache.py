@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from kdjax import data, models, teacher_cache, teachers
+from kdjax import data, models, teachers
+from kdjax.teachers import logit_cache as teacher_cache
 from kdjax.config import validate
 from kdjax.errors import KdjaxError
 from kdjax.train import loop

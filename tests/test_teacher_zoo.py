@@ -1,4 +1,4 @@
-"""kdjax.teacher_zoo: mdistiller's cifar_teachers.tar, downloaded and converted on demand.
+"""kdjax.teachers.zoo: mdistiller's cifar_teachers.tar, downloaded and converted on demand.
 
 The tar is a small one in mdistiller's layout, served by a local HTTP server; its resnet56
 checkpoint is a real torch state dict (of a kdjax-initialised resnet56 with random BatchNorm
@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import convert, downloads, models, teacher_zoo, teachers
+from kdjax import convert, downloads, models, teachers
+from kdjax.teachers import zoo as teacher_zoo
 from kdjax.errors import KdjaxError
 import archives
 from fileserver import FileServer

@@ -21,10 +21,10 @@ batch_stats .../var              .running_var             none
 Every key of the state dict must be consumed and every kdjax variable filled; anything
 else is a :class:`~kdjax.errors.KdjaxError` naming the first offending key.
 :func:`state_dict_from_variables` (``kdjax-export --format torch``) is the exact inverse,
-through the same table (:func:`~kdjax.convert.torch_import.torch_layout`).
+through the same table (:func:`~kdjax.teachers.torch_import.torch_layout`).
 """
 
 from kdjax.convert.torch_export import save_pth, state_dict_from_variables
-from kdjax.convert.torch_import import load_pth, variables_from_torch
+from kdjax.teachers.torch_import import load_pth, variables_from_torch
 
 __all__ = ['load_pth', 'save_pth', 'state_dict_from_variables', 'variables_from_torch']

@@ -67,7 +67,7 @@ def convert(checkpoint: str, out_dir: str, model: str, num_classes: int = 100, *
   import numpy as np
 
   from kdjax import interrupts, models, teachers
-  from kdjax.convert.torch_import import load_pth, variables_from_torch
+  from kdjax.teachers.torch_import import load_pth, variables_from_torch
 
   if model not in models.names():
     raise KdjaxError(f'unknown model {model!r} (--model); expected one of: '

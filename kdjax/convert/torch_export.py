@@ -1,7 +1,7 @@
 """kdjax variables -> the PyTorch state dict of the RepDistiller / mdistiller model class.
 
-The exact inverse of :func:`kdjax.convert.torch_import.variables_from_torch`, through the same
-table (:func:`~kdjax.convert.torch_import.torch_layout`): the same keys in the same order,
+The exact inverse of :func:`kdjax.teachers.torch_import.variables_from_torch`, through the same
+table (:func:`~kdjax.teachers.torch_import.torch_layout`): the same keys in the same order,
 PyTorch's layouts and shapes, float32 weights and BatchNorm running statistics, and every
 BatchNorm's ``num_batches_tracked`` (int64) as PyTorch would count it after ``steps``
 training steps, so that the model class loads it with ``load_state_dict(strict=True)``.
@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import flax
 import numpy as np
 
-from kdjax.convert.torch_import import NUM_BATCHES_TRACKED, to_torch_layout, torch_layout
+from kdjax.teachers.torch_import import NUM_BATCHES_TRACKED, to_torch_layout, torch_layout
 from kdjax.errors import KdjaxError
 
 

@@ -10,7 +10,7 @@ flipped or not, so ``num_variants = (2p + 1)^2 * (2 if flip else 1)`` variants (
 CIFAR's ``p = 4``). :func:`draw_augmentation` returns what :func:`train_transform` draws from a
 key (the same random stream), and :func:`variant_index` numbers it
 ``v = (dy * (2p + 1) + dx) * F + flipped`` with ``F = 2`` with flips, else 1: the teacher-logit
-cache (:mod:`kdjax.teacher_cache`) stores one row per variant in that order.
+cache (:mod:`kdjax.teachers.logit_cache`) stores one row per variant in that order.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class MethodInfo:
   label: str  # the method's name in tables and plots
   uses_teacher: bool = True  # distils from a frozen pre-trained teacher (config.teacher)
   # Its losses read only the teacher's logits (ctx.teacher.logits), never its features:
-  # config.teacher.cache may stand in for the teacher's forward (kdjax/teacher_cache.py).
+  # config.teacher.cache may stand in for the teacher's forward (kdjax/teachers/logit_cache.py).
   teacher_logits_only: bool = False
   trained_net: str = 'student'  # the net a finished run delivers, e.g. as a teacher
   # inputs(config) -> names of BuildInputs fields the builder reads ('train_labels',

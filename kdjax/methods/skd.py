@@ -5,7 +5,7 @@ it, documented with every choice in ``docs/skd.md``. The student is shown how th
 *learned*: its trajectory, K stages of a network of the teacher's architecture, from one of
 
 * ``snapshots``: the teacher's own variables at the end of each of K training stages,
-  recorded by kdjax when it trained the teacher (:mod:`kdjax.trajectory`, loaded by the loop
+  recorded by kdjax when it trained the teacher (:mod:`kdjax.teachers.trajectory`, loaded by the loop
   into ``BuildInputs.teacher_trajectory``); student stage k (of K equal stages of the run)
   is paired with snapshot k;
 * ``self_learning``: SLKD's two self-learning teachers (:mod:`kdjax.methods.slkd`) learn

@@ -42,8 +42,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdjax import (checkpoints, data, interrupts, jsonio, methods, platform_tuning,
-                   teacher_cache, teacher_zoo, teachers, trajectory)
+from kdjax import checkpoints, data, interrupts, jsonio, methods, platform_tuning, teachers
+from kdjax.teachers import logit_cache, trajectory
+from kdjax.teachers import zoo as teacher_zoo
 from kdjax.data import host_pipeline, image_sources
 from kdjax.errors import KdjaxError
 from kdjax.methods.base import BuildInputs
@@ -141,10 +142,10 @@ class RunSetup:
   The datasets, the teacher's variables and its trajectory are loaded as the config says,
   unless given (the throughput benchmark passes synthetic CIFAR-sized data and a random
   teacher): the run is then the same, on those inputs. With ``config.teacher.cache`` the
-  teacher-logit cache (:mod:`kdjax.teacher_cache`) is loaded, or built first, unless given as
+  teacher-logit cache (:mod:`kdjax.teachers.logit_cache`) is loaded, or built first, unless given as
   ``teacher_logits`` (the benchmark's random one), and joins the frozen inputs as
   ``frozen['teacher_logits']`` (the step gathers the teacher's logits from it), or, by
-  :func:`kdjax.teacher_cache.placement`, stays in host memory as :attr:`host_teacher_logits`
+  :func:`kdjax.logit_cache.placement`, stays in host memory as :attr:`host_teacher_logits`
   (the feed then sends each step's rows).
   :attr:`train_step` is the jitted step the loop runs,
   ``(state, frozen, train_images, train_labels, idx[, teacher_rows]) -> (state, metrics)``
@@ -158,7 +159,7 @@ class RunSetup:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
                teacher_variables=None, teacher_trajectory=None, teacher_logits=None):
     check_workdir(workdir)
-    teacher_cache.check_config(config)
+    logit_cache.check_config(config)
     self.config, self.workdir = config, workdir
     n_dev = jax.device_count()
     if config.batch_size % n_dev:
@@ -214,10 +215,10 @@ class RunSetup:
     self.cache_placement, self.host_teacher_logits = None, None
     if config.teacher.cache and self.method.teacher is not None:
       if teacher_logits is None:
-        teacher_logits = teacher_cache.teacher_logits(config, self.method.teacher,
+        teacher_logits = logit_cache.teacher_logits(config, self.method.teacher,
                                                       teacher_variables, self.train, self.mesh)
-      self.cache_placement = teacher_cache.placement(
-          config, teacher_logits.nbytes, teacher_cache.device_memory_bytes())
+      self.cache_placement = logit_cache.placement(
+          config, teacher_logits.nbytes, logit_cache.device_memory_bytes())
       if self.cache_placement == 'device':
         self.frozen['teacher_logits'] = teacher_logits
       else:
@@ -302,7 +303,7 @@ class _DeviceFeed:
     self._cache_rows = None
     if run.host_teacher_logits is not None:
       c = run.config
-      self._cache_rows = teacher_cache.HostRows(
+      self._cache_rows = logit_cache.HostRows(
           run.host_teacher_logits, rng, batch_size=c.batch_size,
           crop_padding=c.data.crop_padding, flip=c.data.flip, sharding=run.idx_sharding)
 

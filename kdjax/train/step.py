@@ -3,7 +3,7 @@
 One train step is one pure function ``(state, frozen, images, labels, idx) ->
 (state, metrics)``: gather the batch ``idx`` from the on-device training set, augment it,
 run the frozen teacher (inference mode, outside differentiation; or gather its logits from
-the teacher-logit cache, :mod:`kdjax.teacher_cache`), take ONE
+the teacher-logit cache, :mod:`kdjax.teachers.logit_cache`), take ONE
 ``jax.value_and_grad`` of the method's loss over the dict of all learning nets' params,
 and apply each net's own optimizer (:func:`make_host_train_step`: the same on a batch
 already augmented on the host, e.g. ImageNet's). Parameters are replicated, the batch is
@@ -120,7 +120,7 @@ def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
   stages before it. ``learning_rate(step)`` is the run's optimizer's schedule (the learning
   rate of this update); losses read it as ``ctx.lr`` (SKD's virtual step). ``teacher_logits``:
   the teacher's logits on ``batch.images`` when they are known already (the teacher-logit
-  cache, :mod:`kdjax.teacher_cache`); the teacher then does not run and ``ctx.teacher`` is
+  cache, :mod:`kdjax.teachers.logit_cache`); the teacher then does not run and ``ctx.teacher`` is
   ``ModelOutput(teacher_logits in float32, None, None, None)``. Returns
   ``(new_state, metrics)``; ``metrics`` holds ``loss``, every named loss term
   (``loss/<term>``) and each learning net's gradient norm (``grad_norm/<net>``).
@@ -175,7 +175,7 @@ def _step_images(x: jax.Array, state: TrainState, nan_at_step: int | None,
 def step_keys(rng: jax.Array, step) -> jax.Array:
   """``[augmentation key, loss key]`` of update ``step`` (0-based) of a run whose
   ``state.rng`` is ``rng``: the one derivation of every train step, and of the host's
-  teacher-cache rows (:class:`kdjax.teacher_cache.HostRows`)."""
+  teacher-cache rows (:class:`kdjax.teachers.logit_cache.HostRows`)."""
   return jax.random.split(jax.random.fold_in(rng, step))
 
 
@@ -196,7 +196,7 @@ def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int,
   :func:`apply_update` (``frozen``: :func:`frozen_inputs`, plus ``quiz_pool``, the held-out
   training indices, for a method that ``needs_quiz``); ``state`` is donated, metrics stay
   on the device.
-  ``teacher_cache`` (:mod:`kdjax.teacher_cache`) replaces the teacher's forward by its cached
+  ``teacher_cache`` (:mod:`kdjax.teachers.logit_cache`) replaces the teacher's forward by its cached
   logits of the crop and flip the step drew (:func:`cache_variants` of the step's own
   augmentation key): ``'device'``: ``frozen['teacher_logits']`` is the whole cache, ``(N, V,
   classes)``, and the step gathers row ``[i, v]`` of each image ``i``; ``'host'``: the step

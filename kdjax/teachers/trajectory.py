@@ -16,7 +16,8 @@ import os
 import jax
 import numpy as np
 
-from kdjax import models, teachers
+from kdjax import models
+from kdjax.teachers import loading as teachers
 from kdjax.errors import KdjaxError
 
 DIRECTORY = 'trajectory'

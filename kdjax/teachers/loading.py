@@ -30,7 +30,8 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import checkpoints, convert, jsonio, methods, models
+from kdjax import checkpoints, jsonio, methods, models
+from kdjax.teachers import torch_import as convert
 from kdjax.errors import KdjaxError
 
 TEACHER_JSON = 'teacher.json'

@@ -48,7 +48,9 @@ import shutil
 import tarfile
 import tempfile
 
-from kdjax import convert, downloads, interrupts, jsonio, teachers
+from kdjax import downloads, interrupts, jsonio
+from kdjax.teachers import loading as teachers
+from kdjax.teachers import torch_import as convert
 from kdjax.errors import KdjaxError
 
 PREFIX = 'mdistiller:'
