@@ -87,12 +87,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax import config as config_lib
-from kdjax import data, methods, models, platform_tuning, teachers
+from kdjax import data, methods, models, platform_tuning, sharding, teachers
 from kdjax.teachers import logit_cache, trajectory
 from kdjax.config import base_config, digits_preset, distillation_config, imagenet_preset
 from kdjax.data import image_sources
 from kdjax.train import loop as loop_lib
-from kdjax.train import step as step_lib
 
 # config.PAIRS (teacher, student, lr) plus the digits pair, a small one for quick runs.
 PAIRS = {**{name: pair[:2] for name, pair in config_lib.PAIRS.items()},
@@ -228,7 +227,7 @@ def bench_cache_build(run: loop_lib.RunSetup, teacher_vars, batch: int, calls: i
       run.method.teacher, run.mesh, num_images=len(train), mean=train.mean, std=train.std,
       crop_padding=config.data.crop_padding, flip=config.data.flip, dtype=run.dtype,
       batch=batch)
-  variables, images = step_lib.put_replicated((teacher_vars, train.images), run.mesh)
+  variables, images = sharding.put_replicated((teacher_vars, train.images), run.mesh)
   jax.block_until_ready(forward(variables, images, np.int32(0)))  # compiles
   times = []
   for i in range(calls):

@@ -34,7 +34,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from kdjax import cli, data, jsonio, models, teachers
+from kdjax import cli, data, jsonio, models, sharding, teachers
 from kdjax.teachers import zoo as teacher_zoo
 from kdjax.errors import KdjaxError, OneLineParser, run_command
 from kdjax.export import Net, dataset_facts, load_flax, load_options, load_workdir
@@ -101,16 +101,16 @@ def evaluate(net: Net, batch_size: Optional[int] = None) -> tuple[dict, int]:
   rounded up to a multiple of the devices)."""
   batch_size = batch_size or net.eval_batch_size
   model = models.create(net.model, net.num_classes, zoo=net.zoo, dtype=jnp.dtype(net.dtype))
-  mesh = step_lib.make_mesh()
+  mesh = sharding.make_mesh()
   batch = -(-batch_size // mesh.size) * mesh.size
   host = net.dataset in data.HOST_DATASETS
   eval_step = step_lib.make_eval_step(None, mesh, mean=net.mean, std=net.std,
                                       dtype=jnp.dtype(net.dtype), nets={'net': model},
                                       host_batches=host)
-  variables = step_lib.put_replicated({'net': net.variables}, mesh)
+  variables = sharding.put_replicated({'net': net.variables}, mesh)
   if not host:
     test = data.load_split(net.dataset, 'test', **load_options(net.data))
-    images, labels = step_lib.put_replicated((test.images, test.labels), mesh)
+    images, labels = sharding.put_replicated((test.images, test.labels), mesh)
     return step_lib.evaluate(eval_step, variables, images, labels, batch_size=batch,
                              size=len(test), mesh=mesh)['net'], len(test)
   # pylint: disable=import-outside-toplevel  # grain's workers: only for ImageNet
@@ -119,7 +119,7 @@ def evaluate(net: Net, batch_size: Optional[int] = None) -> tuple[dict, int]:
   batches = host_pipeline.eval_pipeline(
       test, batch_size=batch, worker_count=net.data.get('workers'),
       **{k: net.data[k] for k in ('image_size', 'resize_size') if net.data.get(k)})
-  with host_pipeline.DevicePrefetch(batches, step_lib.data_sharded(mesh)) as prefetched:
+  with host_pipeline.DevicePrefetch(batches, sharding.data_sharded(mesh)) as prefetched:
     return step_lib.evaluate_batches(eval_step, variables, prefetched,
                                      size=len(test))['net'], len(test)
 

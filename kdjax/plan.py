@@ -35,8 +35,10 @@ from kdjax import config as config_lib
 from kdjax import cli, jsonio, methods
 from kdjax.configdict import derive
 from kdjax.errors import KdjaxError
+from kdjax.console import say
 from kdjax.train import writers
-from kdjax.train.loop import Interrupted, check_workdir, say, train_and_evaluate
+from kdjax.train.loop import Interrupted, train_and_evaluate
+from kdjax.workdirs import check_workdir
 
 
 __all__ = ['Interrupted', 'PlannedRun', 'describe', 'execute', 'make_plan', 'run',

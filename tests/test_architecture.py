@@ -1,31 +1,55 @@
-"""The import graph of kdjax is the ladder of docs/architecture.md: no import loops, and no
-module imports a higher rung (losses <- models <- methods <- train <- plan <- main)."""
+"""The import graph of kdjax is the ladder of docs/architecture.md: no import loops, every
+module on a floor, and no module imports one on a higher floor; no function is longer than a
+screen."""
 
 import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# The rungs, bottom first. Modules beside the ladder (data, teachers, config, ...) may be
-# imported from any rung; the import loops check covers them too.
-RUNGS = ('kdjax.losses', 'kdjax.models', 'kdjax.methods', 'kdjax.train', 'kdjax.plan',
-         ('kdjax.main', 'kdjax.cache', 'kdjax.evaluate', 'kdjax.export'))
+# The floors, bottom first; a module belongs to the floor of its longest matching prefix.
+FLOORS = (
+    # the ground floor: infrastructure every floor may use
+    ('kdjax', 'kdjax.errors', 'kdjax.jsonio', 'kdjax.configdict', 'kdjax.console',
+     'kdjax.sharding', 'kdjax.workdirs', 'kdjax.downloads', 'kdjax.distributed',
+     'kdjax.platform_tuning', 'kdjax.checkpoints', 'kdjax.run_fields'),
+    ('kdjax.data',),
+    ('kdjax.losses',),
+    ('kdjax.models',),
+    ('kdjax.methods',),
+    ('kdjax.teachers',),
+    ('kdjax.config',),
+    ('kdjax.train',),
+    ('kdjax.plan',),
+    # the commands and the experiment files
+    ('kdjax.main', 'kdjax.cache', 'kdjax.convert', 'kdjax.evaluate', 'kdjax.export',
+     'kdjax.report', 'kdjax.experiments'),
+)
+
+# Config-default builders list fields one by one: their length is the config's.
+LONG_FUNCTIONS_ALLOWED = {'kdjax/config.py:base_config'}
+MAX_FUNCTION_LINES = 60
 
 
-def _rung(module: str):
-  for i, rung in enumerate(RUNGS):
-    for prefix in (rung if isinstance(rung, tuple) else (rung,)):
-      if module == prefix or module.startswith(prefix + '.'):
-        return i
-  return None
+def _floor(module: str) -> int:
+  """The floor of ``module`` (its longest matching prefix); fails for a module on none."""
+  matches = [(len(prefix), i) for i, floor in enumerate(FLOORS) for prefix in floor
+             if module == prefix or (prefix != 'kdjax' and module.startswith(prefix + '.'))]
+  assert matches, f'{module} is on no floor of tests/test_architecture.py'
+  return max(matches)[1]
 
 
-def _import_graph() -> dict[str, set[str]]:
-  """kdjax module -> the kdjax modules it imports, at the top or inside a function."""
+def _modules() -> dict[str, pathlib.Path]:
   paths = {}
   for path in (ROOT / 'kdjax').rglob('*.py'):
     parts = path.relative_to(ROOT).with_suffix('').parts
     paths['.'.join(parts[:-1] if parts[-1] == '__init__' else parts)] = path
+  return paths
+
+
+def _import_graph() -> dict[str, set[str]]:
+  """kdjax module -> the kdjax modules it imports, at the top or inside a function."""
+  paths = _modules()
   graph = {}
   for module, path in paths.items():
     package = module if path.name == '__init__.py' else module.rpartition('.')[0]
@@ -61,11 +85,9 @@ def test_no_import_loops():
       visit(module, [module])
 
 
-def test_nothing_imports_a_higher_rung():
+def test_nothing_imports_a_higher_floor():
   upward = [f'{module} -> {other}' for module, imports in sorted(_import_graph().items())
-            for other in sorted(imports)
-            if _rung(module) is not None and _rung(other) is not None
-            and _rung(other) > _rung(module)]
+            for other in sorted(imports) if _floor(other) > _floor(module)]
   assert not upward, upward
 
 
@@ -75,3 +97,31 @@ def test_the_graph_is_read():
   assert 'kdjax.plan' in graph['kdjax.main'] and 'kdjax.train.loop' in graph['kdjax.plan']
   assert 'kdjax.models.registry' in graph['kdjax.models.resnet']
   assert 'kdjax.losses' in graph['kdjax.methods.kd']
+  assert _floor('kdjax.train.step') > _floor('kdjax.teachers.logit_cache') > _floor('kdjax')
+  assert _floor('kdjax.convert.__main__') > _floor('kdjax.teachers.loading')
+
+
+def _code_lines(node: ast.AST, lines: list[str]) -> int:
+  """Lines of ``node``'s body that hold code: no blank, comment-only or docstring line."""
+  body = node.body
+  if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+      and isinstance(body[0].value.value, str):
+    body = body[1:]
+  if not body:
+    return 0
+  text = lines[body[0].lineno - 1:body[-1].end_lineno]
+  return sum(1 for line in text if line.strip() and not line.strip().startswith('#'))
+
+
+def test_no_function_over_60_code_lines():
+  long = []
+  for path in sorted((ROOT / 'kdjax').rglob('*.py')):
+    source = path.read_text()
+    lines = source.splitlines()
+    for node in ast.walk(ast.parse(source)):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        where = f'{path.relative_to(ROOT)}:{node.name}'
+        n = _code_lines(node, lines)
+        if n > MAX_FUNCTION_LINES and where not in LONG_FUNCTIONS_ALLOWED:
+          long.append(f'{where} ({n} lines)')
+  assert not long, long

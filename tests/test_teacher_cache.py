@@ -20,7 +20,7 @@ from kdjax.teachers import logit_cache as teacher_cache
 from kdjax.config import validate
 from kdjax.errors import KdjaxError
 from kdjax.train import loop
-from kdjax.train import step as step_lib
+from kdjax import sharding
 
 NUM_IMAGES, K = 24, 10
 
@@ -56,7 +56,7 @@ def _teacher(seed=1):
 def _cache_of(config, variables, train=None):
   net, _ = _teacher()
   return teacher_cache.teacher_logits(config, net, variables, train or _datasets()[0],
-                                      step_lib.make_mesh())
+                                      sharding.make_mesh())
 
 
 @pytest.mark.parametrize('crop_padding,flip', [(0, True), (2, False), (2, True)])
@@ -297,7 +297,7 @@ def test_a_build_killed_after_its_first_chunk_resumes(tmp_path, capfd):
   logits = teacher_cache.teacher_logits(  # the same cache, complete: loaded, nothing computed
       tiny_config('kd', **{'teacher.model': 'resnet8', 'data.crop_padding': 0}),
       models.create('resnet8', K), variables, data.load_split('digits', 'train'),
-      step_lib.make_mesh())
+      sharding.make_mesh())
   assert logits.shape == (1437, 1, K) and 'to compute' not in capfd.readouterr().err
 
 

@@ -49,7 +49,7 @@ How the training loop uses it (each process, in lockstep)::
     source = image_sources.imagenet(config.data.data_dir, 'train')
     train = host_pipeline.train_pipeline(source, batch_size=config.batch_size,
                                          seed=config.seed, num_epochs=config.num_epochs)
-    batches = host_pipeline.DevicePrefetch(train, step_lib.data_sharded(mesh))
+    batches = host_pipeline.DevicePrefetch(train, sharding.data_sharded(mesh))
     if restored: batches.set_state(progress['input_pipeline'])   # the checkpoint's item
     for step in range(start, last):
       batch = next(batches)   # {'images': uint8 (B, 224, 224, 3), 'labels', 'indices': int32}

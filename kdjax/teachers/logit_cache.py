@@ -32,7 +32,7 @@ dtype; a missing, truncated or damaged chunk is named on stderr and computed aga
 of one cache take turns on ``<key>.lock``.
 
 Building runs the teacher's forward on jitted batches of ``config.teacher.cache_batch``
-(image, variant) pairs split over the devices of :func:`kdjax.train.step.make_mesh`, with a
+(image, variant) pairs split over the devices of :func:`kdjax.sharding.make_mesh`, with a
 progress line (forwards/s, ETA) on stderr; it needs one process (a multi-process run loads a
 cache built beforehand). The command :mod:`kdjax.cache` builds the caches of a command's runs
 ahead of time; a run with ``config.teacher.cache`` otherwise builds (or completes) its own.
@@ -62,8 +62,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from kdjax import data, downloads, interrupts, jsonio, methods
+from kdjax.console import say
 from kdjax.errors import KdjaxError
-from kdjax.train import step as step_lib
+from kdjax.sharding import data_sharded, put_replicated, put_rows, replicated, step_keys
 
 FORMAT = 1  # of the files; a part of the key
 DTYPES = ('float32', 'bfloat16')
@@ -138,7 +139,7 @@ def make_forward(teacher: nn.Module, mesh: Mesh, *, num_images: int, mean, std,
   are split over them, the variables and images replicated.
   """
   per_image = data.num_variants(crop_padding, flip)
-  shard = step_lib.data_sharded(mesh)
+  shard = data_sharded(mesh)
 
   def forward(variables, images, start):
     pairs = jax.lax.with_sharding_constraint(start + jnp.arange(batch, dtype=jnp.int32), shard)
@@ -148,13 +149,8 @@ def make_forward(teacher: nn.Module, mesh: Mesh, *, num_images: int, mean, std,
     out = teacher.apply(variables, data.normalize(x, mean, std, dtype), train=False)
     return out.logits.astype(jnp.float32)
 
-  rep = step_lib.replicated(mesh)
+  rep = replicated(mesh)
   return jax.jit(forward, in_shardings=(rep, rep, rep), out_shardings=shard)
-
-
-def _say(text: str) -> None:
-  if jax.process_index() == 0:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -247,7 +243,7 @@ def _read_chunks(folder: str, manifest: dict, layout: _Layout, *,
       continue
     if chunk is not None:
       if report:
-        _say(f'teacher cache: {path} is {chunk}; computing it again')
+        say(f'teacher cache: {path} is {chunk}; computing it again')
       del manifest['chunks'][str(k)]
     missing.append(k)
   return logits, missing
@@ -298,8 +294,8 @@ def _build(config, teacher, teacher_variables, train, mesh, folder, manifest, la
   forward = make_forward(teacher, mesh, num_images=num_images, mean=train.mean, std=train.std,
                          crop_padding=config.data.crop_padding, flip=config.data.flip,
                          dtype=jnp.dtype(config.dtype), batch=batch)
-  variables, images = step_lib.put_replicated((teacher_variables, train.images), mesh)
-  _say(f'teacher cache: {len(missing)} of {layout.num_chunks} chunks of {folder} to compute '
+  variables, images = put_replicated((teacher_variables, train.images), mesh)
+  say(f'teacher cache: {len(missing)} of {layout.num_chunks} chunks of {folder} to compute '
        f'({num_images} images x {per_image} augmentations, teacher {config.teacher.model})')
   total = num_images * per_image
   todo = sum(layout.rows(k).stop - layout.rows(k).start for k in missing) * per_image
@@ -321,6 +317,14 @@ def _build(config, teacher, teacher_variables, train, mesh, folder, manifest, la
       manifest['chunks'][str(k)] = hashlib.sha256(content).hexdigest()
       jsonio.write_json(os.path.join(folder, MANIFEST), manifest)
       logits[rows] = chunk
+
+
+def cache_variants(aug_key: jax.Array, n: int, *, crop_padding: int, flip: bool) -> jax.Array:
+  """The teacher-cache variant (:func:`kdjax.data.variant_index`) of each of the ``n``
+  images a step augments with ``aug_key``."""
+  aug = data.draw_augmentation(aug_key, n, crop_padding=crop_padding, flip=flip)
+  return data.variant_index(aug, crop_padding=crop_padding, flip=flip)
+
 
 
 def placement(config: ml_collections.ConfigDict, nbytes: int, device_bytes: int | None) -> str:
@@ -354,7 +358,7 @@ class HostRows:
 
   For update ``step`` of a run whose ``state.rng`` is ``rng``, the rows are
   ``logits[idx, v]`` with ``v`` the variants of the crops and flips that step draws
-  (:func:`kdjax.train.step.cache_variants` of :func:`kdjax.train.step.step_keys`, the step's
+  (:func:`cache_variants` of :func:`kdjax.sharding.step_keys`, the step's
   own derivation), computed on the host's CPU device. The loop asks for them after it has
   dispatched the previous update, so the gather overlaps that update's compute. Every process
   gathers the whole batch's rows (``batch x classes`` values) and sends its own devices' rows.
@@ -365,10 +369,10 @@ class HostRows:
     cpu = jax.devices('cpu')[0]
     self._logits, self._sharding = logits, sharding
     self._rng = jax.device_put(np.asarray(jax.device_get(rng)), cpu)
-    self._variants = jax.jit(lambda rng, step: step_lib.cache_variants(
-        step_lib.step_keys(rng, step)[0], batch_size, crop_padding=crop_padding, flip=flip))
+    self._variants = jax.jit(lambda rng, step: cache_variants(
+        step_keys(rng, step)[0], batch_size, crop_padding=crop_padding, flip=flip))
 
   def rows(self, step: int, idx: np.ndarray) -> jax.Array:
     """The cached teacher logits of update ``step``'s images ``idx``, split by rows."""
     variants = np.asarray(self._variants(self._rng, np.int32(step)))
-    return step_lib.put_rows(self._logits[np.asarray(idx), variants], self._sharding)
+    return put_rows(self._logits[np.asarray(idx), variants], self._sharding)

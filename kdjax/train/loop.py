@@ -32,8 +32,6 @@ import json
 import os
 import shutil
 import signal
-import sys
-import tempfile
 import time
 from typing import Callable, Optional
 
@@ -42,7 +40,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdjax import checkpoints, data, interrupts, jsonio, methods, platform_tuning, teachers
+from kdjax import checkpoints, data, interrupts, jsonio, methods, platform_tuning, sharding, teachers
+from kdjax.console import say, warn
+from kdjax.workdirs import check_workdir
 from kdjax.teachers import logit_cache, trajectory
 from kdjax.teachers import zoo as teacher_zoo
 from kdjax.data import host_pipeline, image_sources
@@ -69,7 +69,7 @@ class _StopFlag:
     # jax_enable_preemption_service option is on (its default).
     self._sync = jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
     if jax.process_count() > 1 and not self._sync:
-      say('warning: the JAX preemption service is off (jax_enable_preemption_service); '
+      warn('the JAX preemption service is off (jax_enable_preemption_service); '
           'SIGTERM and SIGINT are not coordinated between processes')
 
   def __enter__(self):
@@ -110,30 +110,6 @@ class Interrupted(Exception):
     super().__init__(f'stopped by signal {signum} at step {step}; checkpoint saved in '
                      f'{workdir}, run the same command again to resume')
     self.workdir, self.step, self.signum = workdir, step, signum
-
-
-def say(text: str) -> None:
-  """A line for the user, from process 0 only."""
-  if jax.process_index() == 0:
-    print(text, file=sys.stderr, flush=True)
-
-
-def check_workdir(workdir: str) -> None:
-  """Raises :class:`KdjaxError` unless ``workdir`` exists as a folder or can be created:
-  its nearest existing parent must be a folder in which a folder can really be made (probed
-  and removed; permission bits say nothing of /proc or a read-only mount, or to root)."""
-  parent = os.path.abspath(workdir)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if parent == os.path.abspath(workdir) and os.path.isdir(parent):
-    return
-  try:
-    if not os.path.isdir(parent):
-      raise NotADirectoryError(0, 'not a folder')
-    os.rmdir(tempfile.mkdtemp(prefix='.kdjax_probe_', dir=parent))
-  except OSError as e:
-    raise KdjaxError(f'cannot create the workdir {workdir!r} ({parent!r}: '
-                     f'{e.strerror or e}); choose another --workdir') from None
 
 
 class RunSetup:
@@ -188,7 +164,7 @@ class RunSetup:
                        f'set ({self.train_size} images)')
     self.total_steps = config.num_epochs * self.steps_per_epoch
     self.dtype = jnp.dtype(config.dtype)
-    self.mesh = step_lib.make_mesh()
+    self.mesh = sharding.make_mesh()
     self.info = methods.info(config.method)
     image_shape, zoo = self.image_shape, config.zoo
     needs = self.info.inputs(config)
@@ -235,7 +211,7 @@ class RunSetup:
     if self.method.teacher is not None:
       self.teacher_eval_step = step_lib.make_eval_step(
           self.method, self.mesh, nets={'teacher': self.method.teacher}, **norm)
-    self.idx_sharding = step_lib.data_sharded(self.mesh)
+    self.idx_sharding = sharding.data_sharded(self.mesh)
     held_out = f' + {config.data.holdout} held out' if config.data.holdout else ''
     say(f'{config.method}: {config.model} on {config.data.name} ({self.train_size} train'
         f'{held_out} / '
@@ -271,12 +247,12 @@ class RunSetup:
 
   def initial_state(self) -> TrainState:
     """The run's state before its first step, replicated over the mesh."""
-    return step_lib.put_replicated(
+    return sharding.put_replicated(
         init_state(self.method, self.config.seed, self.image_shape), self.mesh)
 
   def device_arrays(self) -> tuple:
     """``(frozen, train_images, train_labels, test_images, test_labels)`` on the devices."""
-    return step_lib.put_replicated((self.frozen, self.train.images, self.train.labels,
+    return sharding.put_replicated((self.frozen, self.train.images, self.train.labels,
                                     self.test.images, self.test.labels), self.mesh)
 
   def batch_indices(self, step: int) -> np.ndarray:
@@ -311,7 +287,7 @@ class _DeviceFeed:
     """The train step's arguments after ``frozen`` for update ``step``."""
     idx = self.run.batch_indices(step)
     inputs = (self._train_images, self._train_labels,
-              step_lib.put_rows(idx, self.run.idx_sharding))
+              sharding.put_rows(idx, self.run.idx_sharding))
     if self._cache_rows is not None:
       inputs += (self._cache_rows.rows(step, idx),)
     return inputs
@@ -335,8 +311,8 @@ class _HostFeed:
 
   def __init__(self, run: RunSetup, saved: Optional[dict], start: int):
     self.run, config = run, run.config
-    self.frozen = step_lib.put_replicated(run.frozen, run.mesh)
-    self._sharding = step_lib.data_sharded(run.mesh)
+    self.frozen = sharding.put_replicated(run.frozen, run.mesh)
+    self._sharding = sharding.data_sharded(run.mesh)
     self._train = host_pipeline.DevicePrefetch(host_pipeline.train_pipeline(
         run.train, batch_size=config.batch_size, seed=config.seed,
         num_epochs=config.num_epochs, image_size=config.data.image_size,

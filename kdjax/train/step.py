@@ -25,52 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from kdjax import data
+from kdjax.sharding import data_sharded, put_rows, replicated, step_keys
+from kdjax.teachers.logit_cache import cache_variants
 from kdjax.methods.base import Batch, Method, NetRunner, StepContext
 from kdjax.models.base import ModelOutput
 from kdjax.train.state import TrainState
-
-
-def make_mesh(devices=None) -> Mesh:
-  """A one-axis mesh named ``data`` over all (or the given) devices."""
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('data',))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def data_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P('data'))
-
-
-def put_replicated(tree, mesh: Mesh):
-  """``tree`` copied to every device of ``mesh`` from this host's copy.
-
-  Every process must hold the same values (a dataset, a teacher, an initial state). The
-  leaves pass through host memory, so arrays committed to one local device (a restored
-  teacher) work with several processes too, where ``jax.device_put`` of such an array onto
-  another host's devices would fail.
-  """
-  return jax.device_put(jax.device_get(tree), replicated(mesh))
-
-
-def put_rows(array, sharding: NamedSharding) -> jax.Array:
-  """The global array ``array`` (identical on every process), split by rows as ``sharding``.
-
-  Each process contributes only the rows its own devices hold
-  (``jax.make_array_from_process_local_data``), so nothing crosses hosts; with one
-  process this is ``jax.device_put``.
-  """
-  array = np.asarray(array)
-  if jax.process_count() == 1:
-    return jax.device_put(array, sharding)
-  rows = sorted({(s[0].start or 0, len(array) if s[0].stop is None else s[0].stop)
-                 for s in sharding.addressable_devices_indices_map(array.shape).values()})
-  local = np.concatenate([array[start:stop] for start, stop in rows])
-  return jax.make_array_from_process_local_data(sharding, local, array.shape)
 
 
 class _Float32Logits:
@@ -170,20 +132,6 @@ def _step_images(x: jax.Array, state: TrainState, nan_at_step: int | None,
   if nan_at_step is not None:
     x = jnp.where(state.step + 1 == nan_at_step, jnp.asarray(jnp.nan, x.dtype), x)
   return jax.lax.with_sharding_constraint(x, data_sharded(mesh))
-
-
-def step_keys(rng: jax.Array, step) -> jax.Array:
-  """``[augmentation key, loss key]`` of update ``step`` (0-based) of a run whose
-  ``state.rng`` is ``rng``: the one derivation of every train step, and of the host's
-  teacher-cache rows (:class:`kdjax.teachers.logit_cache.HostRows`)."""
-  return jax.random.split(jax.random.fold_in(rng, step))
-
-
-def cache_variants(aug_key: jax.Array, n: int, *, crop_padding: int, flip: bool) -> jax.Array:
-  """The teacher-cache variant (:func:`kdjax.data.variant_index`) of each of the ``n``
-  images a step augments with ``aug_key``."""
-  aug = data.draw_augmentation(aug_key, n, crop_padding=crop_padding, flip=flip)
-  return data.variant_index(aug, crop_padding=crop_padding, flip=flip)
 
 
 def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int, flip: bool,

@@ -21,10 +21,10 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 from typing import Optional
 
+from kdjax.console import warn
 from kdjax.errors import KdjaxError
 
 LOCK_NAME = '.lock'
@@ -67,8 +67,8 @@ class WorkdirLock:
     except OSError as e:
       if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         os.close(fd)  # the filesystem cannot lock: go on without
-        print(f'warning: cannot lock workdir {self.workdir} ({e.strerror}); nothing stops a '
-              f'second run from writing into it', file=sys.stderr, flush=True)
+        warn(f'cannot lock workdir {self.workdir} ({e.strerror}); nothing stops a second run '
+             f'from writing into it')
         return
       owner = _read_owner(fd)
       os.close(fd)

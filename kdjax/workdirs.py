@@ -1,0 +1,26 @@
+"""Workdirs: the folder of one run (config.json, checkpoints, metrics.jsonl, results.json)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from kdjax.errors import KdjaxError
+
+
+def check_workdir(workdir: str) -> None:
+  """Raises :class:`KdjaxError` unless ``workdir`` exists as a folder or can be created:
+  its nearest existing parent must be a folder in which a folder can really be made (probed
+  and removed; permission bits say nothing of /proc or a read-only mount, or to root)."""
+  parent = os.path.abspath(workdir)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if parent == os.path.abspath(workdir) and os.path.isdir(parent):
+    return
+  try:
+    if not os.path.isdir(parent):
+      raise NotADirectoryError(0, 'not a folder')
+    os.rmdir(tempfile.mkdtemp(prefix='.kdjax_probe_', dir=parent))
+  except OSError as e:
+    raise KdjaxError(f'cannot create the workdir {workdir!r} ({parent!r}: '
+                     f'{e.strerror or e}); choose another --workdir') from None
