@@ -7,17 +7,18 @@ not a test).
     python benchmarks/throughput.py --dataset imagenet --method kd --batch 16 --workers 1 2
 
 **The step.** For each method it builds the run the training loop would
-(:class:`kdjax.train.loop.RunSetup`, the loop's own setup and jitted step: gather,
+(:func:`kdjax.train.loop.prepare`, the loop's own setup and jitted step: gather,
 augmentation, teacher forward, one fused gradient, every net's optimizer) on SYNTHETIC
-CIFAR-100-sized data given to it explicitly (50,000 training images of random pixels, 500 per
-class, 100 classes; a randomly initialised teacher and, for SKD, random trajectory snapshots:
-speed does not depend on their values), and reports: compile time, steady-state images/second (median over the timed steps after warm-up,
-with min and max), the step's memory (XLA's buffers of the compiled step: arguments, outputs
-and temporaries less donated aliases; also the process's high-water mark so far, host RSS
-on CPU or the allocator's peak on accelerators, which covers every method run before), the
-step's FLOPs from XLA's cost analysis, the achieved FLOP/s, and that as a fraction of the
-matrix-multiply peak measured on the same device in the same run (a jitted square matmul of
-``--dtype``, best of several; measured before every method, the run's best is the peak).
+CIFAR-100-sized data given to it explicitly (50,000 training images of random pixels, 500
+per class, 100 classes; a randomly initialised teacher and, for SKD, random trajectory
+snapshots: speed does not depend on their values), and reports: compile time, steady-state
+images/second (median over the timed steps after warm-up, with min and max), the step's
+memory (XLA's buffers of the compiled step: arguments, outputs and temporaries less donated
+aliases; also the process's high-water mark so far, host RSS on CPU or the allocator's peak
+on accelerators, which covers every method run before), the step's FLOPs from XLA's cost
+analysis, the achieved FLOP/s, and that as a fraction of the matrix-multiply peak measured
+on the same device in the same run (a jitted square matmul of ``--dtype``, best of several;
+measured before every method, the run's best is the peak).
 
 **The teacher-logit cache.** With ``--teacher-cache`` each method (one whose losses read only
 the teacher's logits: kd, dkd, slkd, skd) is timed twice in the same run: the step that runs
@@ -30,7 +31,8 @@ and sent with the batch, as a run does when the cache does not fit a device. The
 one-off cost is measured with its own builder (:func:`kdjax.teachers.logit_cache.make_forward`,
 ``--cache-build-batch`` forwards per call, the median of ``--cache-build-calls`` timed calls):
 teacher forwards per second, the hours to build CIFAR-100's 50,000 x 162 forwards, and how
-many runs of ``config.num_epochs`` (240) epochs repay it: build time / (240 x 50,000 x (1 / cached img/s - 1 / uncached img/s)).
+many runs of ``config.num_epochs`` (240) epochs repay it: build time / (240 x 50,000 x
+(1 / cached img/s - 1 / uncached img/s)).
 
 **The loop.** For ``--loop-method`` it then runs the real training loop,
 :func:`kdjax.train.loop.train_and_evaluate`, on the embedded digits data set (32x32x3, the
@@ -59,7 +61,7 @@ their outputs on the CPU unless ``--residual-outputs fuse`` (``config.platform``
 :func:`kdjax.data.host_pipeline.train_pipeline` (read, JPEG decode, RandomResizedCrop 224,
 flip) with each number of ``--workers`` grain processes: images/s and images per CPU-second
 (the per-core rate); then for each method the loop's host-batch train step
-(:class:`~kdjax.train.loop.RunSetup` of the ``--pair`` preset, ``r34_r18`` by default, on
+(:func:`~kdjax.train.loop.prepare` of the ``--pair`` preset, ``r34_r18`` by default, on
 that folder; a random teacher) on one batch of the pipeline, put on the devices: images/s as
 above. ``pipeline / step`` >= 1 means the host keeps up with the step; below, the step waits
 for the host (more workers, cores or hosts needed). With ``--tiny``: 48 small JPEGs, a
@@ -220,9 +222,9 @@ def _random_cache(config, datasets) -> np.ndarray:
   return np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 
 
-def bench_cache_build(run: loop_lib.RunSetup, teacher_vars, batch: int, calls: int) -> dict:
+def bench_cache_build(run: loop_lib.Training, teacher_vars, batch: int, calls: int) -> dict:
   """The teacher-logit cache builder's forwards per second on ``run``'s teacher and data."""
-  config, train = run.config, run.train
+  config, train = run.config, run.inputs.train
   forward = logit_cache.make_forward(
       run.method.teacher, run.mesh, num_images=len(train), mean=train.mean, std=train.std,
       crop_padding=config.data.crop_padding, flip=config.data.flip, dtype=run.dtype,
@@ -265,14 +267,14 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
         _random_variables(config.teacher.model, SYNTHETIC_CLASSES, 10 + j)
         for j in range(config.skd.stages)])
   teacher_vars = _random_variables(config.teacher.model, SYNTHETIC_CLASSES)
-  run = loop_lib.RunSetup(config, workdir, datasets=datasets, teacher_variables=teacher_vars,
+  run = loop_lib.prepare(config, workdir, datasets=datasets, teacher_variables=teacher_vars,
                           teacher_trajectory=trajectory_stages,
                           teacher_logits=_random_cache(config, datasets) if cache_build else None)
   state = run.initial_state()
   feed = run.open_feed(None, 0, state.rng)
   compiled_steps, flops, step_memory, t0 = [], 0.0, 0.0, time.perf_counter()
-  steps_to_time = ([run.step_for(variant) for variant in _separate(run.method)] if separate
-                   else [run.train_step])
+  steps_to_time = ([run.steps_for(v).train for v in _separate(run.method)] if separate
+                   else [run.steps.train])
   for train_step in steps_to_time:
     compiled = train_step.lower(state, feed.frozen, *feed.train_inputs(0)).compile()
     flops += _cost_flops(compiled)
@@ -333,9 +335,10 @@ def _loop_config(method_name: str, pair: str, batch: int, dtype: str, steps: int
 
 
 class _BareStep:
-  """The loop's own setup and step function (:class:`RunSetup`), timed step by step."""
+  """The loop's own setup and step function (:func:`kdjax.train.loop.prepare`), timed step by
+  step."""
 
-  def __init__(self, run: loop_lib.RunSetup, warmup: int):
+  def __init__(self, run: loop_lib.Training, warmup: int):
     self.run, self.warmup = run, warmup
     self.state = run.initial_state()
     self.feed = run.open_feed(None, 0, self.state.rng)
@@ -346,7 +349,7 @@ class _BareStep:
     times = []
     for i in range(warmup + steps):
       t = time.perf_counter()
-      self.state, metrics = self.run.train_step(
+      self.state, metrics = self.run.steps.train(
           self.state, self.feed.frozen, *self.feed.train_inputs(i % self.run.steps_per_epoch))
       jax.block_until_ready(metrics['loss'])
       if i >= warmup:
@@ -382,7 +385,7 @@ def bench_loop(method_name: str, pair: str, batch: int, dtype: str, steps: int,
       teachers.save(teacher_dir, config.teacher.model, num_classes,
                     _random_variables(config.teacher.model, num_classes),
                     source='random init (throughput benchmark)')
-    run = loop_lib.RunSetup(config, os.path.join(tmp, 'bare'))
+    run = loop_lib.prepare(config, os.path.join(tmp, 'bare'))
     # Bare step before and after the loop (A/B/A): the machine's load drifts.
     bare_step = _BareStep(run, warmup)
     bare = bare_step.times(bare_steps)
@@ -445,13 +448,13 @@ def bench_imagenet_step(method_name: str, config, steps: int, warmup: int, workd
     teacher_vars = jax.device_get(net.init(jax.random.PRNGKey(1), jnp.zeros(
         (1, config.data.image_size, config.data.image_size, 3)), train=False))
   config.data.workers = 0
-  run = loop_lib.RunSetup(config, workdir, teacher_variables=teacher_vars)
+  run = loop_lib.prepare(config, workdir, teacher_variables=teacher_vars)
   state = run.initial_state()
   feed = run.open_feed(None, 0, state.rng)
   try:
     inputs = feed.train_inputs(0)
     t0 = time.perf_counter()
-    compiled = run.train_step.lower(state, feed.frozen, *inputs).compile()
+    compiled = run.steps.train.lower(state, feed.frozen, *inputs).compile()
     compile_s = time.perf_counter() - t0
     times = []
     for i in range(warmup + steps):
@@ -480,7 +483,7 @@ def bench_imagenet(args, names: list) -> tuple[list, list, dict]:
   with tempfile.TemporaryDirectory(prefix='kdjax_bench_imagenet_') as root:
     train = os.path.join(root, 'train')
     mean_kb = input_pipeline.write_folder(train, args.images, width, height)
-    os.symlink(train, os.path.join(root, 'val'))  # RunSetup opens both splits
+    os.symlink(train, os.path.join(root, 'val'))  # prepare() opens both splits
     source = image_sources.ImageFolder(train)
     for workers in args.workers:
       rate, per_cpu = input_pipeline.through_grain(source, True, workers, args.batch, size)

@@ -11,7 +11,8 @@ seeds share their teacher's cache). A run with ``config.teacher.cache`` otherwis
 completes) its own cache before its first step.
 
 It sits beside :mod:`kdjax.main` on the ladder: it reads the plan (:mod:`kdjax.plan`) and
-builds each run's cache through the loop's own :class:`kdjax.train.loop.RunSetup`.
+builds each run's cache from the pieces a run loads (:mod:`kdjax.train.inputs`: the training
+split, the teacher's variables), as the run itself would.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import os
 import ml_collections
 from absl import app
 
-from kdjax import interrupts, jsonio, methods
+from kdjax import interrupts, jsonio, methods, sharding
 from kdjax import main as main_lib
 from kdjax import plan as plan_lib
 from kdjax.configdict import derive
 from kdjax.errors import KdjaxError
-from kdjax.train import loop
+from kdjax.train import inputs
 
 
 def build_for_plan(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -39,7 +40,7 @@ def build_for_plan(config: ml_collections.ConfigDict, workdir: str) -> None:
   from a teacher; a teacher the plan trains first must be trained already."""
   runs = plan_lib.make_plan(derive(config, {'teacher.cache': True}), workdir)
   trained_here = {run.workdir for run in runs if run.role == 'teacher'}
-  done = set()
+  done, mesh = set(), sharding.make_mesh()
   for run in runs:
     t = run.config.teacher
     if not methods.info(run.config.method).uses_teacher or (t.checkpoint, t.model) in done:
@@ -51,7 +52,10 @@ def build_for_plan(config: ml_collections.ConfigDict, workdir: str) -> None:
                        f'--config.teacher.cache=True (it builds the cache after the teacher)')
     with interrupts.doing(f'preparing the teacher-logit cache of "{run.role}"',
                           'what its cache holds is kept'):
-      loop.RunSetup(run.config, run.workdir)  # builds, or loads and verifies, the cache
+      train, _ = inputs.load_datasets(run.config)
+      variables = inputs.load_teacher(run.config, train.num_classes,
+                                      tuple(train.images.shape[1:]))
+      inputs.load_logit_cache(run.config, train, variables, mesh)  # builds, or loads, verifies
     done.add((t.checkpoint, t.model))
   if not done:
     raise KdjaxError(f'no run of this command distils from a teacher (config.method '

@@ -1,9 +1,10 @@
-"""The configuration every kdjax run starts from, and its validation.
+"""The configuration every kdjax run starts from: defaults and presets.
 
 Experiment files (``experiments/*.py``) start from :func:`base_config` and override what
 their method needs; ``python -m kdjax.main --config experiments/x.py:preset
---config.a.b=value`` then overrides single fields. :func:`validate` turns every mistake a
-user can make into one :class:`~kdjax.errors.KdjaxError` line, before anything is written.
+--config.a.b=value`` then overrides single fields. :func:`kdjax.plan.validate` turns every
+mistake a user can make into one :class:`~kdjax.errors.KdjaxError` line, before anything is
+written (each module checks the block it owns).
 
 Defaults are mdistiller's CIFAR recipe: SGD (momentum 0.9, weight decay 5e-4 on every
 parameter, BatchNorm included), lr 0.05, batch 64, 240 epochs, lr x0.1 at epochs 150, 180
@@ -12,15 +13,10 @@ and 210.
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 
-from kdjax import data, distributed, methods, models, platform_tuning, presets
-from kdjax.teachers import logit_cache
+from kdjax import methods, platform_tuning, presets
 from kdjax.teachers import zoo as teacher_zoo
-from kdjax.data import image_sources
-from kdjax.errors import KdjaxError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -150,6 +146,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Turn the images of update k (1-based, as logs and checkpoints count) into NaN, to see
   # the run stop with the step and loss terms named and the last good checkpoint kept.
   c.debug.nan_at_step = ml_collections.FieldReference(None, field_type=int)
+  # (first, last): a jax.profiler trace of updates first..last (1-based) into
+  # <workdir>/profile, for TensorBoard's profile plugin (docs/performance.md); None: none.
+  c.profile_steps = ml_collections.FieldReference(None, field_type=tuple)
   # A published top-1 (%) of this preset (the SLKD paper, mdistiller's tables) that
   # `python -m kdjax.report` sets the run's best-epoch top-1 against; None: no number.
   c.reference_top1 = ml_collections.FieldReference(None, field_type=float)
@@ -264,134 +263,3 @@ def distillation_config(method: str, arg: str | None,
     c.teacher.checkpoint = teacher_zoo.torchvision_spec(c.teacher.model)
   c.preset = preset
   return c
-
-
-
-def _require(condition: bool, message: str) -> None:
-  if not condition:
-    raise KdjaxError(message)
-
-
-def _temperatures(config: ml_collections.ConfigDict):
-  """``(block, field, value)`` of every method block's temperature (``temperature``,
-  ``nce_temperature``, ...): softmax temperatures divide logits, so they must be > 0."""
-  for block in methods.default_configs():
-    for field, value in config[block].items():
-      if field.endswith('temperature'):
-        yield block, field, value
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks the fields every run uses; raises :class:`KdjaxError` on the first bad one.
-
-  :mod:`kdjax.plan` calls it once for every run of a plan, before any of them starts.
-  """
-  method = methods.info(config.method)
-  zoo = config.zoo
-  _require(zoo in models.IMAGE_SHAPES,
-           f'unknown model zoo {zoo!r} (config.zoo); expected one of: '
-           f'{", ".join(models.IMAGE_SHAPES)}')
-  models.check(config.model, zoo, 'config.model')
-  if method.uses_teacher:
-    models.check(config.teacher.model, zoo, 'config.teacher.model')
-    _require(config.teacher.checkpoint is not None or config.teacher.train_if_missing,
-             f'method {config.method} needs a trained teacher: set '
-             f'--config.teacher.checkpoint to a kdjax workdir, a teacher folder from '
-             f'`python -m kdjax.convert`, a RepDistiller/mdistiller .pth, or a published '
-             f'teacher mdistiller:<model>')
-    if teacher_zoo.is_zoo_spec(config.teacher.checkpoint):
-      teacher_zoo.check_spec(config.teacher.checkpoint, config.teacher.model)
-  _require(config.data.name in data.DATASETS + data.HOST_DATASETS
-           or data.is_custom(config.data.name),
-           f'unknown dataset {config.data.name!r} (config.data.name); expected one of: '
-           f'{", ".join(data.DATASETS + data.HOST_DATASETS)}, or your own: folder, tfds:<name>')
-  _require(isinstance(config.seed, int) and config.seed >= 0,
-           f'config.seed must be an integer >= 0, got {config.seed!r}')
-  opt = config.optimizer
-  _require(math.isfinite(opt.lr) and opt.lr > 0,
-           f'config.optimizer.lr must be a positive finite number, got {opt.lr}')
-  _require(0 <= opt.momentum < 1,
-           f'config.optimizer.momentum must be in [0, 1), got {opt.momentum}')
-  _require(opt.weight_decay >= 0,
-           f'config.optimizer.weight_decay must be >= 0, got {opt.weight_decay}')
-  _require(config.batch_size > 0, f'config.batch_size must be positive, got {config.batch_size}')
-  _require(config.eval_batch_size > 0,
-           f'config.eval_batch_size must be positive, got {config.eval_batch_size}')
-  _require(config.num_epochs > 0, f'config.num_epochs must be positive, got {config.num_epochs}')
-  decay = opt.lr_decay_epochs
-  _require(isinstance(decay, (tuple, list)) and all(isinstance(e, int) for e in decay),
-           f'config.optimizer.lr_decay_epochs must be a tuple of whole epochs, e.g. '
-           f'"(150,180,210)", got {decay!r}')
-  _require(math.isfinite(opt.lr_decay_rate) and opt.lr_decay_rate > 0,
-           f'config.optimizer.lr_decay_rate must be a positive number, got {opt.lr_decay_rate}')
-  _require(opt.schedule in ('step', 'cosine'),
-           f"config.optimizer.schedule must be 'step' or 'cosine', got {opt.schedule!r}")
-  _require(isinstance(opt.warmup_epochs, int) and opt.warmup_epochs >= 0,
-           f'config.optimizer.warmup_epochs must be a whole number of epochs >= 0, got '
-           f'{opt.warmup_epochs!r}')
-  _require(config.max_steps is None or config.max_steps > 0,
-           f'config.max_steps must be positive (or None: the whole run), got {config.max_steps}')
-  for block, field, value in _temperatures(config):
-    _require(math.isfinite(value) and value > 0,
-             f'config.{block}.{field} must be positive, got {value}')
-  _require(config.dtype in ('float32', 'bfloat16'),
-           f'config.dtype must be float32 or bfloat16, got {config.dtype!r}')
-  _require(config.bn_stats in ('global', 'per_device'),
-           f'config.bn_stats must be global or per_device, got {config.bn_stats!r}')
-  distillers = [n for n in methods.names() if methods.info(n).uses_teacher]
-  for name in config.baselines:
-    _require(name in distillers, f'unknown baseline {name!r} in config.baselines; expected '
-                                 f'distillation methods of: {", ".join(distillers)}')
-  _require(0 <= config.trajectory.stages <= config.num_epochs,
-           f'config.trajectory.stages must be between 0 and num_epochs ({config.num_epochs}), '
-           f'got {config.trajectory.stages}')
-  if config.data.name in data.cifar.ARCHIVES:  # a mirror without its sha256, a bad sha256
-    data.cifar.source(config.data.name, config.data.get('url'), config.data.get('sha256'))
-  _require(config.data.holdout >= 0,
-           f'config.data.holdout must be >= 0, got {config.data.holdout}')
-  custom = data.is_custom(config.data.name)
-  if config.data.name in data.HOST_DATASETS or custom:
-    _validate_host_data(config, zoo)
-  else:
-    _require(zoo == 'cifar', f'the {zoo} zoo\'s models take '
-             f'{models.IMAGE_SHAPES[zoo][0]}x{models.IMAGE_SHAPES[zoo][1]} images, and '
-             f'{config.data.name} is 32x32: set --config.zoo=cifar')
-  # every built-in dataset held on the devices is 32x32
-  image = config.data.image_size if custom else models.CIFAR_IMAGE_SHAPE[0]
-  _require(0 <= config.data.crop_padding <= image,
-           f'config.data.crop_padding must be between 0 and the image size {image}, got '
-           f'{config.data.crop_padding}')
-  _require(config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
-           'config.log_every_steps and config.checkpoint_every_steps must be positive')
-  _require(config.keep_checkpoints >= 1,
-           f'config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
-  distributed.normalize_mode(config.get('distributed', 'auto'))
-  logit_cache.check_config(config)
-  nan_at = config.get('debug', {}).get('nan_at_step')
-  _require(nan_at is None or nan_at >= 1,
-           f'config.debug.nan_at_step must be >= 1 (a 1-based step) or None, got {nan_at}')
-
-
-def _validate_host_data(config: ml_collections.ConfigDict, zoo: str) -> None:
-  """The fields of a run on a host dataset (:data:`kdjax.data.HOST_DATASETS`) or your own
-  (:mod:`kdjax.data.custom`; user nets, ``module.path:factory``, are checked on the images
-  when the run is built)."""
-  d = config.data
-  if data.is_custom(d.name):
-    data.custom.check_config(config)
-  else:
-    image_sources.require_data_dir(d.name, d.data_dir)
-  size = models.IMAGE_SHAPES[zoo][0]
-  nets = [config.model] + ([config.teacher.model] if methods.info(config.method).uses_teacher
-                           else [])
-  _require(d.image_size == size or all(map(models.user.is_spec, nets)),
-           f'config.data.image_size is {d.image_size}, but the {zoo} zoo\'s models take '
-           f'{size}x{size} images: set --config.data.image_size={size}')
-  _require(d.resize_size >= d.image_size,
-           f'config.data.resize_size ({d.resize_size}) must be at least config.data.image_size '
-           f'({d.image_size}): evaluation resizes, then center-crops')
-  _require(d.workers is None or d.workers >= 0,
-           f'config.data.workers must be >= 0 (0: decode in the training process) or None, '
-           f'got {d.workers}')
-  if not data.is_custom(d.name):  # your own data is streamed where placement says
-    data.custom.check_host_fields(config)

@@ -4,7 +4,7 @@
     print(describe(plan))                               # what --dry-run prints
     results = execute(plan)                             # each run through train_and_evaluate
 
-A plan is the ordered tuple of :class:`PlannedRun` (role, config, workdir) that one command
+A plan is the ordered tuple of :class:`Run` (role, config, workdir) that one command
 asks for:
 
 1. the teacher, when the method distils from one, ``config.teacher.checkpoint`` is unset and
@@ -16,7 +16,8 @@ asks for:
    itself (its ``INFO.follow_ups``: SFTN's students), each preceded by the teacher it
    trains first, if any.
 
-Every config of the plan is validated, and every workdir checked, before anything runs. :func:`execute` runs them in order
+Every config of the plan is validated (:func:`validate`: each block by the module that owns
+it), and every workdir checked, before anything runs. :func:`execute` runs them in order
 through :func:`~kdjax.train.loop.train_and_evaluate`; a run whose ``results.json`` says it
 finished (the same number of epochs) is skipped, so a command can be re-run after a kill, or
 with a larger N, without losing finished work. A signal stops the plan with the
@@ -31,21 +32,21 @@ from typing import NamedTuple, Optional
 
 import ml_collections
 
-from kdjax import config as config_lib
-from kdjax import cli, jsonio, methods
+from kdjax import cli, data, distributed, jsonio, methods, models, teachers
 from kdjax.configdict import derive
 from kdjax.errors import KdjaxError
 from kdjax.console import say
 from kdjax.train import writers
 from kdjax.train.loop import Interrupted, train_and_evaluate
+from kdjax.train.loop import check_config as train_checks
 from kdjax.workdirs import check_workdir
 
 
-__all__ = ['Interrupted', 'PlannedRun', 'describe', 'execute', 'make_plan', 'run',
-           'run_state', 'seed_workdir', 'summary_table', 'teacher_config']
+__all__ = ['Interrupted', 'Run', 'describe', 'execute', 'make_plan', 'run_state',
+           'seed_workdir', 'summary_table', 'teacher_config', 'validate']
 
 
-class PlannedRun(NamedTuple):
+class Run(NamedTuple):
   """One run of a plan: what it is (its line in the plan and the summary), its config and
   its workdir."""
   role: str
@@ -70,19 +71,19 @@ def _trains_teacher(config: ml_collections.ConfigDict) -> bool:
 def _with_teacher(role: str, config: ml_collections.ConfigDict, workdir: str) -> list:
   """``config``'s run into ``workdir``, preceded by the teacher it trains first (if any)."""
   if not _trains_teacher(config):
-    return [PlannedRun(role, config, workdir)]
+    return [Run(role, config, workdir)]
   teacher_dir = os.path.join(workdir, 'teacher')
-  return [PlannedRun('teacher', teacher_config(config), teacher_dir),
-          PlannedRun(role, derive(config, {'teacher.checkpoint': teacher_dir}), workdir)]
+  return [Run('teacher', teacher_config(config), teacher_dir),
+          Run(role, derive(config, {'teacher.checkpoint': teacher_dir}), workdir)]
 
 
 def _runs_of(config: ml_collections.ConfigDict, workdir: str, prefix: str) -> list:
   """The main run of ``config`` into ``workdir``, its baselines and its follow-ups."""
   info = methods.info(config.method)
-  runs = [PlannedRun(f'{prefix}{config.method} {info.trained_net}', config, workdir)]
+  runs = [Run(f'{prefix}{config.method} {info.trained_net}', config, workdir)]
   for name in config.baselines:
     baseline = derive(config, {'method': name, 'baselines': ()})
-    runs.append(PlannedRun(f'{prefix}{name} {methods.info(name).trained_net}', baseline,
+    runs.append(Run(f'{prefix}{name} {methods.info(name).trained_net}', baseline,
                            os.path.join(workdir, name)))
   for follow_up in info.follow_ups(config, workdir):
     runs += _with_teacher(prefix + follow_up.role, follow_up.config, follow_up.workdir)
@@ -92,6 +93,20 @@ def _runs_of(config: ml_collections.ConfigDict, workdir: str, prefix: str) -> li
 def seed_workdir(workdir: str, seed: int) -> str:
   """``DIR`` -> ``DIR/seed_<seed>``."""
   return os.path.join(workdir, f'seed_{seed}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every field of one run's ``config``, each block by the module that owns it;
+  raises :class:`KdjaxError` on the first mistake. :func:`make_plan` runs it once for every
+  run of a plan, before any of them starts."""
+  methods.check_config(config)
+  nets = (config.model,) + ((config.teacher.model,) if methods.info(config.method).uses_teacher
+                            else ())
+  models.check_config(config, nets)
+  data.check_config(config)
+  teachers.check_config(config)
+  train_checks(config)
+  distributed.normalize_mode(config.get('distributed', 'auto'))
 
 
 def make_plan(config: ml_collections.ConfigDict, workdir: str,
@@ -105,7 +120,7 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str,
   runs = []
   if _trains_teacher(config):  # once, shared by every seed
     teacher_dir = os.path.join(workdir, 'teacher')
-    runs.append(PlannedRun('teacher', teacher_config(config), teacher_dir))
+    runs.append(Run('teacher', teacher_config(config), teacher_dir))
     config = derive(config, {'teacher.checkpoint': teacher_dir})
   if num_seeds is None:
     runs += _runs_of(config, workdir, '')
@@ -114,7 +129,7 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str,
       runs += _runs_of(derive(config, {'seed': seed}), seed_workdir(workdir, seed),
                        f'seed {seed}: ')
   for run in runs:
-    config_lib.validate(run.config)
+    validate(run.config)
     check_workdir(run.workdir)
   return tuple(runs)
 
@@ -134,7 +149,7 @@ def describe(plan: tuple) -> str:
   return '\n'.join(lines)
 
 
-def run_state(run: PlannedRun) -> str:
+def run_state(run: Run) -> str:
   """``finished`` (:func:`execute` skips it), ``resumable from step N`` (a checkpoint) or
   ``new``; read from the workdir's files, nothing opened for writing."""
   if _finished_results(run) is not None:
@@ -145,7 +160,7 @@ def run_state(run: PlannedRun) -> str:
   return f'resumable from step {max(steps)}' if steps else 'new'
 
 
-def _finished_results(run: PlannedRun) -> Optional[dict]:
+def _finished_results(run: Run) -> Optional[dict]:
   """``run``'s ``results.json`` if it says the run finished its ``num_epochs``."""
   results = jsonio.read_json(os.path.join(run.workdir, 'results.json'))
   if results and results.get('finished') and results.get('num_epochs') == run.config.num_epochs:
@@ -171,11 +186,6 @@ def execute(plan: tuple) -> list:
     all_results.append(results)
   print(summary_table(plan, all_results))
   return all_results
-
-
-def run(config: ml_collections.ConfigDict, workdir: str, num_seeds: Optional[int] = None) -> list:
-  """:func:`make_plan` and :func:`execute`: what ``python -m kdjax.main`` does."""
-  return execute(make_plan(config, workdir, num_seeds))
 
 
 def _top1(value) -> str:

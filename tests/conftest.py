@@ -125,5 +125,6 @@ def build_method(config, num_classes: int, dtype=None, steps_per_epoch: int = 10
   from kdjax.train import optim
   return methods.build(config, methods.BuildInputs(
       num_classes=num_classes,
-      optimizer=optim.sgd(config.optimizer, steps_per_epoch, config.num_epochs),
+      optimizer=optim.sgd(config.optimizer, optim.lr_schedule(
+          config.optimizer, steps_per_epoch, config.num_epochs)),
       dtype=jnp.float32 if dtype is None else dtype, **inputs))

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from kdjax import data
-from kdjax.config import base_config, validate
+from kdjax.config import base_config
+from kdjax.plan import validate
 from kdjax.data import cifar
 from kdjax.errors import KdjaxError
 import archives
@@ -208,7 +209,8 @@ def test_load_is_cached_however_the_defaults_are_spelled(c100, tmp_path):
   again = data.load_split('cifar100', 'test', data_dir=str(tmp_path), download=True, url=url,
                     sha256=sha)
   assert again is first
-  assert data.load_split('digits', 'test', url=None, sha256=None) is data.load_split('digits', 'test')
+  assert (data.load_split('digits', 'test', url=None, sha256=None)
+          is data.load_split('digits', 'test'))
 
 
 def test_digits_takes_no_url():

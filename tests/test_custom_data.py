@@ -108,11 +108,12 @@ def test_a_tfds_dataset_streams_through_the_host_pipeline(folder_teacher, tmp_pa
 
 
 def _setup(tmp_path, data_dir, method='vanilla', **overrides):
-  """RunSetup of a ``method`` run of resnet8 on the folder ``data_dir`` (nothing trained)."""
+  """The prepared run (:func:`kdjax.train.loop.prepare`) of a ``method`` run of resnet8 on
+  the folder ``data_dir`` (nothing trained)."""
   config = tiny_config(method, **{'data.name': 'folder', 'data.image_size': 32, 'batch_size': 8,
                                   'data.data_dir': data_dir and str(data_dir), **overrides})
   plan.make_plan(config, str(tmp_path / 'run'))
-  return loop.RunSetup(config, str(tmp_path / 'run'))
+  return loop.prepare(config, str(tmp_path / 'run'))
 
 
 def _one_line(match, call, *args, **kwargs):
@@ -148,7 +149,7 @@ def test_an_unreadable_image_is_named_or_skipped_and_counted(small_folder, tmp_p
             r'config\.data\.skip_unreadable=true', _setup, tmp_path, root)
   assert not os.listdir(tmp_path / 'cache' / 'decoded')  # nothing half-made
   run = _setup(tmp_path, root, **{'data.skip_unreadable': True})
-  assert len(run.train) == 59 and len(run.test) == 30
+  assert len(run.inputs.train) == 59 and len(run.inputs.test) == 30
   assert 'left out 1 unreadable images of folder train' in capfd.readouterr().err
 
 

@@ -205,7 +205,8 @@ def test_distributed_mistakes_are_one_line(monkeypatch):
   with pytest.raises(KdjaxError, match='KDJAX_PROCESS_ID is not'):
     distributed.initialize('auto')
   monkeypatch.setenv('KDJAX_PROCESS_ID', '2')
-  with pytest.raises(KdjaxError, match=r'KDJAX_PROCESS_ID=2 must be in \[0, KDJAX_NUM_PROCESSES=2\)'):
+  with pytest.raises(KdjaxError,
+                     match=r'KDJAX_PROCESS_ID=2 must be in \[0, KDJAX_NUM_PROCESSES=2\)'):
     distributed.initialize('auto')
 
 

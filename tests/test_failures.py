@@ -96,13 +96,13 @@ def test_failed_checkpoint_write_is_one_line_and_the_previous_checkpoint_resumes
 
 
 def test_config_debug_and_distributed_are_validated():
-  from kdjax import config as config_lib
+  from kdjax import plan
   from kdjax.errors import KdjaxError
   with pytest.raises(KdjaxError, match='config.debug.nan_at_step must be >= 1'):
-    config_lib.validate(tiny_config(**{'debug.nan_at_step': 0}))
+    plan.validate(tiny_config(**{'debug.nan_at_step': 0}))
   with pytest.raises(KdjaxError, match='config.distributed must be auto, true or false'):
-    config_lib.validate(tiny_config(distributed='sometimes'))
-  config_lib.validate(tiny_config(distributed='false'))
+    plan.validate(tiny_config(distributed='sometimes'))
+  plan.validate(tiny_config(distributed='false'))
 
 
 @pytest.mark.slow

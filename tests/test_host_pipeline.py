@@ -30,7 +30,7 @@ def _jpeg(rng, width, height) -> bytes:
 
 
 def _write_folder(root, rng, *, corrupt: bool) -> None:
-  for c, name in enumerate(CLASSES):
+  for name in CLASSES:
     os.makedirs(root / name)
     for i in range(PER_CLASS):
       # Sizes from 24x40 to 90x30: portrait, landscape, smaller and larger than the crop.

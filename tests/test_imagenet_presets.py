@@ -6,7 +6,7 @@ import importlib
 import jax.numpy as jnp
 import pytest
 
-from kdjax import config as config_lib, methods
+from kdjax import methods, plan
 from kdjax.errors import KdjaxError
 from kdjax.methods.base import BuildInputs
 from kdjax.train import optim
@@ -67,11 +67,12 @@ def test_preset_has_mdistillers_values_and_builds_on_imagenet_shapes(method, pre
     teacher = {'r34_r18': 'ResNet34', 'r50_mv1': 'ResNet50'}[preset]
     assert config.teacher.checkpoint == f'torchvision:{teacher.lower()}'
   with pytest.raises(KdjaxError, match='config.data.data_dir'):
-    config_lib.validate(config)
+    plan.validate(config)
   config.data.data_dir = '/data/imagenet'
-  config_lib.validate(config)
+  plan.validate(config)
   built = methods.build(config, BuildInputs(
-      num_classes=1000, optimizer=optim.sgd(config.optimizer, 100, config.num_epochs),
+      num_classes=1000, optimizer=optim.sgd(
+          config.optimizer, optim.lr_schedule(config.optimizer, 100, config.num_epochs)),
       image_shape=(224, 224, 3),
       zoo=config.zoo, train_labels=jnp.zeros((1000,), jnp.int32)))
   assert built.nets
@@ -93,7 +94,8 @@ def test_reviewkd_levels_derived_from_the_nets_are_the_yaml_ones(preset, in_chan
   first in the yaml) and MAX_MID_CHANNEL of configs/imagenet/<preset>/reviewkd.yaml."""
   config = _preset('reviewkd', preset)
   fusion = methods.build(config, BuildInputs(
-      num_classes=1000, optimizer=optim.sgd(config.optimizer, 100, config.num_epochs),
+      num_classes=1000, optimizer=optim.sgd(
+          config.optimizer, optim.lr_schedule(config.optimizer, 100, config.num_epochs)),
       image_shape=(224, 224, 3),
       zoo='imagenet')).nets['abfs']
   assert (fusion.in_channels, fusion.out_channels) == (in_channels, out_channels)

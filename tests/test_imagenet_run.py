@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import kill_when, restore_state, run_cli
-from kdjax import config as config_lib, data, evaluate, export, models, teachers
+from kdjax import config as config_lib, data, evaluate, export, models, plan, teachers
 from kdjax.data import host_pipeline, image_sources
 from kdjax.errors import KdjaxError
 from kdjax.train import loop
@@ -72,7 +72,7 @@ def _config(method, data_dir, teacher=None, **overrides):
     for p in parents:
       target = target[p]
     target[leaf] = value
-  config_lib.validate(config)
+  plan.validate(config)
   return config
 
 
@@ -92,10 +92,10 @@ def test_evaluation_counts_every_val_image_once(imagenet, tmp_path):
   loss equal the teacher's, computed image by image with the eval transform."""
   data_dir, teacher = imagenet
   config = _config('kd', data_dir, teacher)
-  run = loop.RunSetup(config, str(tmp_path / 'run'))
+  run = loop.prepare(config, str(tmp_path / 'run'))
   with contextlib.closing(run.open_feed(None, 0, run.initial_state().rng)) as feed:
-    got = feed.evaluate(run.teacher_eval_step, {'teacher': feed.frozen['teacher']})['teacher']
-  assert len(run.test) == 15
+    got = feed.evaluate(run.steps.teacher_eval, {'teacher': feed.frozen.teacher})['teacher']
+  assert len(run.inputs.test) == 15
   _assert_teachers_accuracy(got, data_dir, teacher)
 
 
@@ -166,11 +166,11 @@ def test_missing_or_empty_image_data_is_one_line(imagenet, tmp_path):
     _config('vanilla', data_dir, zoo='imagenet', model='ResNet18')
   (tmp_path / 'empty').mkdir()
   with pytest.raises(KdjaxError, match=r'no ImageNet in .*train/<wnid>/\*\.JPEG') as error:
-    loop.RunSetup(_config('vanilla', tmp_path / 'empty'), str(tmp_path / 'run'))
+    loop.prepare(_config('vanilla', tmp_path / 'empty'), str(tmp_path / 'run'))
   assert '\n' not in str(error.value)
   (tmp_path / 'noimages' / 'train' / 'n01').mkdir(parents=True)
   with pytest.raises(KdjaxError, match='holds no image'):
-    loop.RunSetup(_config('vanilla', tmp_path / 'noimages'), str(tmp_path / 'run'))
+    loop.prepare(_config('vanilla', tmp_path / 'noimages'), str(tmp_path / 'run'))
 
 
 def _cli_args(preset, data_dir, teacher, workdir, *extra):

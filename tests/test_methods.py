@@ -14,7 +14,7 @@ import pytest
 from conftest import build_method, tiny_config
 from kdjax import data, losses
 from kdjax.methods import connectors, crd
-from kdjax.methods.base import Batch, NetRunner, StepContext
+from kdjax.methods.base import Batch, FrozenInputs, LearningNets, StepContext
 from kdjax.train.state import init_state
 from kdjax.train.step import apply_update
 
@@ -60,7 +60,8 @@ def test_updates_lower_the_loss_and_leave_the_teacher_alone(name):
   @jax.jit
   def step(state, teacher_vars):
     def loss_of_teacher(tv):
-      new, metrics = apply_update(method, state, {'teacher': tv}, batch, key, steps_per_epoch=100)
+      new, metrics = apply_update(method, state, FrozenInputs(teacher=tv), batch, key,
+                                  steps_per_epoch=100)
       return metrics['loss'], (new, metrics)
     (_, (new, metrics)), teacher_grad = jax.value_and_grad(loss_of_teacher, has_aux=True)(
         teacher_vars)
@@ -82,7 +83,7 @@ def test_updates_lower_the_loss_and_leave_the_teacher_alone(name):
 def _term(method, state, batch, epoch, name):
   """Term ``name`` of the loss at ``epoch`` (same nets, batch and teacher)."""
   teacher_out = method.teacher.apply(_teacher_vars(method), batch.images, train=False)
-  run = NetRunner(method.nets, state.params, state.batch_stats, state.extra)
+  run = LearningNets(method.nets, state.params, state.batch_stats, state.extra)
   ctx = StepContext(step=jnp.asarray(0), epoch=jnp.asarray(epoch), rng=jax.random.PRNGKey(0),
                     teacher=teacher_out)
   return float(method.loss(run, batch, ctx)[1][name])
@@ -115,12 +116,13 @@ def test_crd_updates_the_memory_bank_rows_of_the_batch():
   assert bank['student'].shape == (1437, 128) and float(bank['z_student']) < 0
   batch = _batch()
   # The expected rows: normalize(0.5 * old + 0.5 * v_s), v_s from the pre-update nets.
-  run = NetRunner(method.nets, state.params, state.batch_stats)
+  run = LearningNets(method.nets, state.params, state.batch_stats)
   v_s = run('embed_s', run('student', batch.images).embedding)
   expected = 0.5 * bank['student'][batch.indices] + 0.5 * v_s
   expected = expected / jnp.linalg.norm(expected, axis=1, keepdims=True)
   # Donated, as the train loop's step: every state leaf must be its own buffer.
-  step = jax.jit(lambda s: apply_update(method, s, {'teacher': _teacher_vars(method)}, batch,
+  frozen = FrozenInputs(teacher=_teacher_vars(method))
+  step = jax.jit(lambda s: apply_update(method, s, frozen, batch,
                                         jax.random.PRNGKey(0), steps_per_epoch=100),
                  donate_argnums=(0,))
   updated = step(state)[0].extra['crd']

@@ -59,7 +59,8 @@ def loss(p):
   out, _ = net.apply({**v, 'params': p}, x, train=True, mutable=['batch_stats'])
   return jnp.sum(jnp.sin(out.logits))
 value, grads = jax.jit(jax.value_and_grad(loss))(v['params'])
-print(json.dumps({'value': float(value), 'grads': [np.asarray(g).ravel().tolist() for g in jax.tree.leaves(grads)]}))
+print(json.dumps({'value': float(value),
+                  'grads': [np.asarray(g).ravel().tolist() for g in jax.tree.leaves(grads)]}))
 """
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import build_method, tiny_config
-from kdjax import methods, models, teachers
+from kdjax import methods, models, plan, teachers
 from kdjax.errors import KdjaxError
 from kdjax.methods import sftn
-from kdjax.methods.base import Batch, NetRunner, StepContext
+from kdjax.methods.base import Batch, LearningNets, StepContext
 from kdjax import checkpoints
 from kdjax.train.state import init_state
 
@@ -93,7 +93,7 @@ def _grads(config):
   ctx = StepContext(step=0, epoch=1, rng=jax.random.key(0))
 
   def f(params):
-    return method.loss(NetRunner(method.nets, params, state.batch_stats), batch, ctx)[0]
+    return method.loss(LearningNets(method.nets, params, state.batch_stats), batch, ctx)[0]
 
   grads = jax.grad(f)(state.params)
   return {net: {k: float(jnp.linalg.norm(v)) for k, v in _flat(g).items()}
@@ -206,18 +206,17 @@ def test_heterogeneous_pair_resamples_the_teacher_features():
     assert out.logits.shape == (2, K)
 
 
-def test_build_errors():
+def test_build_and_config_errors():
   with pytest.raises(KdjaxError, match='same number'):
     _method(_config(model='vgg13'))
   with pytest.raises(KdjaxError, match='config.sftn.student'):
-    _method(_config(**{'sftn.student': 'resnet9'}))
+    plan.validate(_config(**{'sftn.student': 'resnet9'}))
   with pytest.raises(KdjaxError, match='config.sftn.kl'):
-    _method(_config(**{'sftn.kl': 'forward'}))
+    plan.validate(_config(**{'sftn.kl': 'forward'}))
 
 
 def test_experiment_presets():
   import importlib.util
-  from kdjax import config as config_lib
   spec = importlib.util.spec_from_file_location(
       'sftn_experiment', os.path.join(os.path.dirname(__file__), '..', 'experiments', 'sftn.py'))
   experiment = importlib.util.module_from_spec(spec)
@@ -227,7 +226,7 @@ def test_experiment_presets():
       'vgg13_vgg8': ('vgg13', 'vgg8'), 'res32x4_shuv2': ('resnet32x4', 'ShuffleV2'),
       'wrn40_2_shuv1': ('wrn_40_2', 'ShuffleV1'), 'digits': ('resnet20', 'resnet8')}.items():
     config = experiment.get_config(preset)
-    config_lib.validate(config)
+    plan.validate(config)
     assert (config.method, config.model, config.sftn.student) == ('sftn', teacher, student)
     assert config.optimizer.lr == 0.05  # the teacher's vanilla recipe
   digits = experiment.get_config('digits')

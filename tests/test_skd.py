@@ -12,7 +12,7 @@ from conftest import build_method, run_cli, tiny_config
 from kdjax import models
 from kdjax.teachers import trajectory
 from kdjax.methods import skd
-from kdjax.methods.base import Batch, Method, NetRunner, StepContext
+from kdjax.methods.base import Batch, Method, LearningNets, StepContext
 from kdjax.train import optim
 from kdjax.train.state import init_state
 from kdjax.train.step import apply_update, frozen_inputs
@@ -73,12 +73,12 @@ def test_meta_gradient_equals_finite_differences_of_the_quiz_loss(monkeypatch):
       params[name] = jax.tree.map(lambda p: p + 0.05 * rng.normal(size=p.shape), params[name])
     meta_names, meta_loss = method.stages[0]
     assert meta_names == ('tbt', 'tet')
-    teacher_out = method.teacher.apply(frozen['teacher'], batch.images, train=False)
+    teacher_out = method.teacher.apply(frozen.teacher, batch.images, train=False)
     ctx = StepContext(jnp.int32(0), jnp.int32(3), jax.random.PRNGKey(0), teacher_out, frozen,
                       lr=LR(3))
 
     def quiz_after_virtual_step(meta):
-      run = NetRunner(method.nets, {**params, **meta}, batch_stats, state.extra)
+      run = LearningNets(method.nets, {**params, **meta}, batch_stats, state.extra)
       loss, terms = meta_loss(run, batch, ctx)
       return loss
 
@@ -135,7 +135,7 @@ def test_full_system_updates_all_learners_and_never_the_teacher(monkeypatch):
                                                  'skd.slkd_terms': True})
   assert set(method.nets) == {'student', 'connector', 'tbt', 'tet', 'slt1', 'slt2'}
   state = init_state(method, 0, (32, 32, 3))
-  teacher_before = jax.tree.map(np.array, frozen['teacher'])
+  teacher_before = jax.tree.map(np.array, frozen.teacher)
 
   def step(state, frozen):
     def loss_of_frozen(fr):
@@ -154,7 +154,7 @@ def test_full_system_updates_all_learners_and_never_the_teacher(monkeypatch):
     assert _changed(state.params[name], second.params[name]), name
   for g in jax.tree.leaves(frozen_grad['teacher']):
     assert not np.any(g)
-  jax.tree.map(np.testing.assert_array_equal, frozen['teacher'], teacher_before)
+  jax.tree.map(np.testing.assert_array_equal, frozen.teacher, teacher_before)
   # The slots hold SL-teacher 1 as it was when each stage began: [-, step 0's, step 1's].
   assert int(second.extra['trajectory_count']) == 2
   assert int(second.extra['trajectory_stage']) == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import build_method, tiny_config
-from kdjax.methods.base import Batch, StepContext
+from kdjax.methods.base import Batch, FrozenInputs, StepContext
 from kdjax.train.state import init_state
 from kdjax.train.step import apply_update
 
@@ -63,7 +63,8 @@ def test_loss_terms_equal_a_hand_computed_reference():
   fused = 0.3 * zn['slt1'] + 0.7 * zn['slt2']
   t = c.temperature
   expected = {
-      'ts_ce': 0.1 * _np_ce(zn['student'], y), 'ts_kd': 0.9 * _np_kd(zn['student'], zn['teacher'], t),
+      'ts_ce': 0.1 * _np_ce(zn['student'], y),
+      'ts_kd': 0.9 * _np_kd(zn['student'], zn['teacher'], t),
       'slts_ce': 3 * 0.1 * _np_ce(zn['student'], y),
       'slts_kd': 3 * 0.9 * _np_kd(zn['student'], fused, t),
   }
@@ -109,7 +110,8 @@ def test_fused_step_equals_three_separate_single_net_steps():
   batch = Batch(jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32),
                 jnp.asarray(rng.integers(0, K, 8), jnp.int32))
   key = jax.random.PRNGKey(0)
-  fused, _ = jax.jit(lambda s: apply_update(method, s, {'teacher': teacher_vars}, batch, key,
+  frozen = FrozenInputs(teacher=teacher_vars)
+  fused, _ = jax.jit(lambda s: apply_update(method, s, frozen, batch, key,
                                             steps_per_epoch=100))(state)
 
   groups = {'student': ['ts_ce', 'ts_kd', 'slts_ce', 'slts_kd'],
@@ -119,7 +121,7 @@ def test_fused_step_equals_three_separate_single_net_steps():
       _, terms = method.loss(run, batch, ctx)
       return sum(terms[t] for t in term_names), {}
     single = method.__class__(**{**method.__dict__, 'stages': (((net,), net_loss),)})
-    separate, _ = jax.jit(lambda s: apply_update(single, s, {'teacher': teacher_vars}, batch, key,
+    separate, _ = jax.jit(lambda s: apply_update(single, s, frozen, batch, key,
                                                  steps_per_epoch=100))(state)
     for a, b in zip(jax.tree.leaves(fused.params[net]), jax.tree.leaves(separate.params[net])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -128,7 +130,8 @@ def test_fused_step_equals_three_separate_single_net_steps():
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert set(fused.params) == {'student', 'slt1', 'slt2'}, 'the teacher is not a learning net'
   teacher_before = jax.tree.map(np.array, teacher_vars)
-  jax.jit(lambda s: apply_update(method, s, {'teacher': teacher_vars}, batch, key, steps_per_epoch=100))(state)
+  jax.jit(lambda s: apply_update(method, s, FrozenInputs(teacher=teacher_vars), batch, key,
+                                 steps_per_epoch=100))(state)
   for a, b in zip(jax.tree.leaves(teacher_vars), jax.tree.leaves(teacher_before)):
     np.testing.assert_array_equal(a, b)
   for net in groups:  # every net really moved
@@ -144,7 +147,8 @@ def test_sequential_mode_updates_sl_teachers_before_the_student_sees_them():
   rng = np.random.default_rng(1)
   batch = Batch(jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32),
                 jnp.asarray(rng.integers(0, K, 8), jnp.int32))
-  new, metrics = jax.jit(lambda s: apply_update(method, s, {'teacher': teacher_vars}, batch,
+  frozen = FrozenInputs(teacher=teacher_vars)
+  new, metrics = jax.jit(lambda s: apply_update(method, s, frozen, batch,
                                                 jax.random.PRNGKey(0), steps_per_epoch=100))(state)
   # The student's fused target came from the updated SL-teachers: recompute it.
   def logits(name, params):
@@ -158,7 +162,7 @@ def test_sequential_mode_updates_sl_teachers_before_the_student_sees_them():
                              rtol=1e-5)
   # and the SL-teachers' running statistics were updated once, as in the joint mode
   _, joint = _method()
-  joint_new, _ = jax.jit(lambda s: apply_update(joint, s, {'teacher': teacher_vars}, batch,
+  joint_new, _ = jax.jit(lambda s: apply_update(joint, s, FrozenInputs(teacher=teacher_vars), batch,
                                                 jax.random.PRNGKey(0), steps_per_epoch=100))(state)
   for a, b in zip(jax.tree.leaves(new.batch_stats['slt1']),
                   jax.tree.leaves(joint_new.batch_stats['slt1'])):

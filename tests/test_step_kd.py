@@ -13,7 +13,7 @@ import numpy as np
 
 from conftest import build_method, load_fixture, tiny_config
 from kdjax import convert
-from kdjax.methods.base import Batch
+from kdjax.methods.base import Batch, FrozenInputs
 from kdjax.train.state import TrainState
 from kdjax.train.step import apply_update
 
@@ -35,7 +35,8 @@ def test_two_kd_steps_equal_mdistiller():
                      {'student': method.optimizers['student'].init(student['params'])})
   batch = Batch(ref['input'].transpose(0, 2, 3, 1).astype(np.float32),
                 ref['target'].astype(np.int32))
-  update = jax.jit(lambda s: apply_update(method, s, {'teacher': teacher}, batch, jax.random.PRNGKey(0),
+  frozen = FrozenInputs(teacher=teacher)
+  update = jax.jit(lambda s: apply_update(method, s, frozen, batch, jax.random.PRNGKey(0),
                                           steps_per_epoch=10**6))
   for step in (1, 2):
     state, metrics = update(state)

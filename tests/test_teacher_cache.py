@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, tiny_config
 from kdjax import data, models, teachers
 from kdjax.teachers import logit_cache as teacher_cache
-from kdjax.config import validate
+from kdjax.plan import validate
 from kdjax.errors import KdjaxError
 from kdjax.train import loop
 from kdjax import sharding
@@ -113,8 +113,8 @@ def test_cached_logits_equal_the_teachers_forward_on_every_augmented_image(cache
 
 
 def _setup(config, tmp_path, name, variables):
-  return loop.RunSetup(config, str(tmp_path / name), datasets=_datasets(),
-                       teacher_variables=variables)
+  return loop.prepare(config, str(tmp_path / name), datasets=_datasets(),
+                      teacher_variables=variables)
 
 
 def _two_steps(run):
@@ -123,7 +123,7 @@ def _two_steps(run):
   feed = run.open_feed(None, 0, state.rng)
   metrics = []
   for step in range(2):
-    state, m = run.train_step(state, feed.frozen, *feed.train_inputs(step))
+    state, m = run.steps.train(state, feed.frozen, *feed.train_inputs(step))
     metrics.append(jax.device_get(m))
   return jax.device_get(state), metrics
 
@@ -133,7 +133,7 @@ def test_a_cached_step_equals_the_step_that_runs_the_teacher(method, tmp_path):
   _, variables = _teacher()
   plain, plain_metrics = _two_steps(_setup(_config(method), tmp_path, 'plain', variables))
   run = _setup(_config(method, **{'teacher.cache': True}), tmp_path, 'cached', variables)
-  assert run.cache_placement == 'device' and 'teacher_logits' in run.frozen
+  assert run.cache_placement == 'device' and run.frozen.teacher_logits is not None
   cached, cached_metrics = _two_steps(run)
   for a, b in zip(plain_metrics, cached_metrics):
     assert a.keys() == b.keys()
@@ -152,7 +152,8 @@ def test_a_cache_kept_in_host_memory_gives_the_steps_of_one_on_the_devices(tmp_p
   for where in ('device', 'host'):
     run = _setup(_config(**{'teacher.cache': True, 'teacher.cache_placement': where}),
                  tmp_path, where, variables)
-    assert run.cache_placement == where and ('teacher_logits' in run.frozen) == (where == 'device')
+    assert run.cache_placement == where
+    assert (run.frozen.teacher_logits is not None) == (where == 'device')
     results.append(_two_steps(run))
   (on_device, device_metrics), (on_host, host_metrics) = results
   for a, b in zip(device_metrics, host_metrics):

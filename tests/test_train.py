@@ -229,3 +229,25 @@ def test_schedules_follow_their_formulas():
   # a run no longer than its warm-up (a digits preset with --config.num_epochs=1) is warm-up
   short = optim.lr_schedule(config.optimizer, 5, 2)
   assert [float(short(i)) for i in (0, 5, 9)] == pytest.approx([0.01, 0.055, 0.091], abs=1e-7)
+
+
+@pytest.mark.slow
+def test_profile_steps_write_a_trace_of_those_steps_and_change_nothing(tmp_path):
+  """config.profile_steps=(2, 3): a jax.profiler trace in <workdir>/profile (TensorBoard's
+  profile plugin reads plugins/profile/<run>/*.xplane.pb), the same metrics as without."""
+  plain = train_and_evaluate(tiny_config(max_steps=4), str(tmp_path / 'plain'))
+  profiled = train_and_evaluate(tiny_config(max_steps=4, profile_steps=(2, 3)),
+                                str(tmp_path / 'profiled'))
+  traces = list((tmp_path / 'profiled' / 'profile').rglob('*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  assert not (tmp_path / 'plain' / 'profile').exists()
+  rows = [[{k: v for k, v in json.loads(line).items() if k != 'images_per_second'}
+           for line in open(tmp_path / run / 'metrics.jsonl')] for run in ('plain', 'profiled')]
+  assert rows[0] == rows[1] and plain['step'] == profiled['step'] == 4
+
+
+def test_bad_profile_steps_are_one_line():
+  from kdjax import plan
+  for bad in ((3, 2), (0, 2), (5,)):
+    with pytest.raises(KdjaxError, match='config.profile_steps must be'):
+      plan.validate(tiny_config(profile_steps=bad))

@@ -176,7 +176,7 @@ def open_split(name: str, split: str, data_dir: str | None):
 
 def require_data_dir(name: str, data_dir: str | None) -> None:
   """Raises :class:`KdjaxError` when ``config.data.data_dir`` of host dataset ``name`` is
-  unset (checked by :func:`kdjax.config.validate` before any run, and on opening)."""
+  unset (checked by :func:`kdjax.plan.validate` before any run, and on opening)."""
   if not data_dir:
     raise KdjaxError(f'{name} is read from config.data.data_dir, which is unset: set it to a '
                      f'folder holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (ImageFolder) '

@@ -3,7 +3,8 @@
     python -m kdjax.main --config experiments/slkd.py:digits     # the README's first command
     python -m kdjax.main --config experiments/slkd.py --config.teacher.checkpoint=T.pth
 
-Presets (``experiments/slkd.py:<preset>``; several joined with ``,``, e.g. ``:res32x4_res8x4,official``):
+Presets (``experiments/slkd.py:<preset>``; several joined with ``,``, e.g.
+``:res32x4_res8x4,official``):
 
 * pairs of the paper, 240 epochs, batch 64, SGD, wd 5e-4, x0.1 at 150/180/210:
   same family (lr 0.05) ``res32x4_res8x4`` (default), ``res56_res8``, ``wrn40_2_wrn40_1``,

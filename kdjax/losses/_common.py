@@ -9,6 +9,7 @@ reduced-precision (TF32/bf16) passes, which would break agreement with the refer
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence, Tuple
 
 import chex
@@ -139,3 +140,15 @@ def check_pairs(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array], name: str) -
     raise ValueError(f'{name}: {len(g_s)} student features but {len(g_t)} teacher features')
   if not g_s:
     raise ValueError(f'{name}: no feature pairs given')
+
+
+def scoped(fn):
+  """``fn`` traced under ``jax.named_scope(fn.__name__)``: a loss term's operations carry its
+  name in compiled programs and profiles (docs/performance.md)."""
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    with jax.named_scope(fn.__name__):
+      return fn(*args, **kwargs)
+
+  return wrapper

@@ -115,6 +115,7 @@ def _momentum_update(bank: jax.Array, idx: jax.Array, v: jax.Array,
   return bank.at[idx].set(rows.astype(bank.dtype))
 
 
+@_common.scoped
 def crd(f_s: jax.Array, f_t: jax.Array, memory: CRDMemory, idx: jax.Array,
         contrast_idx: jax.Array, temperature: float = 0.07, momentum: float = 0.5,
         eps: float = 1e-7) -> Tuple[jax.Array, CRDMemory]:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from kdjax.losses import _common
 
 
+@_common.scoped
 def fitnet(f_s: jax.Array, f_t: jax.Array) -> jax.Array:
   """FitNets hint loss (Romero et al., ICLR 2015), as mdistiller's ``FitNet`` distiller.
 
@@ -80,6 +81,7 @@ def _at_stage(f_s, f_t, p):
   return jnp.mean(jnp.square(_attention(s, p) - _attention(t, p)))
 
 
+@_common.scoped
 def at(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array], p: float = 2) -> jax.Array:
   """Attention transfer (Zagoruyko & Komodakis, ICLR 2017), as mdistiller's ``AT.at_loss``.
 
@@ -136,6 +138,7 @@ def _nst_stage(f_s, f_t):
           - 2.0 * _poly_kernel_mean(s, t))
 
 
+@_common.scoped
 def nst(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array]) -> jax.Array:
   """Neuron selectivity transfer (Huang & Wang, 2017), as mdistiller's ``NST.nst_loss``.
 
@@ -154,6 +157,7 @@ def nst(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array]) -> jax.Array:
   return loss.astype(_common.output_dtype(g_s[0]))
 
 
+@_common.scoped
 def ofd(source: jax.Array, target: jax.Array, margin: jax.Array) -> jax.Array:
   """Overhaul of feature distillation's partial L2 (Heo et al., ICCV 2019), as ``OFD.feat_loss``.
 
@@ -245,6 +249,7 @@ def _hcl_stage(fs, ft):
   return loss / tot
 
 
+@_common.scoped
 def hcl(fstudent: Sequence[jax.Array], fteacher: Sequence[jax.Array]) -> jax.Array:
   """Hierarchical context loss of ReviewKD (Chen et al., CVPR 2021), as ``ReviewKD.hcl_loss``.
 

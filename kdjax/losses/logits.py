@@ -24,6 +24,7 @@ from jax.scipy.special import xlogy
 from kdjax.losses import _common
 
 
+@_common.scoped
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Softmax cross-entropy with integer labels, averaged over the batch.
 
@@ -45,6 +46,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(nll).astype(_common.output_dtype(logits))
 
 
+@_common.scoped
 def kd(logits_student: jax.Array, logits_teacher: jax.Array,
        temperature: float = 4.0) -> jax.Array:
   """Knowledge distillation loss (Hinton et al., 2015), as mdistiller's ``KD.kd_loss``.
@@ -73,6 +75,7 @@ def kd(logits_student: jax.Array, logits_teacher: jax.Array,
   return loss.astype(_common.output_dtype(logits_student))
 
 
+@_common.scoped
 def dkd(logits_student: jax.Array, logits_teacher: jax.Array, target: jax.Array,
         alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> jax.Array:
   """Decoupled knowledge distillation (Zhao et al., CVPR 2022), as mdistiller's ``DKD.dkd_loss``.

@@ -58,6 +58,7 @@ def single_stage_sp(f_s: jax.Array, f_t: jax.Array) -> jax.Array:
   return _sp_stage(f_s, f_t).astype(_common.output_dtype(f_s))
 
 
+@_common.scoped
 def sp(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array]) -> jax.Array:
   """Similarity-preserving KD (Tung & Mori, ICCV 2019), as mdistiller's ``SP.sp_loss``.
 
@@ -98,6 +99,7 @@ def _angles(e: jax.Array) -> jax.Array:
   return jnp.einsum('ijd,ikd->ijk', unit, unit, precision=_common.HIGHEST).reshape(-1)
 
 
+@_common.scoped
 def rkd(f_s: jax.Array, f_t: jax.Array, squared: bool = False, eps: float = 1e-12,
         distance_weight: float = 25.0, angle_weight: float = 50.0) -> jax.Array:
   """Relational knowledge distillation (Park et al., CVPR 2019), as mdistiller's ``rkd_loss``.
@@ -139,6 +141,7 @@ def rkd(f_s: jax.Array, f_t: jax.Array, squared: bool = False, eps: float = 1e-1
   return loss.astype(_common.output_dtype(f_s))
 
 
+@_common.scoped
 def pkt(f_s: jax.Array, f_t: jax.Array, eps: float = 1e-7) -> jax.Array:
   """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018), as ``PKT.pkt_loss``.
 

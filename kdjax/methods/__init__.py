@@ -10,14 +10,16 @@ outside this package. The registry's order is the order of rows in reports.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from kdjax import models
 from kdjax.errors import KdjaxError
 from kdjax.methods import (at, crd, dkd, fitnet, kd, ofd, pkt, reviewkd, rkd, sftn, skd, slkd,
                            sp, vanilla)
-from kdjax.methods.base import (Batch, BuildInputs, FollowUp, Method, MethodInfo, NetRunner,
-                                StepContext)
+from kdjax.methods.base import (Batch, BuildInputs, FollowUp, FrozenInputs, LearningNets,
+                                Method, MethodInfo, StepContext)
 
 # name -> module with ``INFO``, ``build(config, inputs)`` and, if it has hyper-parameters,
 # ``default_config()`` (the block ``config.<name>``).
@@ -50,6 +52,23 @@ def info(name: str) -> MethodInfo:
   return _METHODS[name].INFO
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`KdjaxError` for a mistake in the method fields: ``config.method``, the
+  softmax temperatures of every method block (they divide logits: > 0),
+  ``config.baselines``, and the method's own block (its ``INFO.check``)."""
+  method = info(config.method)
+  for block in default_configs():
+    for field, value in config[block].items():
+      if field.endswith('temperature') and not (math.isfinite(value) and value > 0):
+        raise KdjaxError(f'config.{block}.{field} must be positive, got {value}')
+  distillers = [n for n in names() if info(n).uses_teacher]
+  for name in config.baselines:
+    if name not in distillers:
+      raise KdjaxError(f'unknown baseline {name!r} in config.baselines; expected '
+                       f'distillation methods of: {", ".join(distillers)}')
+  method.check(config)
+
+
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
   """Builds ``config.method`` from the run's ``inputs``, after :func:`check_user_nets`."""
   check_user_nets(config, inputs)
@@ -67,5 +86,6 @@ def check_user_nets(config: ml_collections.ConfigDict, inputs: BuildInputs) -> N
                               inputs.num_classes, method.net_outputs, method.label)
 
 
-__all__ = ['Batch', 'BuildInputs', 'FollowUp', 'Method', 'MethodInfo', 'NetRunner', 'SUPERVISED',
-           'StepContext', 'build', 'check_user_nets', 'default_configs', 'info', 'names']
+__all__ = ['Batch', 'BuildInputs', 'FollowUp', 'FrozenInputs', 'LearningNets', 'Method',
+           'MethodInfo', 'SUPERVISED', 'StepContext', 'build', 'check_config', 'check_user_nets',
+           'default_configs', 'info', 'names']

@@ -17,7 +17,8 @@ A method is a small graph of networks and the loss terms that connect them:
   reads ``run.extra`` and may assign new values to its entries (never differentiated).
 * ``frozen``: host arrays the method needs besides the teacher and never learns (SKD's
   recorded teacher trajectory); they reach every step, replicated, as
-  ``ctx.frozen[name]`` next to ``ctx.frozen['teacher']`` (the teacher's variables).
+  ``ctx.frozen.method[name]`` (:class:`FrozenInputs`, next to ``ctx.frozen.teacher``, the
+  teacher's variables).
 * ``needs_quiz``: the method meta-learns on a quiz batch held out from the training set
   (``config.data.holdout`` examples, never trained on); each step then carries
   ``batch.quiz``, a batch drawn from that held-out part.
@@ -46,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,6 +66,15 @@ class Batch(NamedTuple):
   quiz: Any = None  # a Batch from the held-out quiz set, for methods with ``needs_quiz``
 
 
+@flax.struct.dataclass
+class FrozenInputs:
+  """What every train step reads and never learns, replicated on the devices."""
+  teacher: Any = None  # the frozen teacher's variables (Method.teacher), or None
+  method: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # Method.frozen
+  teacher_logits: Any = None  # the teacher-logit cache (N, V, classes) kept on the devices
+  quiz_pool: Any = None  # the held-out training indices of a method that needs_quiz
+
+
 class StepContext(NamedTuple):
   """What a loss may read besides the nets: the step, the epoch, randomness, the teacher's
   output and the learning rate of the run's optimizer at this step."""
@@ -71,7 +82,7 @@ class StepContext(NamedTuple):
   epoch: jax.Array  # 1-based epoch of this step, as mdistiller counts for warm-ups
   rng: jax.Array
   teacher: Any = None  # the frozen teacher's ModelOutput, or None
-  frozen: Any = None  # the frozen inputs: {'teacher': its variables, **method.frozen}
+  frozen: Any = None  # the step's FrozenInputs (ctx.frozen.method: the method's own)
   lr: Any = None  # config.optimizer's learning rate of this update (SKD's virtual step)
 
 
@@ -111,6 +122,10 @@ def _none(config, workdir=None) -> tuple:
   return ()
 
 
+def _no_check(config) -> None:
+  del config
+
+
 def default_pair(config: Mapping) -> tuple[str, str]:
   """``(teacher model, student model)`` of a run's config (a dict, e.g. its config.json):
   a distillation's frozen teacher and trained student."""
@@ -139,6 +154,9 @@ class MethodInfo:
   # What its losses read of the student's and teacher's outputs besides their logits (names
   # of kdjax.models.user.OUTPUTS); a user's net without them is refused (methods.build).
   net_outputs: tuple = ()
+  # check(config) raises KdjaxError for a mistake in the method's own block (config.<name>);
+  # the plan runs it before any run starts (kdjax.plan.validate).
+  check: Callable[[ml_collections.ConfigDict], None] = _no_check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,8 +184,9 @@ class Method:
     return self.stages or ((tuple(self.nets), self.loss),)
 
 
-class NetRunner:
-  """``run(name, x, **kwargs)`` for a loss: applies a learning net in training mode.
+class LearningNets:
+  """The learning nets of one step, as a loss sees them (its ``run`` argument):
+  ``run(name, x, **kwargs)`` applies learning net ``name`` in training mode.
 
   Holds the nets' params and BatchNorm statistics of one step; each call threads the
   statistics it updated into the next call of the same net, and ``batch_stats`` returns
@@ -193,14 +212,15 @@ class NetRunner:
     ``params`` replaces the net's parameters for this call (a virtual, look-ahead copy).
     """
     variables = {'params': self._params[name] if params is None else params}
-    if self.batch_stats.get(name):
+    with jax.named_scope(name):  # the net's operations carry its name in profiles
+      if not self.batch_stats.get(name):
+        return self._nets[name].apply(variables, x, train=True, **kwargs)
       variables['batch_stats'] = self.batch_stats[name]
       out, updates = self._nets[name].apply(variables, x, train=True, mutable=['batch_stats'],
                                             **kwargs)
-      if update_stats:
-        self.batch_stats[name] = updates['batch_stats']
-      return out
-    return self._nets[name].apply(variables, x, train=True, **kwargs)
+    if update_stats:
+      self.batch_stats[name] = updates['batch_stats']
+    return out
 
 
 def student_and_teacher(config, inputs: BuildInputs):

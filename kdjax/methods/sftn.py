@@ -1,6 +1,6 @@
 """SFTN: student-friendly teacher networks (Park, Cha, Jeong, Kim, Han, "Learning
-Student-Friendly Teacher Networks for Knowledge Distillation", NeurIPS 2021;
-``../shared/papers/sftn_park_et_al_2021_abstract.txt``; see ``docs/sftn.md``).
+Student-Friendly Teacher Networks for Knowledge Distillation", NeurIPS 2021; kdjax's reading
+of it: ``docs/sftn.md``).
 
 SFTN trains the *teacher* (``config.model``), from scratch, together with student branches:
 for every teacher stage ``i`` with ``1 <= i <= num_stages - 2`` (kdjax stage indices: stage 0
@@ -83,7 +83,8 @@ def follow_ups(config: ml_collections.ConfigDict, workdir: str) -> tuple:
 INFO = MethodInfo('SFTN', uses_teacher=False, trained_net='teacher', follow_ups=follow_ups,
                   pair=lambda config: (config['model'],
                                        (config.get('sftn') or {}).get('student', '')),
-                  figures=('eval_nets',), net_outputs=('features', 'start'))
+                  figures=('eval_nets',), net_outputs=('features', 'start'),
+                  check=lambda config: check_config(config))
 
 
 class Transform(nn.Module):
@@ -159,13 +160,18 @@ def kl_term(branch_logits, teacher_logits, *, temperature: float, direction: str
   raise KdjaxError(f'config.sftn.kl must be one of {KL_DIRECTIONS}, got {direction!r}')
 
 
-def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`KdjaxError` for a mistake in ``config.sftn``."""
   c = config.sftn
   if c.student not in models.names():
     raise KdjaxError(f'unknown SFTN student model {c.student!r} (config.sftn.student); '
                      f'expected one of: {", ".join(models.names())}')
   if c.kl not in KL_DIRECTIONS:
     raise KdjaxError(f'config.sftn.kl must be one of {KL_DIRECTIONS}, got {c.kl!r}')
+
+
+def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
+  c = config.sftn
   teacher, student = inputs.create_net(config.model), inputs.create_net(c.student)
   t_shapes = _feature_shapes(teacher, inputs.image_shape)
   s_shapes = _feature_shapes(student, inputs.image_shape)

@@ -1,13 +1,13 @@
 """SKD: skill-transferring KD (Yang, Xu, Zhou, Yang, Yang, Huang, IEEE TCSVT 33(11), 2023).
 
-Only the paper's abstract is available (``../shared/papers/``); this is kdjax's reading of
-it, documented with every choice in ``docs/skd.md``. The student is shown how the teacher
+This is kdjax's reading of the paper's abstract, documented with every choice in
+``docs/skd.md``. The student is shown how the teacher
 *learned*: its trajectory, K stages of a network of the teacher's architecture, from one of
 
 * ``snapshots``: the teacher's own variables at the end of each of K training stages,
-  recorded by kdjax when it trained the teacher (:mod:`kdjax.teachers.trajectory`, loaded by the loop
-  into ``BuildInputs.teacher_trajectory``); student stage k (of K equal stages of the run)
-  is paired with snapshot k;
+  recorded by kdjax when it trained the teacher (:mod:`kdjax.teachers.trajectory`, loaded by
+  the loop into ``BuildInputs.teacher_trajectory``); student stage k (of K equal stages of
+  the run) is paired with snapshot k;
 * ``self_learning``: SLKD's two self-learning teachers (:mod:`kdjax.methods.slkd`) learn
   from the teacher during the run; SL-teacher 1's variables at the last three stage
   boundaries are kept in the train state (``extra['trajectory']``).
@@ -70,8 +70,7 @@ def _inputs(config) -> tuple:
 
 
 # Its losses read only ctx.teacher.logits, with either trajectory: the snapshots run the
-# teacher's architecture on their own variables (ctx.frozen['trajectory']), not ctx.teacher.
-INFO = MethodInfo('SKD', inputs=_inputs, teacher_logits_only=True)
+# teacher's architecture on their own variables (ctx.frozen.method['trajectory']), not ctx.teacher.
 
 
 def stage_of(epoch, num_epochs: int, stages: int):
@@ -167,7 +166,7 @@ def _hint(model: nn.Module, variables, x, layer: int, train: bool = False):
 
 @dataclasses.dataclass(frozen=True)
 class SnapshotTrajectory:
-  """The teacher's recorded snapshots (``ctx.frozen['trajectory']``, stacked on axis 0)."""
+  """The teacher's recorded snapshots (``ctx.frozen.method['trajectory']``, stacked on axis 0)."""
   teacher: nn.Module
   num_stages: int
   hint_layer: int
@@ -175,7 +174,7 @@ class SnapshotTrajectory:
   def view(self, run, batch, ctx, stage, stage_logits) -> TrajectoryView:
     """Student stage k is shown snapshots k-1, k (and k+1 as TBT's regression target)."""
     del run, stage_logits
-    stacked, k, h = ctx.frozen['trajectory'], stage, self.hint_layer
+    stacked, k, h = ctx.frozen.method['trajectory'], stage, self.hint_layer
     prev_v, cur_v, next_v = (snapshot(stacked, j) for j in (
         jnp.maximum(k - 1, 0), k, jnp.minimum(k + 1, self.num_stages - 1)))
     prev, next_ = (_hint(self.teacher, v, batch.images, h) for v in (prev_v, next_v))
@@ -312,7 +311,12 @@ class SkdLoss:
     return loss, {**terms, **sl_terms, **monitors}
 
 
-def _check(c: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`KdjaxError` for a mistake in ``config.skd``, or without a quiz set."""
+  c = config.skd
+  if not config.data.holdout:
+    raise KdjaxError(f'{config.method} meta-learns on a quiz set held out from the training '
+                     f'set: set config.data.holdout (e.g. 5000 for CIFAR, 144 for digits)')
   if c.trajectory not in SOURCES:
     raise KdjaxError(f'unknown skd.trajectory {c.trajectory!r}; expected one of: '
                      f'{", ".join(SOURCES)}')
@@ -325,9 +329,11 @@ def _check(c: ml_collections.ConfigDict) -> None:
     raise KdjaxError('skd needs at least one of skd.use_tbt and skd.use_tet')
 
 
+INFO = MethodInfo('SKD', inputs=_inputs, teacher_logits_only=True, check=check_config)
+
+
 def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
   c = config.skd
-  _check(c)
   student, teacher = student_and_teacher(config, inputs)
   s_hint, t_hint = hint_shapes(config, inputs, student, teacher, 'skd', c.hint_layer)
   frozen, nets, sample_inputs, init_extra = {}, {'student': student}, {}, None

@@ -1,5 +1,5 @@
 """SLKD: self-learning teachers (Liu, Li, Cheng, "Improving Knowledge Distillation via
-Transferring Learning Ability", 2023; ``../shared/papers/slkd_liu_li_cheng_2023.md``).
+Transferring Learning Ability", 2023).
 
 Nets: the frozen pre-trained teacher T; two self-learning teachers SL1, SL2 with T's
 architecture, randomly initialised with different keys; the student S. With CE the

@@ -22,6 +22,9 @@ instead (:mod:`kdjax.models.user`).
 
 from __future__ import annotations
 
+from kdjax.data.custom import is_custom
+from kdjax.data.image_sources import HOST_DATASETS
+from kdjax.errors import KdjaxError
 from kdjax.models.base import (CIFAR_IMAGE_SHAPE, ModelOutput, output_shapes,  # noqa: F401
                                variable_shapes)
 from kdjax.models.registry import IMAGE_SHAPES, check, create, names, register  # noqa: F401
@@ -38,5 +41,31 @@ from kdjax.models import shufflenetv2  # noqa: F401
 from kdjax.models import imagenet_resnet  # noqa: F401
 from kdjax.models import mobilenetv1  # noqa: F401
 
-__all__ = ['CIFAR_IMAGE_SHAPE', 'IMAGE_SHAPES', 'ModelOutput', 'check', 'create', 'names',
-           'output_shapes', 'register', 'user', 'variable_shapes']
+def check_config(config, nets: tuple) -> None:
+  """Raises :class:`~kdjax.errors.KdjaxError` unless ``config.zoo`` is a zoo,
+  ``config.model`` one of its models (or your own net, :func:`check`), and the data's images
+  the zoo's size: a host dataset's or your own data's ``config.data.image_size`` (any size
+  when all of the run's ``nets`` are your own); a built-in dataset held on the devices is
+  32x32, for the cifar zoo; ``config.data.crop_padding`` pads within the image."""
+  zoo, d = config.zoo, config.data
+  if zoo not in IMAGE_SHAPES:
+    raise KdjaxError(f'unknown model zoo {zoo!r} (config.zoo); expected one of: '
+                     f'{", ".join(IMAGE_SHAPES)}')
+  check(config.model, zoo, 'config.model')
+  size, custom = IMAGE_SHAPES[zoo][0], is_custom(d.name)
+  if d.name in HOST_DATASETS or custom:
+    if d.image_size != size and not all(map(user.is_spec, nets)):
+      raise KdjaxError(f'config.data.image_size is {d.image_size}, but the {zoo} zoo\'s '
+                       f'models take {size}x{size} images: set --config.data.image_size={size}')
+  elif zoo != 'cifar':
+    raise KdjaxError(f'the {zoo} zoo\'s models take {size}x{IMAGE_SHAPES[zoo][1]} images, '
+                     f'and {d.name} is 32x32: set --config.zoo=cifar')
+  # every built-in dataset held on the devices is 32x32
+  image = d.image_size if custom else CIFAR_IMAGE_SHAPE[0]
+  if not 0 <= d.crop_padding <= image:
+    raise KdjaxError(f'config.data.crop_padding must be between 0 and the image size {image}, '
+                     f'got {d.crop_padding}')
+
+
+__all__ = ['CIFAR_IMAGE_SHAPE', 'IMAGE_SHAPES', 'ModelOutput', 'check', 'check_config', 'create',
+           'names', 'output_shapes', 'register', 'user', 'variable_shapes']

@@ -14,6 +14,27 @@
 The command ``python -m kdjax.convert`` (:mod:`kdjax.convert`) stands above this package.
 """
 
+from kdjax import methods, models
+from kdjax.errors import KdjaxError
+from kdjax.teachers import logit_cache, zoo
 from kdjax.teachers.loading import TEACHER_JSON, check_fits, load_variables, save
 
-__all__ = ['TEACHER_JSON', 'check_fits', 'load_variables', 'save']
+
+def check_config(config) -> None:
+  """Raises :class:`KdjaxError` for a mistake in ``config.teacher`` of a method that distils
+  from a teacher: a model outside the run's zoo, no checkpoint and none to train, a published
+  teacher of another model; and in its logit cache (:func:`logit_cache.check_config`)."""
+  if methods.info(config.method).uses_teacher:
+    t = config.teacher
+    models.check(t.model, config.zoo, 'config.teacher.model')
+    if t.checkpoint is None and not t.train_if_missing:
+      raise KdjaxError(f'method {config.method} needs a trained teacher: set '
+                       f'--config.teacher.checkpoint to a kdjax workdir, a teacher folder from '
+                       f'`python -m kdjax.convert`, a RepDistiller/mdistiller .pth, or a '
+                       f'published teacher mdistiller:<model>')
+    if zoo.is_zoo_spec(t.checkpoint):
+      zoo.check_spec(t.checkpoint, t.model)
+  logit_cache.check_config(config)
+
+
+__all__ = ['TEACHER_JSON', 'check_config', 'check_fits', 'load_variables', 'save']

@@ -257,7 +257,6 @@ def teacher_logits(config: ml_collections.ConfigDict, teacher: nn.Module, teache
   ``teacher`` is the run's frozen teacher module (``Method.teacher``, the computation dtype
   of the run), ``teacher_variables`` its variables.
   """
-  check_config(config)
   fields = cache_fields(config, teacher_variables, train)
   folder = cache_folder(fields)
   layout = _layout(fields, train.num_classes, config.teacher.cache_chunk_images)

@@ -1,27 +1,25 @@
 """``train_and_evaluate(config, workdir)``: the one training loop of every method.
 
-:class:`RunSetup` builds everything a run needs before anything is written (data, the
-method with the inputs it names, the teacher, the jitted steps); the config was validated by
-:mod:`kdjax.plan`. The loop then resumes from the newest checkpoint in ``workdir`` if there
-is one. Each
-step is one jitted call; the host only computes the batch's indices, and fetches metrics
-every ``config.log_every_steps`` steps. A dataset too large for the devices
-(``config.data.name`` in :data:`kdjax.data.HOST_DATASETS`, e.g. ImageNet, or your own data
-as :func:`kdjax.data.streams` places it) comes instead
-through the host pipeline (:mod:`kdjax.data.host_pipeline`): grain workers decode and
-augment each batch, which is on the devices before its step runs, and the pipeline's
-position rides in every checkpoint (``progress['input_pipeline']``), so a resumed run sees
-the batches an uninterrupted one would. After each epoch the eval nets are evaluated on the
-test set; ``results.json`` keeps the best-epoch and the last-epoch accuracy apart.
-Checkpoints are written every ``config.checkpoint_every_steps`` steps, at each epoch end
-and when the run ends; SIGTERM / SIGINT stop the run after the current step with a
-checkpoint and raise :class:`Interrupted`; running the same command again continues exactly
-where it stopped.
+The run is set up as a flow of data, before the workdir is touched (:func:`prepare`)::
+
+    inputs = load_inputs(config, mesh)                      # kdjax.train.inputs
+    method = methods.build(config, method_inputs(config, inputs, schedule))
+    steps = make_steps(config, method, mesh, ...)           # kdjax.train.step
+
+then :func:`train_and_evaluate` holds the workdir's lock, its checkpoints, the feed of
+batches (:mod:`kdjax.train.feeds`), the metric writer and the signal handler in one
+``contextlib.ExitStack``, resumes from the newest checkpoint if there is one, and steps. Each
+step is one jitted call; the host only computes the batch's indices (a host dataset's
+batches come from the host pipeline instead, its position kept in every checkpoint), and
+fetches metrics every ``config.log_every_steps`` steps. After each epoch the eval nets are
+evaluated on the test set; ``results.json`` keeps the best-epoch and the last-epoch accuracy
+apart. Checkpoints are written every ``config.checkpoint_every_steps`` steps, at each epoch
+end and when the run ends; SIGTERM / SIGINT stop the run after the current step with a
+checkpoint and raise :class:`~kdjax.train.signals.Interrupted`.
 
 Each step's metrics (loss, loss terms, gradient norms) are checked before every checkpoint:
 a non-finite one stops the run naming the step and the terms, and the last good checkpoint
-stays the latest. A checkpoint that cannot be written stops the run too (the previous one
-stays valid). With several processes (:mod:`kdjax.distributed`) every process runs this
+stays the latest. With several processes (:mod:`kdjax.distributed`) every process runs this
 loop in lockstep; only process 0 writes files and prints. See ``docs/scaling.md``.
 """
 
@@ -31,335 +29,147 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import time
-from typing import Callable, Optional
+from typing import NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from jax.sharding import Mesh
 
-from kdjax import checkpoints, data, interrupts, jsonio, methods, platform_tuning, sharding, teachers
-from kdjax.console import say, warn
-from kdjax.workdirs import check_workdir
+from kdjax import checkpoints, interrupts, jsonio, methods, sharding
+from kdjax.console import say
+from kdjax.errors import KdjaxError
+from kdjax.methods.base import FrozenInputs, Method
 from kdjax.teachers import logit_cache, trajectory
 from kdjax.teachers import zoo as teacher_zoo
-from kdjax.data import host_pipeline, image_sources
-from kdjax.errors import KdjaxError
-from kdjax.methods.base import BuildInputs
-from kdjax.train import optim, step as step_lib
+from kdjax.train import feeds, optim
+from kdjax.train import step as step_lib
+from kdjax.train.inputs import RunInputs, load_inputs, lr_schedule, method_inputs
+from kdjax.train.signals import Interrupted, StopFlag
 from kdjax.train.state import TrainState, init_state
 from kdjax.train.workdir_lock import WorkdirLock
 from kdjax.train.writers import MetricWriter, Progress
 
-
-class _StopFlag:
-  """Remembers a SIGTERM/SIGINT; the loop asks :meth:`poll` once per step.
-
-  With several processes all must stop after the same step: a SIGTERM (a preemption
-  notice, to any one process or to all) goes through JAX's preemption sync manager, which
-  picks a step every process reaches, and a SIGINT is forwarded to it as a SIGTERM.
-  """
-
-  def __init__(self):
-    self.signum: Optional[int] = None
-    self._previous = {}
-    # JAX's preemption sync manager runs in every process of a multi-process run when the
-    # jax_enable_preemption_service option is on (its default).
-    self._sync = jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
-    if jax.process_count() > 1 and not self._sync:
-      warn('the JAX preemption service is off (jax_enable_preemption_service); '
-          'SIGTERM and SIGINT are not coordinated between processes')
-
-  def __enter__(self):
-    for sig in (signal.SIGINT,) if self._sync else (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._forward if self._sync else self._handle)
-      except ValueError:  # not the main thread: leave signals alone
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signum = signum
-
-  @staticmethod
-  def _forward(signum, frame):
-    del signum, frame
-    os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier
-
-  def poll(self, step: int) -> bool:
-    """Whether the run stops after update ``step``; called once per step, in order."""
-    if self._sync:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      if multihost_utils.reached_preemption_sync_point(step):
-        self.signum = signal.SIGTERM
-    return self.signum is not None
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+__all__ = ['Interrupted', 'Training', 'check_config', 'prepare', 'train_and_evaluate']
 
 
-class Interrupted(Exception):
-  """A SIGTERM/SIGINT stopped the run in ``workdir`` after ``step``; its checkpoint is saved
-  and ``results.json`` written, so running the same command again resumes it."""
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`KdjaxError` for a mistake in the fields of the training loop: the seed,
+  the optimizer (:func:`kdjax.train.optim.check_config`), batch sizes (the global batch
+  divides over the devices), epochs and steps, dtype, BatchNorm statistics, the trajectory,
+  logging and checkpoints, ``config.debug`` and ``config.profile_steps``."""
+  optim.check_config(config.optimizer)
+  n_dev, nan_at = jax.device_count(), (config.get('debug') or {}).get('nan_at_step')
+  profile = config.get('profile_steps')
+  checks = (
+      (isinstance(config.seed, int) and config.seed >= 0,
+       f'config.seed must be an integer >= 0, got {config.seed!r}'),
+      (config.batch_size > 0, f'config.batch_size must be positive, got {config.batch_size}'),
+      (config.batch_size % n_dev == 0, f'config.batch_size {config.batch_size} is not '
+                                       f'divisible by the {n_dev} devices'),
+      (config.eval_batch_size > 0,
+       f'config.eval_batch_size must be positive, got {config.eval_batch_size}'),
+      (config.num_epochs > 0, f'config.num_epochs must be positive, got {config.num_epochs}'),
+      (config.max_steps is None or config.max_steps > 0,
+       f'config.max_steps must be positive (or None: the whole run), got {config.max_steps}'),
+      (config.dtype in ('float32', 'bfloat16'),
+       f'config.dtype must be float32 or bfloat16, got {config.dtype!r}'),
+      (config.bn_stats in ('global', 'per_device'),
+       f'config.bn_stats must be global or per_device, got {config.bn_stats!r}'),
+      (0 <= config.trajectory.stages <= config.num_epochs,
+       f'config.trajectory.stages must be between 0 and num_epochs ({config.num_epochs}), '
+       f'got {config.trajectory.stages}'),
+      (config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
+       'config.log_every_steps and config.checkpoint_every_steps must be positive'),
+      (config.keep_checkpoints >= 1,
+       f'config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}'),
+      (nan_at is None or nan_at >= 1,
+       f'config.debug.nan_at_step must be >= 1 (a 1-based step) or None, got {nan_at}'),
+      (profile is None or (len(profile) == 2 and 1 <= profile[0] <= profile[1]),
+       f'config.profile_steps must be (first, last) updates with 1 <= first <= last, or '
+       f'None, got {profile!r}'),
+  )
+  for ok, message in checks:
+    if not ok:
+      raise KdjaxError(message)
 
-  def __init__(self, workdir: str, step: int, signum: int):
-    super().__init__(f'stopped by signal {signum} at step {step}; checkpoint saved in '
-                     f'{workdir}, run the same command again to resume')
-    self.workdir, self.step, self.signum = workdir, step, signum
 
-
-class RunSetup:
-  """Everything a run needs, built before the workdir is touched.
-
-  The datasets, the teacher's variables and its trajectory are loaded as the config says,
-  unless given (the throughput benchmark passes synthetic CIFAR-sized data and a random
-  teacher): the run is then the same, on those inputs. With ``config.teacher.cache`` the
-  teacher-logit cache (:mod:`kdjax.teachers.logit_cache`) is loaded, or built first, unless given as
-  ``teacher_logits`` (the benchmark's random one), and joins the frozen inputs as
-  ``frozen['teacher_logits']`` (the step gathers the teacher's logits from it), or, by
-  :func:`kdjax.logit_cache.placement`, stays in host memory as :attr:`host_teacher_logits`
-  (the feed then sends each step's rows).
-  :attr:`train_step` is the jitted step the loop runs,
-  ``(state, frozen, train_images, train_labels, idx[, teacher_rows]) -> (state, metrics)``
-  with the arrays of :meth:`device_arrays` and the indices of :meth:`batch_indices`, as the
-  feed of :meth:`open_feed` gives them; on a host dataset
-  (:attr:`host_data`) ``self.train`` / ``self.test`` are image sources
-  (:mod:`kdjax.data.image_sources`) and the step is ``(state, frozen, images, labels,
-  indices)`` of a batch of the host pipeline. :meth:`open_feed` gives the loop either.
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
-               teacher_variables=None, teacher_trajectory=None, teacher_logits=None):
-    check_workdir(workdir)
-    logit_cache.check_config(config)
-    self.config, self.workdir = config, workdir
-    n_dev = jax.device_count()
-    if config.batch_size % n_dev:
-      raise KdjaxError(f'config.batch_size {config.batch_size} is not divisible by the '
-                       f'{n_dev} devices')
-    self.host_data = data.streams(config)
-    load = _open_source if self.host_data else _load_split
-    self.train, self.test = datasets or (load(config, 'train'), load(config, 'test'))
-    if self.host_data:
-      self.image_shape = (config.data.image_size, config.data.image_size, 3)
-      self.mean, self.std = data.custom.normalisation(config, self.train)
-    else:
-      self.image_shape = tuple(self.train.images.shape[1:])
-      self.mean, self.std = self.train.mean, self.train.std
-    # Training indices (None: the whole training set) and the held-out quiz indices.
-    self.train_indices, quiz_pool = None, None
-    if config.data.holdout:
-      if config.data.holdout >= len(self.train) - config.batch_size:
-        raise KdjaxError(f'config.data.holdout {config.data.holdout} leaves less than one '
-                         f'batch of the {len(self.train)} training images')
-      self.train_indices, quiz_pool = data.holdout_split(self.train.labels, config.data.holdout)
-    self.train_size = len(self.train) - config.data.holdout
-    self.steps_per_epoch = self.train_size // config.batch_size
-    if self.steps_per_epoch == 0:
-      raise KdjaxError(f'config.batch_size {config.batch_size} is larger than the training '
-                       f'set ({self.train_size} images)')
-    self.total_steps = config.num_epochs * self.steps_per_epoch
-    self.dtype = jnp.dtype(config.dtype)
-    self.mesh = sharding.make_mesh()
-    self.info = methods.info(config.method)
-    image_shape, zoo = self.image_shape, config.zoo
-    needs = self.info.inputs(config)
-    if 'teacher_trajectory' in needs and teacher_trajectory is None:
-      teacher_trajectory = trajectory.load_snapshots(config.teacher.checkpoint,
-                                                     config.teacher.model,
-                                                     self.train.num_classes, image_shape, zoo)
-    self.method = methods.build(config, BuildInputs(
-        num_classes=self.train.num_classes,
-        optimizer=optim.sgd(config.optimizer, self.steps_per_epoch, config.num_epochs),
-        image_shape=image_shape, dtype=self.dtype,
-        bn_groups=n_dev if config.bn_stats == 'per_device' else 1,
-        materialize_residuals=platform_tuning.materialize_residuals(config),
-        train_labels=self.train.labels if 'train_labels' in needs else None,
-        teacher_trajectory=teacher_trajectory, zoo=zoo))
-    if self.method.needs_quiz and quiz_pool is None:
-      raise KdjaxError(f'{config.method} meta-learns on a quiz set held out from the training '
-                       f'set: set config.data.holdout (e.g. 5000 for CIFAR, 144 for digits)')
-    if self.method.teacher is not None and teacher_variables is None:
-      teacher_variables = teachers.load_variables(
-          self.teacher_path(), config.teacher.model, self.train.num_classes, image_shape, zoo,
-          dataset=config.data.name, other_data=config.teacher.other_data)
-    self.frozen: dict = step_lib.frozen_inputs(self.method, teacher_variables)
-    self.cache_placement, self.host_teacher_logits = None, None
-    if config.teacher.cache and self.method.teacher is not None:
-      if teacher_logits is None:
-        teacher_logits = logit_cache.teacher_logits(config, self.method.teacher,
-                                                      teacher_variables, self.train, self.mesh)
-      self.cache_placement = logit_cache.placement(
-          config, teacher_logits.nbytes, logit_cache.device_memory_bytes())
-      if self.cache_placement == 'device':
-        self.frozen['teacher_logits'] = teacher_logits
-      else:
-        self.host_teacher_logits = teacher_logits
-        say(f'the teacher-logit cache ({teacher_logits.nbytes / 2**30:.2f} GiB) stays in host '
-            f'memory; each step\'s rows go to the devices with its batch')
-    if self.method.needs_quiz:
-      self.frozen['quiz_pool'] = quiz_pool
-    self.eval_batch = -(-config.eval_batch_size // n_dev) * n_dev
-    norm = dict(mean=self.mean, std=self.std, dtype=self.dtype, host_batches=self.host_data)
-    self.train_step = self.step_for(self.method)
-    self.eval_step = step_lib.make_eval_step(self.method, self.mesh, **norm)
-    self.teacher_eval_step = None
-    if self.method.teacher is not None:
-      self.teacher_eval_step = step_lib.make_eval_step(
-          self.method, self.mesh, nets={'teacher': self.method.teacher}, **norm)
-    self.idx_sharding = sharding.data_sharded(self.mesh)
-    held_out = f' + {config.data.holdout} held out' if config.data.holdout else ''
-    say(f'{config.method}: {config.model} on {config.data.name} ({self.train_size} train'
-        f'{held_out} / '
-        f'{len(self.test)} test images), {n_dev} {jax.devices()[0].platform} device(s)'
-        f'{f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""}, '
-        f'global batch {config.batch_size} = {config.batch_size // n_dev} per device, '
-        f'{self.steps_per_epoch} steps per epoch')
-
-  def step_for(self, method) -> Callable:
-    """The jitted train step of ``method`` (the run's, or a variant of it) on this run's data,
-    augmentation and schedule."""
-    config = self.config
-    schedule = optim.lr_schedule(config.optimizer, self.steps_per_epoch, config.num_epochs)
-    if self.host_data:
-      return step_lib.make_host_train_step(
-          method, self.mesh, mean=self.mean, std=self.std, dtype=self.dtype,
-          steps_per_epoch=self.steps_per_epoch, learning_rate=schedule,
-          nan_at_step=_debug(config, 'nan_at_step'))
-    return step_lib.make_train_step(
-        method, self.mesh, mean=self.mean, std=self.std, dtype=self.dtype,
-        crop_padding=config.data.crop_padding, flip=config.data.flip,
-        steps_per_epoch=self.steps_per_epoch, learning_rate=schedule,
-        nan_at_step=_debug(config, 'nan_at_step'), teacher_cache=self.cache_placement)
-
-  def teacher_path(self) -> str:
-    """``config.teacher.checkpoint``, a published ``mdistiller:<model>`` resolved to its
-    converted folder in the cache (downloaded and converted on first use)."""
-    spec = self.config.teacher.checkpoint
-    if not teacher_zoo.is_zoo_spec(spec):
-      return spec
-    return teacher_zoo.resolve(spec, zoo_url=self.config.teacher.get('zoo_url'),
-                               num_classes=self.train.num_classes)
+class Training(NamedTuple):
+  """One run's training, prepared from its config before its workdir is touched."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  inputs: RunInputs
+  method: Method
+  mesh: Mesh
+  steps: step_lib.Steps  # jitted by prepare()
+  frozen: FrozenInputs  # on the host; the feed puts it on the devices
+  host_teacher_logits: Optional[np.ndarray]  # a logit cache kept in host memory, or None
+  cache_placement: Optional[str]  # 'device', 'host', or None without a logit cache
+  schedule: optax.Schedule  # the learning rate per step
+  steps_per_epoch: int
+  total_steps: int
 
   def initial_state(self) -> TrainState:
     """The run's state before its first step, replicated over the mesh."""
     return sharding.put_replicated(
-        init_state(self.method, self.config.seed, self.image_shape), self.mesh)
+        init_state(self.method, self.config.seed, self.inputs.image_shape), self.mesh)
 
-  def device_arrays(self) -> tuple:
-    """``(frozen, train_images, train_labels, test_images, test_labels)`` on the devices."""
-    return sharding.put_replicated((self.frozen, self.train.images, self.train.labels,
-                                    self.test.images, self.test.labels), self.mesh)
+  def steps_for(self, method: Method) -> step_lib.Steps:
+    """The jitted steps of ``method`` (the run's, or a variant of it) on this run's data,
+    augmentation and schedule."""
+    return step_lib.make_steps(
+        self.config, method, self.mesh, mean=self.inputs.mean, std=self.inputs.std,
+        on_host=self.inputs.on_host, steps_per_epoch=self.steps_per_epoch,
+        learning_rate=self.schedule, teacher_cache=self.cache_placement)
 
-  def batch_indices(self, step: int) -> np.ndarray:
-    """The training-set indices of update ``step`` (0-based), on the host."""
-    idx = data.batch_indices(self.config.seed, step, self.train_size, self.config.batch_size)
-    return np.asarray(idx if self.train_indices is None else self.train_indices[idx])
-
-  def open_feed(self, saved: Optional[dict], start: int, rng: jax.Array):
-    """The frozen inputs and the data of the run's steps from update ``start`` on:
-    :class:`_HostFeed` on a host dataset (continuing from ``saved``, a checkpoint's
-    ``progress['input_pipeline']``), else :class:`_DeviceFeed` (``rng``: the state's
-    ``rng``, from which a cache kept on the host finds each step's rows)."""
-    return _HostFeed(self, saved, start) if self.host_data else _DeviceFeed(self, rng)
+  def open_feed(self, saved: Optional[dict], start: int, rng: jax.Array) -> feeds.Feed:
+    """The feed of the run's steps from update ``start`` on (:func:`feeds.open_feed`)."""
+    return feeds.open_feed(self.config, self.inputs, self.frozen, self.mesh, saved=saved,
+                           start=start, rng=rng, host_teacher_logits=self.host_teacher_logits)
 
 
-class _DeviceFeed:
-  """The splits held whole on the devices (CIFAR, digits): each step gathers its batch
-  (and, with a teacher-logit cache kept in host memory, receives its rows of it)."""
-
-  def __init__(self, run: RunSetup, rng: jax.Array):
-    self.run = run
-    self.frozen, self._train_images, self._train_labels, self._test_images, \
-        self._test_labels = run.device_arrays()
-    self._cache_rows = None
-    if run.host_teacher_logits is not None:
-      c = run.config
-      self._cache_rows = logit_cache.HostRows(
-          run.host_teacher_logits, rng, batch_size=c.batch_size,
-          crop_padding=c.data.crop_padding, flip=c.data.flip, sharding=run.idx_sharding)
-
-  def train_inputs(self, step: int) -> tuple:
-    """The train step's arguments after ``frozen`` for update ``step``."""
-    idx = self.run.batch_indices(step)
-    inputs = (self._train_images, self._train_labels,
-              sharding.put_rows(idx, self.run.idx_sharding))
-    if self._cache_rows is not None:
-      inputs += (self._cache_rows.rows(step, idx),)
-    return inputs
-
-  def evaluate(self, eval_step, variables) -> dict:
-    """:func:`kdjax.train.step.evaluate` of ``variables`` on the whole test set."""
-    run = self.run
-    return step_lib.evaluate(eval_step, variables, self._test_images, self._test_labels,
-                             batch_size=run.eval_batch, size=len(run.test), mesh=run.mesh)
-
-  def state(self) -> None:  # the batches are a function of (seed, step): nothing to save
-    return None
-
-  def close(self) -> None:
-    pass
+def _place_logit_cache(config, inputs: RunInputs) -> tuple:
+  """``(placement, device cache, host cache)`` of the run's teacher-logit cache
+  (:func:`kdjax.teachers.logit_cache.placement`); ``(None, None, None)`` without one."""
+  logits = inputs.teacher_logits
+  if logits is None:
+    return None, None, None
+  where = logit_cache.placement(config, logits.nbytes, logit_cache.device_memory_bytes())
+  if where == 'device':
+    return where, logits, None
+  say(f'the teacher-logit cache ({logits.nbytes / 2**30:.2f} GiB) stays in host memory; each '
+      f'step\'s rows go to the devices with its batch')
+  return where, None, logits
 
 
-class _HostFeed:
-  """The host pipeline's batches (:mod:`kdjax.data.host_pipeline`), prefetched to the
-  devices; each process reads and decodes only its rows of every batch."""
-
-  def __init__(self, run: RunSetup, saved: Optional[dict], start: int):
-    self.run, config = run, run.config
-    self.frozen = sharding.put_replicated(run.frozen, run.mesh)
-    self._sharding = sharding.data_sharded(run.mesh)
-    self._train = host_pipeline.DevicePrefetch(host_pipeline.train_pipeline(
-        run.train, batch_size=config.batch_size, seed=config.seed,
-        num_epochs=config.num_epochs, image_size=config.data.image_size,
-        worker_count=config.data.workers), self._sharding)
-    # The batches are a function of (seed, step): a checkpoint without the item resumes at
-    # its step; one with it is checked against this run's seed, data and batch size.
-    self._train.set_state(saved if saved is not None else
-                          {**self._train.get_state(), 'step': start})
-    if self._train.get_state()['step'] != start:
-      raise KdjaxError(f'the checkpoint of step {start} holds the input pipeline state of step '
-                       f'{self._train.get_state()["step"]}; the checkpoint is damaged')
-
-  def train_inputs(self, step: int) -> tuple:
-    """The train step's arguments after ``frozen`` for update ``step`` (the next batch)."""
-    assert self._train.get_state()['step'] == step, 'host batches taken out of order'
-    batch = next(self._train)
-    return batch['images'], batch['labels'], batch['indices']
-
-  def evaluate(self, eval_step, variables) -> dict:
-    """Accuracy of ``variables`` on every test image once (the last batch masked)."""
-    run, config = self.run, self.run.config
-    batches = host_pipeline.eval_pipeline(
-        run.test, batch_size=run.eval_batch, image_size=config.data.image_size,
-        resize_size=config.data.resize_size, worker_count=config.data.workers)
-    with host_pipeline.DevicePrefetch(batches, self._sharding) as prefetched:
-      return step_lib.evaluate_batches(eval_step, variables, prefetched, size=len(run.test))
-
-  def state(self) -> dict:
-    """The position of the next batch, for ``progress['input_pipeline']``."""
-    return self._train.get_state()
-
-  def close(self) -> None:
-    self._train.close()
+def prepare(config: ml_collections.ConfigDict, workdir: str, **given) -> Training:
+  """Loads ``config``'s inputs (or takes those ``given``, as :func:`load_inputs` names them),
+  builds its method and jits its steps; writes nothing."""
+  mesh = sharding.make_mesh()
+  inputs = load_inputs(config, mesh, **given)
+  schedule = lr_schedule(config, inputs)
+  method = methods.build(config, method_inputs(config, inputs, schedule))
+  placement, device_logits, host_logits = _place_logit_cache(config, inputs)
+  frozen = step_lib.frozen_inputs(
+      method, inputs.teacher_variables, teacher_logits=device_logits,
+      quiz_pool=inputs.quiz_pool if method.needs_quiz else None)
+  steps_per_epoch = inputs.steps_per_epoch(config.batch_size)
+  run = Training(config, workdir, inputs, method, mesh, None, frozen, host_logits, placement,
+                 schedule, steps_per_epoch, config.num_epochs * steps_per_epoch)
+  _say_setup(config, inputs, steps_per_epoch)
+  return run._replace(steps=run.steps_for(method))
 
 
-def _open_source(config: ml_collections.ConfigDict, split: str):
-  if data.is_custom(config.data.name):
-    return data.custom.open_source(config, split)
-  return image_sources.open_split(config.data.name, split, config.data.data_dir)
-
-
-def _load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
-  if data.is_custom(config.data.name):
-    return data.custom.load(config, split)
-  return data.load_split(config.data.name, split, data_dir=config.data.data_dir,
-                         download=config.data.download, url=config.data.url,
-                         sha256=config.data.sha256)
+def _say_setup(config, inputs: RunInputs, steps_per_epoch: int) -> None:
+  n_dev = jax.device_count()
+  held_out = f' + {config.data.holdout} held out' if config.data.holdout else ''
+  processes = f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''
+  say(f'{config.method}: {config.model} on {config.data.name} ({inputs.train_size} train'
+      f'{held_out} / {len(inputs.test)} test images), {n_dev} {jax.devices()[0].platform} '
+      f'device(s){processes}, global batch {config.batch_size} = '
+      f'{config.batch_size // n_dev} per device, {steps_per_epoch} steps per epoch')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -368,23 +178,203 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Raises :class:`Interrupted` when a signal stopped the run (its checkpoint is saved).
   """
   with interrupts.doing(f'setting up the run in {workdir}', 'its workdir was not touched'):
-    run = RunSetup(config, workdir)
+    run = prepare(config, workdir)
+  primary = jax.process_index() == 0  # the one process that writes files and prints
+  with contextlib.ExitStack() as stack:
+    created = _make_workdir(workdir)
+    # The lock is taken before the clean-up: a run refused because another holds the
+    # workdir must never remove what that run writes.
+    stack.enter_context(_locked(workdir))
+    stack.enter_context(interrupts.doing(f'starting or ending the run in {workdir}',
+                                         'its saved checkpoints are kept'))
+    stack.enter_context(_removed_on_failure(workdir, created))
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                    keep=config.keep_checkpoints)
+    stack.callback(ckpt.close, quiet=True)  # after a normal end already closed: nothing to do
+    state, progress = _restore_or_start(run, ckpt)
+    start = int(state.step)
+    feed = stack.enter_context(contextlib.closing(
+        run.open_feed(progress.get('input_pipeline'), start, state.rng)))
+    _evaluate_teacher(run, feed, progress)
+    writer = stack.enter_context(contextlib.closing(
+        MetricWriter(workdir, resume_step=start, enabled=primary)))
+    stop = stack.enter_context(StopFlag())
+    profiler = stack.enter_context(Profiler(workdir, config.get('profile_steps')))
+    state, images_per_second, stopped_by = _train_steps(run, state, progress, feed, writer,
+                                                        ckpt, stop, profiler)
+    final_step = int(state.step)
+    ckpt.save(final_step, state, _with_input_state(progress, feed), wait=True)
+    ckpt.close()
+    results = _results(run, progress, final_step, images_per_second)
+    if primary:
+      jsonio.write_json(os.path.join(workdir, 'results.json'), results)
+    if stopped_by is not None:
+      raise Interrupted(workdir, final_step, stopped_by)
+    return results
+
+
+def _make_workdir(workdir: str) -> bool:
+  """Creates ``workdir`` if needed; whether it was created now."""
   created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise KdjaxError(f'cannot create the workdir {workdir!r} ({e.strerror or e}); choose '
                      f'another --workdir') from None
-  # The lock is taken outside the clean-up below: a run refused because another holds the
-  # workdir must never remove what that run writes.
-  with _locked(workdir), interrupts.doing(f'starting or ending the run in {workdir}',
-                                          'its saved checkpoints are kept'):
-    try:
-      return _train(run)
-    except BaseException:
-      if created and jax.process_index() == 0 and not _saved_a_step(workdir):
-        shutil.rmtree(workdir, ignore_errors=True)  # nothing worth keeping was written
-      raise
+  return created
+
+
+@contextlib.contextmanager
+def _removed_on_failure(workdir: str, created: bool):
+  """Removes a workdir created by this run when the run fails before saving any step."""
+  try:
+    yield
+  except BaseException:
+    if created and jax.process_index() == 0 and not _saved_a_step(workdir):
+      shutil.rmtree(workdir, ignore_errors=True)  # nothing worth keeping was written
+    raise
+
+
+def _restore_or_start(run: Training, ckpt: checkpoints.Checkpointer) -> tuple:
+  """``(state, progress)`` of the newest checkpoint, or of step 0 (a workdir holding the
+  results of an ended run but no checkpoint is refused); writes ``config.json``."""
+  config, workdir = run.config, run.workdir
+  state = run.initial_state()
+  progress = {'history': [], 'best_top1': None, 'best_epoch': None}
+  restored = ckpt.restore_latest(checkpoints.abstract_like(state))
+  if restored is not None:
+    state, progress = restored
+    say(f'resumed from the checkpoint at step {int(state.step)} in {workdir}')
+  else:  # every process sees the workdir, so every one refuses alike
+    _refuse_silent_restart(config, workdir)
+  if jax.process_index() == 0:
+    jsonio.write_json(os.path.join(workdir, 'config.json'),
+                      json.loads(config.to_json_best_effort()))
+  return state, progress
+
+
+def _evaluate_teacher(run: Training, feed: feeds.Feed, progress: dict) -> None:
+  """The frozen teacher's test accuracy, printed and kept in ``progress['teacher']``."""
+  if run.steps.teacher_eval is None:
+    return
+  config = run.config
+  acc = feed.evaluate(run.steps.teacher_eval, {'teacher': feed.frozen.teacher})['teacher']
+  progress.setdefault('teacher', acc)
+  published = teacher_zoo.published_top1(config.teacher.checkpoint, config.data.name)
+  say(f'teacher {config.teacher.model} ({config.teacher.checkpoint}): top-1 '
+      f'{acc["top1"]:.2f}%, top-5 {acc["top5"]:.2f}% on the {len(run.inputs.test)} test images'
+      + (f' (published: {published:.2f}%)' if published is not None else ''))
+  warning = teacher_zoo.shortfall_warning(config.teacher.checkpoint, config.data.name,
+                                          acc['top1'])
+  if warning:
+    say(warning)
+
+
+def _train_steps(run: Training, state: TrainState, progress: dict, feed: feeds.Feed,
+                 writer: MetricWriter, ckpt: checkpoints.Checkpointer, stop: StopFlag,
+                 profiler: Profiler) -> tuple:
+  """Updates ``state.step`` .. the last one (``config.max_steps`` or the run's end): log,
+  check, evaluate, checkpoint. Returns ``(state, images/s of the last logged window, the
+  signal that stopped the run or None)``."""
+  config, spe = run.config, run.steps_per_epoch
+  start = int(state.step)
+  last = run.total_steps if config.max_steps is None else min(run.total_steps, config.max_steps)
+  bar = Progress(last, start, enabled=jax.process_index() == 0, steps_per_epoch=spe,
+                 num_epochs=config.num_epochs)
+  window, t_window, images_per_second = [], time.perf_counter(), None
+  for step in range(start, last):
+    profiler.before(step)
+    state, metrics = run.steps.train(state, feed.frozen, *feed.train_inputs(step))
+    window.append(metrics)
+    done = step + 1
+    profiler.after(done, metrics)
+    epoch_end = done % spe == 0
+    stopping = stop.poll(done)
+    checkpoint_now = done % config.checkpoint_every_steps == 0 or epoch_end or stopping
+    # Metrics are fetched (and the loss checked) before every checkpoint, so a
+    # non-finite state is never saved over a good one.
+    if done % config.log_every_steps == 0 or checkpoint_now or done == last:
+      images_per_second = _log_window(run, window, t_window, done, writer, bar, ckpt)
+      window, t_window = [], time.perf_counter()
+    if epoch_end:
+      _end_epoch(run, state, progress, feed, writer, bar, done // spe)
+    if checkpoint_now:
+      ckpt.save(done, state, _with_input_state(progress, feed))
+    if stopping:
+      bar.close()
+      return state, images_per_second, stop.signum
+  bar.close()
+  return state, images_per_second, None
+
+
+def _log_window(run: Training, window: list, t_window: float, done: int, writer: MetricWriter,
+                bar: Progress, ckpt: checkpoints.Checkpointer) -> float:
+  """Writes the mean metrics of the steps in ``window`` (dispatched from ``t_window`` on,
+  ending at update ``done``) and the images per second they took, once they are done;
+  raises on the first step with a non-finite loss or gradient. Returns the images/s."""
+  config = run.config
+  per_step = jax.device_get(window)  # each step's metrics: name the first bad step
+  means = {k: float(np.mean([m[k] for m in per_step], dtype=np.float64)) for k in per_step[0]}
+  seconds = time.perf_counter() - t_window
+  means['images_per_second'] = len(window) * config.batch_size / seconds
+  writer.write(done, 'train', means)
+  bar.update(done, (done - 1) // run.steps_per_epoch + 1, means['loss'])
+  bad = _first_non_finite(per_step, first_step=done - len(per_step) + 1)
+  if bad is not None:
+    raise _non_finite_error(config, *bad, kept=ckpt.latest_step())
+  return means['images_per_second']
+
+
+def _end_epoch(run: Training, state: TrainState, progress: dict, feed: feeds.Feed,
+               writer: MetricWriter, bar: Progress, epoch: int) -> None:
+  """Evaluates the eval nets after ``epoch``, logs and records it; writes the trajectory
+  snapshot when the epoch ends one of ``config.trajectory.stages``."""
+  config, method, done = run.config, run.method, epoch * run.steps_per_epoch
+  result = feed.evaluate(run.steps.eval, _eval_variables(state, method))
+  _record_epoch(progress, epoch, done, result, method.eval_nets)
+  for name, r in result.items():
+    writer.write(done, f'test/{name}', r)
+  bar.message(f'epoch {epoch}: ' + ', '.join(
+      f'{name} top-1 {r["top1"]:.2f}%' for name, r in result.items()))
+  if config.trajectory.stages and jax.process_index() == 0:
+    net = methods.info(config.method).trained_net
+    trajectory.record(run.workdir, epoch, config.num_epochs, config.trajectory.stages,
+                      config.model, run.inputs.num_classes,
+                      jax.device_get(_eval_variables(state, method)[net]))
+
+
+class Profiler:
+  """A ``jax.profiler`` trace of updates ``first..last`` (1-based, ``config.profile_steps``)
+  into ``<workdir>/profile``, for TensorBoard's profile plugin (docs/performance.md);
+  nothing without ``steps``."""
+
+  def __init__(self, workdir: str, steps: Optional[tuple]):
+    self._first, self._last = steps if steps else (None, None)
+    self._folder, self._tracing = os.path.join(workdir, 'profile'), False
+
+  def __enter__(self):
+    return self
+
+  def before(self, step: int) -> None:
+    """Starts the trace before update ``step + 1`` when it is the first to profile."""
+    if self._first is not None and step + 1 == self._first:
+      jax.profiler.start_trace(self._folder)
+      self._tracing = True
+
+  def after(self, done: int, outputs) -> None:
+    """Stops the trace once update ``done``, the last to profile, has finished."""
+    if self._tracing and done >= self._last:
+      jax.block_until_ready(outputs)
+      self._stop()
+
+  def _stop(self) -> None:
+    jax.profiler.stop_trace()
+    self._tracing = False
+    say(f'profile of updates {self._first}-{self._last} written to {self._folder}')
+
+  def __exit__(self, *exc):
+    if self._tracing:
+      self._stop()
 
 
 @contextlib.contextmanager
@@ -417,17 +407,6 @@ def _saved_a_step(workdir: str) -> bool:
   return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
-def _train(run: RunSetup) -> dict:
-  """Restores or starts the run's state, then trains; the checkpoint manager is closed on
-  every way out (its writes finish, no library noise after kdjax's own line)."""
-  ckpt = checkpoints.Checkpointer(os.path.join(run.workdir, 'checkpoints'),
-                                  keep=run.config.keep_checkpoints)
-  try:
-    return _train_from_checkpoint(run, ckpt)
-  finally:
-    ckpt.close(quiet=True)  # after a normal end already closed: nothing to do
-
-
 def _refuse_silent_restart(config: ml_collections.ConfigDict, workdir: str) -> None:
   """A workdir whose run ended (``results.json``) or evaluated an epoch but holds no
   checkpoint any more would be overwritten from step 0: refused unless ``config.restart``."""
@@ -442,124 +421,13 @@ def _refuse_silent_restart(config: ml_collections.ConfigDict, workdir: str) -> N
                      f'overwrites them, or choose another --workdir')
 
 
-def _train_from_checkpoint(run: RunSetup, ckpt: checkpoints.Checkpointer) -> dict:
-  config, workdir = run.config, run.workdir
-  primary = jax.process_index() == 0  # the one process that writes files and prints
-  state = run.initial_state()
-  progress = {'history': [], 'best_top1': None, 'best_epoch': None}
-  restored = ckpt.restore_latest(checkpoints.abstract_like(state))
-  if restored is not None:
-    state, progress = restored
-    say(f'resumed from the checkpoint at step {int(state.step)} in {workdir}')
-  else:  # every process sees the workdir, so every one refuses alike
-    _refuse_silent_restart(config, workdir)
-  if primary:
-    jsonio.write_json(os.path.join(workdir, 'config.json'),
-                      json.loads(config.to_json_best_effort()))
-  start = int(state.step)
-
-  feed = run.open_feed(progress.get('input_pipeline'), start, state.rng)
-  with contextlib.closing(feed):
-    return _run_feed(run, ckpt, feed, state, progress, start)
-
-
-def _run_feed(run: RunSetup, ckpt: checkpoints.Checkpointer, feed, state: TrainState,
-              progress: dict, start: int) -> dict:
-  """Evaluates the teacher (if any), then trains from update ``start`` on ``feed``."""
-  config, workdir, primary = run.config, run.workdir, jax.process_index() == 0
-  if run.teacher_eval_step is not None:
-    acc = feed.evaluate(run.teacher_eval_step, {'teacher': feed.frozen['teacher']})['teacher']
-    progress.setdefault('teacher', acc)
-    published = teacher_zoo.published_top1(config.teacher.checkpoint, config.data.name)
-    say(f'teacher {config.teacher.model} ({config.teacher.checkpoint}): top-1 '
-        f'{acc["top1"]:.2f}%, top-5 {acc["top5"]:.2f}% on the {len(run.test)} test images'
-        + (f' (published: {published:.2f}%)' if published is not None else ''))
-    warning = teacher_zoo.shortfall_warning(config.teacher.checkpoint, config.data.name,
-                                            acc['top1'])
-    if warning:
-      say(warning)
-
-  last = run.total_steps if config.max_steps is None else min(run.total_steps, config.max_steps)
-  with contextlib.closing(MetricWriter(workdir, resume_step=start, enabled=primary)) as writer:
-    return _loop(run, ckpt, writer, feed, state, progress, start, last)
-
-
-def _loop(run: RunSetup, ckpt, writer: MetricWriter, feed, state: TrainState,
-          progress: dict, start: int, last: int) -> dict:
-  """Steps ``start..last-1``: log, check, evaluate, checkpoint; then the results."""
-  config, workdir, method = run.config, run.workdir, run.method
-  primary = jax.process_index() == 0
-  frozen = feed.frozen
-  bar = Progress(last, start, enabled=primary, steps_per_epoch=run.steps_per_epoch,
-                 num_epochs=config.num_epochs)
-  window, t_window, stopped_by = [], time.perf_counter(), None
-  images_per_second = None
-  with _StopFlag() as stop:
-    for step in range(start, last):
-      state, metrics = run.train_step(state, frozen, *feed.train_inputs(step))
-      window.append(metrics)
-      done = step + 1
-      epoch_end = done % run.steps_per_epoch == 0
-      stopping = stop.poll(done)
-      checkpoint_now = done % config.checkpoint_every_steps == 0 or epoch_end or stopping
-      # Metrics are fetched (and the loss checked) before every checkpoint, so a
-      # non-finite state is never saved over a good one.
-      if done % config.log_every_steps == 0 or checkpoint_now or done == last:
-        per_step = jax.device_get(window)  # each step's metrics: name the first bad step
-        means = {k: float(np.mean([m[k] for m in per_step], dtype=np.float64))
-                 for k in per_step[0]}
-        seconds = time.perf_counter() - t_window
-        images_per_second = len(window) * config.batch_size / seconds
-        means['images_per_second'] = images_per_second
-        writer.write(done, 'train', means)
-        bar.update(done, (done - 1) // run.steps_per_epoch + 1, means['loss'])
-        bad = _first_non_finite(per_step, first_step=done - len(per_step) + 1)
-        if bad is not None:
-          raise _non_finite_error(config, *bad, kept=ckpt.latest_step())
-        window, t_window = [], time.perf_counter()
-      if epoch_end:
-        epoch = done // run.steps_per_epoch
-        result = feed.evaluate(run.eval_step, _eval_variables(state, method))
-        _record_epoch(progress, epoch, done, result, method.eval_nets)
-        for name, r in result.items():
-          writer.write(done, f'test/{name}', r)
-        bar.message(f'epoch {epoch}: ' + ', '.join(
-            f'{name} top-1 {r["top1"]:.2f}%' for name, r in result.items()))
-        if config.trajectory.stages and primary:
-          net = run.info.trained_net
-          trajectory.record(workdir, epoch, config.num_epochs, config.trajectory.stages,
-                            config.model, run.train.num_classes,
-                            jax.device_get(_eval_variables(state, method)[net]))
-      if checkpoint_now:
-        ckpt.save(done, state, _with_input_state(progress, feed))
-      if stopping:
-        stopped_by = stop.signum
-        break
-  bar.close()
-  final_step = int(state.step)
-  ckpt.save(final_step, state, _with_input_state(progress, feed), wait=True)
-  ckpt.close()
-  results = _results(run, progress, final_step, images_per_second)
-  if primary:
-    jsonio.write_json(os.path.join(workdir, 'results.json'), results)
-  if stopped_by is not None:
-    raise Interrupted(workdir, final_step, stopped_by)
-  return results
-
-
-def _with_input_state(progress: dict, feed) -> dict:
+def _with_input_state(progress: dict, feed: feeds.Feed) -> dict:
   """``progress`` with the host pipeline's position of the next batch as its
   ``'input_pipeline'`` (kept in the checkpoint); unchanged for data held on the devices."""
   position = feed.state()
   if position is not None:
     progress['input_pipeline'] = position
   return progress
-
-
-def _debug(config: ml_collections.ConfigDict, name: str):
-  """``config.debug.<name>``, or ``None`` for a config without the debug block."""
-  debug = config.get('debug')
-  return debug.get(name) if debug is not None else None
 
 
 def _guarded(name: str) -> bool:
@@ -580,7 +448,7 @@ def _first_non_finite(per_step: list, first_step: int) -> Optional[tuple[int, di
 def _non_finite_error(config, step: int, bad: dict, *, kept: Optional[int]) -> KdjaxError:
   """The one line that stops a run whose loss (or gradient) went NaN/inf at ``step``."""
   injected = (' (NaN images injected by config.debug.nan_at_step)'
-              if _debug(config, 'nan_at_step') == step else '')
+              if (config.get('debug') or {}).get('nan_at_step') == step else '')
   what = 'the loss' if any(not k.startswith('grad_norm/') for k in bad) else 'the gradients'
   where = (f'the checkpoint of step {kept} is kept' if kept is not None
            else 'no checkpoint was written')
@@ -602,7 +470,7 @@ def _record_epoch(progress: dict, epoch: int, step: int, result: dict, eval_nets
     progress['best_top1'], progress['best_epoch'] = top1, epoch
 
 
-def _results(run: RunSetup, progress: dict, step: int, images_per_second) -> dict:
+def _results(run: Training, progress: dict, step: int, images_per_second) -> dict:
   history = progress['history']
   last = history[-1] if history else None
   net = run.method.eval_nets[0]
@@ -610,8 +478,8 @@ def _results(run: RunSetup, progress: dict, step: int, images_per_second) -> dic
       'method': run.config.method,
       'model': run.config.model,
       'dataset': run.config.data.name,
-      'num_classes': run.train.num_classes,
-      'classes': list(run.train.classes),
+      'num_classes': run.inputs.num_classes,
+      'classes': list(run.inputs.train.classes),
       'seed': run.config.seed,
       'step': step,
       'total_steps': run.total_steps,

@@ -11,8 +11,39 @@ decay epoch, as mdistiller's ``adjust_learning_rate`` does at each epoch start
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 import optax
+
+from kdjax.errors import KdjaxError
+
+SCHEDULES = ('step', 'cosine')  # config.optimizer.schedule
+
+
+def check_config(opt: ml_collections.ConfigDict) -> None:
+  """Raises :class:`KdjaxError` for a mistake in ``config.optimizer``."""
+  checks = (
+      (math.isfinite(opt.lr) and opt.lr > 0,
+       f'config.optimizer.lr must be a positive finite number, got {opt.lr}'),
+      (0 <= opt.momentum < 1, f'config.optimizer.momentum must be in [0, 1), got {opt.momentum}'),
+      (opt.weight_decay >= 0,
+       f'config.optimizer.weight_decay must be >= 0, got {opt.weight_decay}'),
+      (isinstance(opt.lr_decay_epochs, (tuple, list))
+       and all(isinstance(e, int) for e in opt.lr_decay_epochs),
+       f'config.optimizer.lr_decay_epochs must be a tuple of whole epochs, e.g. '
+       f'"(150,180,210)", got {opt.lr_decay_epochs!r}'),
+      (math.isfinite(opt.lr_decay_rate) and opt.lr_decay_rate > 0,
+       f'config.optimizer.lr_decay_rate must be a positive number, got {opt.lr_decay_rate}'),
+      (opt.schedule in SCHEDULES,
+       f"config.optimizer.schedule must be 'step' or 'cosine', got {opt.schedule!r}"),
+      (isinstance(opt.warmup_epochs, int) and opt.warmup_epochs >= 0,
+       f'config.optimizer.warmup_epochs must be a whole number of epochs >= 0, got '
+       f'{opt.warmup_epochs!r}'),
+  )
+  for ok, message in checks:
+    if not ok:
+      raise KdjaxError(message)
 
 
 def lr_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -36,9 +67,10 @@ def lr_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int,
       opt.lr, {int(e) * steps_per_epoch: opt.lr_decay_rate for e in opt.lr_decay_epochs})
 
 
-def sgd(opt: ml_collections.ConfigDict, steps_per_epoch: int,
-        num_epochs: int) -> optax.GradientTransformation:
-  """PyTorch-equivalent SGD with weight decay and :func:`lr_schedule` (see module doc)."""
+def sgd(opt: ml_collections.ConfigDict,
+        schedule: optax.Schedule) -> optax.GradientTransformation:
+  """PyTorch-equivalent SGD with weight decay at the learning rates of ``schedule``
+  (:func:`lr_schedule`; see the module docstring)."""
   return optax.chain(
       optax.add_decayed_weights(opt.weight_decay),
-      optax.sgd(lr_schedule(opt, steps_per_epoch, num_epochs), momentum=opt.momentum or None))
+      optax.sgd(schedule, momentum=opt.momentum or None))

@@ -19,10 +19,11 @@ each process feeds only its own rows of a batch (:func:`put_rows`).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh
@@ -30,7 +31,7 @@ from jax.sharding import Mesh
 from kdjax import data
 from kdjax.sharding import data_sharded, put_rows, replicated, step_keys
 from kdjax.teachers.logit_cache import cache_variants
-from kdjax.methods.base import Batch, Method, NetRunner, StepContext
+from kdjax.methods.base import Batch, FrozenInputs, Method, LearningNets, StepContext
 from kdjax.models.base import ModelOutput
 from kdjax.train.state import TrainState
 
@@ -63,12 +64,12 @@ def _float32_logits(out):
   return out
 
 
-def frozen_inputs(method: Method, teacher_vars=None) -> dict:
-  """What a step reads and never learns: ``{'teacher': teacher_vars, **method.frozen}``."""
-  frozen = dict(method.frozen)
-  if method.teacher is not None:
-    frozen['teacher'] = teacher_vars
-  return frozen
+def frozen_inputs(method: Method, teacher_vars=None, **extra) -> FrozenInputs:
+  """What a step reads and never learns: the teacher's variables (for a method with a
+  teacher), the method's own frozen arrays, and ``extra`` fields of :class:`FrozenInputs`
+  (the teacher-logit cache, the quiz pool)."""
+  return FrozenInputs(teacher=teacher_vars if method.teacher is not None else None,
+                      method=dict(method.frozen), **extra)
 
 
 def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
@@ -92,8 +93,9 @@ def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
     teacher_out = ModelOutput(jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)), None,
                               None, None)
   elif method.teacher is not None:
-    teacher_out = jax.lax.stop_gradient(_float32_logits(
-        method.teacher.apply(frozen['teacher'], batch.images, train=False)))
+    with jax.named_scope('teacher'):
+      teacher_out = jax.lax.stop_gradient(_float32_logits(
+          method.teacher.apply(frozen.teacher, batch.images, train=False)))
   epoch = state.step // steps_per_epoch + 1
   ctx = StepContext(step=state.step, epoch=epoch, rng=key, teacher=teacher_out, frozen=frozen,
                     lr=None if learning_rate is None else learning_rate(state.step))
@@ -105,19 +107,20 @@ def apply_update(method: Method, state: TrainState, frozen, batch: Batch, key,
   for names, stage_loss in method.update_stages():
 
     def loss_fn(learning, stage_loss=stage_loss):
-      run = NetRunner(nets, {**params, **learning}, batch_stats, extra)
+      run = LearningNets(nets, {**params, **learning}, batch_stats, extra)
       loss, terms = stage_loss(run, batch, ctx)
       return loss, (run.batch_stats, jax.lax.stop_gradient(run.extra), terms)
 
     (loss, (batch_stats, extra, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         {name: params[name] for name in names})
     for name in names:
-      # Also the run's NaN guard: XLA on CPU may turn a NaN into 0 inside a fused ReLU, so
-      # a NaN model can show a finite loss, but never a finite gradient norm.
-      metrics[f'grad_norm/{name}'] = optax.tree.norm(grads[name])
-      tx = method.optimizers[name]
-      updates, opt_state[name] = tx.update(grads[name], opt_state[name], params[name])
-      params[name] = optax.apply_updates(params[name], updates)
+      with jax.named_scope(f'{name}/update'):
+        # Also the run's NaN guard: XLA on CPU may turn a NaN into 0 inside a fused ReLU,
+        # so a NaN model can show a finite loss, but never a finite gradient norm.
+        metrics[f'grad_norm/{name}'] = optax.tree.norm(grads[name])
+        tx = method.optimizers[name]
+        updates, opt_state[name] = tx.update(grads[name], opt_state[name], params[name])
+        params[name] = optax.apply_updates(params[name], updates)
     total += loss
     metrics.update({f'loss/{k}': v for k, v in terms.items()})
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -146,7 +149,7 @@ def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int,
   on the device.
   ``teacher_cache`` (:mod:`kdjax.teachers.logit_cache`) replaces the teacher's forward by its cached
   logits of the crop and flip the step drew (:func:`cache_variants` of the step's own
-  augmentation key): ``'device'``: ``frozen['teacher_logits']`` is the whole cache, ``(N, V,
+  augmentation key): ``'device'``: ``frozen.teacher_logits`` is the whole cache, ``(N, V,
   classes)``, and the step gathers row ``[i, v]`` of each image ``i``; ``'host'``: the step
   takes a sixth argument, those ``(batch, classes)`` rows, gathered on the host.
   ``nan_at_step = k`` (``config.debug.nan_at_step``, a test and diagnosis hook) turns the
@@ -161,7 +164,7 @@ def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int,
     x = _step_images(x, state, nan_at_step, mesh)
     quiz = None
     if method.needs_quiz:  # drawn with replacement from the held-out training indices
-      pool = frozen['quiz_pool']
+      pool = frozen.quiz_pool
       quiz_key = jax.random.fold_in(aug_key, 1)
       qidx = pool[jax.random.randint(quiz_key, idx.shape, 0, pool.shape[0])]
       qx = jax.lax.with_sharding_constraint(data.normalize(images[qidx], mean, std, dtype),
@@ -170,7 +173,7 @@ def make_train_step(method: Method, mesh: Mesh, *, mean, std, crop_padding: int,
     teacher_logits = teacher_rows
     if teacher_cache == 'device':
       variants = cache_variants(aug_key, idx.shape[0], crop_padding=crop_padding, flip=flip)
-      teacher_logits = frozen['teacher_logits'][idx, variants]
+      teacher_logits = frozen.teacher_logits[idx, variants]
     return apply_update(method, state, frozen, Batch(x, labels[idx], idx, quiz), loss_key,
                         steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
                         teacher_logits=teacher_logits)
@@ -192,7 +195,7 @@ def make_host_train_step(method: Method, mesh: Mesh, *, mean, std, steps_per_epo
 
   :func:`make_train_step` without the gather and the augmentation: the images are only
   normalised; the loss's key is the one that step derives (the augmentation key unused).
-  No quiz set and no teacher-logit cache (refused by :func:`kdjax.config.validate`).
+  No quiz set and no teacher-logit cache (refused by :func:`kdjax.plan.validate`).
   """
 
   def step_fn(state: TrainState, frozen, images, labels, indices):
@@ -226,7 +229,7 @@ def make_eval_step(method: Method, mesh: Mesh, *, mean, std, dtype=jnp.float32,
     x = jax.lax.with_sharding_constraint(x, data_sharded(mesh))
     out = {}
     all_logits = joint(variables, x) if joint is not None else {
-        name: net.apply(variables[name], x, train=False).logits for name, net in nets.items()}
+        name: _inference_logits(name, net, variables[name], x) for name, net in nets.items()}
     for name, logits in all_logits.items():
       logits = logits.astype(jnp.float32)
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
@@ -243,6 +246,11 @@ def make_eval_step(method: Method, mesh: Mesh, *, mean, std, dtype=jnp.float32,
   if host_batches:
     return jax.jit(batch_sums, in_shardings=(rep, shard, shard, shard), out_shardings=rep)
   return jax.jit(eval_fn, in_shardings=(rep, rep, rep, shard, shard), out_shardings=rep)
+
+
+def _inference_logits(name: str, net, variables, x) -> jax.Array:
+  with jax.named_scope(name):
+    return net.apply(variables, x, train=False).logits
 
 
 def evaluate(eval_step, variables, images, labels, *, batch_size: int, size: int,
@@ -281,3 +289,33 @@ def _accuracies(totals, size: int) -> dict:
   totals = jax.device_get(totals)
   return {name: {'top1': 100.0 * float(v['top1']) / size, 'top5': 100.0 * float(v['top5']) / size,
                  'loss': float(v['loss']) / size} for name, v in totals.items()}
+
+
+class Steps(NamedTuple):
+  """A run's jitted steps: ``train`` (:func:`make_train_step` or :func:`make_host_train_step`),
+  ``eval`` of its eval nets and ``teacher_eval`` of its frozen teacher (None without one)."""
+  train: Callable
+  eval: Callable
+  teacher_eval: Callable | None
+
+
+def make_steps(config: ml_collections.ConfigDict, method: Method, mesh: Mesh, *, mean, std,
+               on_host: bool, steps_per_epoch: int, learning_rate: Callable,
+               teacher_cache: str | None = None) -> Steps:
+  """The jitted steps of ``method`` on a run's data (normalised by ``mean`` / ``std``; a host
+  dataset's batches when ``on_host``), with its augmentation, schedule, dtype and
+  ``config.debug.nan_at_step``; ``teacher_cache`` as :func:`make_train_step` takes it."""
+  dtype = jnp.dtype(config.dtype)
+  nan_at_step = (config.get('debug') or {}).get('nan_at_step')
+  common = dict(mean=mean, std=std, dtype=dtype, steps_per_epoch=steps_per_epoch,
+                learning_rate=learning_rate, nan_at_step=nan_at_step)
+  if on_host:
+    train = make_host_train_step(method, mesh, **common)
+  else:
+    train = make_train_step(method, mesh, crop_padding=config.data.crop_padding,
+                            flip=config.data.flip, teacher_cache=teacher_cache, **common)
+  norm = dict(mean=mean, std=std, dtype=dtype, host_batches=on_host)
+  teacher_eval = None
+  if method.teacher is not None:
+    teacher_eval = make_eval_step(method, mesh, nets={'teacher': method.teacher}, **norm)
+  return Steps(train, make_eval_step(method, mesh, **norm), teacher_eval)
