@@ -13,11 +13,12 @@ still going). Written to OUTDIR (default ``DIR/report`` of the first DIR):
   fields that change no result, :data:`kdjax.run_fields.NEUTRAL`); runs that differ in
   another field are rows of their own, the method labelled by those fields' values
   (``kd [optimizer.lr=0.5]``). Each row gives, over its runs (seeds), mean +- std (ddof 1;
-  blank for one run) of the best-epoch and last-epoch top-1 of the trained net, the teacher's top-1, the epochs done and images/s
-  (each run's median over its logged training windows), and where the config names a
-  published top-1 (``config.reference_top1``) the best-epoch mean minus it. Rows of one
-  teacher/student pair are adjacent, in the order of the method registry
-  (:func:`kdjax.methods.names`: vanilla first), so methods compare at a glance.
+  blank for one run) of the best-epoch and last-epoch top-1 of the trained net, the
+  teacher's top-1, the epochs done and images/s (each run's median over its logged training
+  windows), and where the config names a published top-1 (``config.reference_top1``) the
+  best-epoch mean minus it. Rows of one teacher/student pair are adjacent, in the order of
+  the method registry (:func:`kdjax.methods.names`: vanilla first), so methods compare at a
+  glance.
 * ``<dataset>_<teacher>_<student>.png``: test top-1 and training loss per epoch, one line
   per run of the pair; and the figures a method asks for in ``INFO.figures``:
   ``..._<method>_kl.png`` (``'kl_monitors'``: the logged ``loss/kl_*`` monitors, SLKD's KL(T
