@@ -17,7 +17,7 @@ The command ``python -m kdjax.convert`` (:mod:`kdjax.convert`) stands above this
 from kdjax import methods, models
 from kdjax.errors import KdjaxError
 from kdjax.teachers import logit_cache, zoo
-from kdjax.teachers.loading import TEACHER_JSON, check_fits, load_variables, save
+from kdjax.teachers.loading import TEACHER_JSON, check_fits, load, load_variables, save
 
 
 def check_config(config) -> None:
@@ -37,4 +37,4 @@ def check_config(config) -> None:
   logit_cache.check_config(config)
 
 
-__all__ = ['TEACHER_JSON', 'check_config', 'check_fits', 'load_variables', 'save']
+__all__ = ['TEACHER_JSON', 'check_config', 'check_fits', 'load', 'load_variables', 'save']
