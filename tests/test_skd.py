@@ -152,7 +152,7 @@ def test_full_system_updates_all_learners_and_never_the_teacher(monkeypatch):
   second, _ = step(first, frozen)
   for name in method.nets:
     assert _changed(state.params[name], second.params[name]), name
-  for g in jax.tree.leaves(frozen_grad['teacher']):
+  for g in jax.tree.leaves(frozen_grad.teacher):
     assert not np.any(g)
   jax.tree.map(np.testing.assert_array_equal, frozen.teacher, teacher_before)
   # The slots hold SL-teacher 1 as it was when each stage began: [-, step 0's, step 1's].
