@@ -12,7 +12,8 @@ FLOORS = (
     # the ground floor: infrastructure every floor may use
     ('kdjax', 'kdjax.errors', 'kdjax.jsonio', 'kdjax.configdict', 'kdjax.console',
      'kdjax.sharding', 'kdjax.workdirs', 'kdjax.downloads', 'kdjax.distributed',
-     'kdjax.platform_tuning', 'kdjax.checkpoints', 'kdjax.run_fields'),
+     'kdjax.platform_tuning', 'kdjax.checkpoints', 'kdjax.run_fields', 'kdjax.interrupts',
+     'kdjax.presets'),
     ('kdjax.data',),
     ('kdjax.losses',),
     ('kdjax.models',),
@@ -20,7 +21,7 @@ FLOORS = (
     ('kdjax.teachers',),
     ('kdjax.config',),
     ('kdjax.train',),
-    ('kdjax.plan',),
+    ('kdjax.plan', 'kdjax.cli'),
     # the commands and the experiment files
     ('kdjax.main', 'kdjax.cache', 'kdjax.convert', 'kdjax.evaluate', 'kdjax.export',
      'kdjax.report', 'kdjax.experiments'),
