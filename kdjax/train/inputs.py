@@ -1,12 +1,15 @@
-"""What a run reads before it trains: :func:`load_inputs` turns a validated config into
-:class:`RunInputs` (the dataset splits, the held-out quiz indices, the teacher's variables,
-its recorded trajectory and its logit cache); :func:`method_inputs` turns those into the
-:class:`~kdjax.methods.base.BuildInputs` a method is built from.
+"""What a run reads before it trains: :func:`load_inputs` and :func:`load_teacher_inputs`
+turn a validated config into :class:`RunInputs` (the dataset splits, the held-out quiz
+indices, the teacher's recorded trajectory, its variables and its logit cache);
+:func:`method_inputs` turns them into the :class:`~kdjax.methods.base.BuildInputs` a method
+is built from.
 
-    inputs = load_inputs(config, mesh)
+    inputs = load_inputs(config)
     method = methods.build(config, method_inputs(config, inputs, lr_schedule(config, inputs)))
+    inputs = load_teacher_inputs(config, inputs, mesh)
 
-Each piece has its own loader (:func:`load_datasets`, :func:`load_teacher`,
+The teacher's pieces are loaded after the method is built (its nets checked against the
+data first). Each piece has its own loader (:func:`load_datasets`, :func:`load_teacher`,
 :func:`load_trajectory`, :func:`load_logit_cache`); ``python -m kdjax.cache`` calls them to
 build a teacher-logit cache without training. Every loader reads files only; the config was
 checked by :mod:`kdjax.plan` before.
@@ -116,15 +119,11 @@ def _split_holdout(config: ml_collections.ConfigDict, train) -> tuple:
   return data.holdout_split(train.labels, holdout)
 
 
-def load_inputs(config: ml_collections.ConfigDict, mesh: Mesh, *, datasets=None,
-                teacher_variables=None, teacher_trajectory=None,
-                teacher_logits=None) -> RunInputs:
-  """Everything ``config``'s run reads, each piece loaded unless given.
-
-  The teacher's variables are loaded for a method that distils from one, its trajectory for
-  a method that names ``'teacher_trajectory'`` in ``INFO.inputs``, and its logit cache with
-  ``config.teacher.cache`` (built first where it is missing, on ``mesh``'s devices).
-  """
+def load_inputs(config: ml_collections.ConfigDict, *, datasets=None,
+                teacher_trajectory=None) -> RunInputs:
+  """What ``config``'s method is built from, each piece loaded unless given: the dataset
+  splits, the held-out quiz indices, and the teacher's trajectory for a method that names
+  ``'teacher_trajectory'`` in ``INFO.inputs``. :func:`load_teacher_inputs` adds the rest."""
   info = methods.info(config.method)
   train, test = datasets or load_datasets(config)
   if data.streams(config):
@@ -140,13 +139,21 @@ def load_inputs(config: ml_collections.ConfigDict, mesh: Mesh, *, datasets=None,
                      f'set ({inputs.train_size} images)')
   if 'teacher_trajectory' in info.inputs(config) and teacher_trajectory is None:
     teacher_trajectory = load_trajectory(config, inputs.num_classes, inputs.image_shape)
-  if info.uses_teacher and teacher_variables is None:
+  return inputs._replace(teacher_trajectory=teacher_trajectory)
+
+
+def load_teacher_inputs(config: ml_collections.ConfigDict, inputs: RunInputs, mesh: Mesh, *,
+                        teacher_variables=None, teacher_logits=None) -> RunInputs:
+  """``inputs`` with what a method that distils from a teacher reads of it, each piece
+  loaded unless given: its variables, and its logit cache with ``config.teacher.cache``
+  (built first where it is missing, on ``mesh``'s devices)."""
+  if not methods.info(config.method).uses_teacher:
+    return inputs
+  if teacher_variables is None:
     teacher_variables = load_teacher(config, inputs.num_classes, inputs.image_shape)
-  inputs = inputs._replace(teacher_variables=teacher_variables,
-                           teacher_trajectory=teacher_trajectory)
-  if config.teacher.cache and info.uses_teacher and teacher_logits is None:
-    teacher_logits = load_logit_cache(config, train, teacher_variables, mesh)
-  return inputs._replace(teacher_logits=teacher_logits)
+  if config.teacher.cache and teacher_logits is None:
+    teacher_logits = load_logit_cache(config, inputs.train, teacher_variables, mesh)
+  return inputs._replace(teacher_variables=teacher_variables, teacher_logits=teacher_logits)
 
 
 def load_logit_cache(config: ml_collections.ConfigDict, train: data.Dataset, teacher_variables,

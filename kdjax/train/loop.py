@@ -2,8 +2,9 @@
 
 The run is set up as a flow of data, before the workdir is touched (:func:`prepare`)::
 
-    inputs = load_inputs(config, mesh)                      # kdjax.train.inputs
+    inputs = load_inputs(config)                            # kdjax.train.inputs
     method = methods.build(config, method_inputs(config, inputs, schedule))
+    inputs = load_teacher_inputs(config, inputs, mesh)
     steps = make_steps(config, method, mesh, ...)           # kdjax.train.step
 
 then :func:`train_and_evaluate` holds the workdir's lock, its checkpoints, the feed of
@@ -46,7 +47,8 @@ from kdjax.teachers import logit_cache, trajectory
 from kdjax.teachers import zoo as teacher_zoo
 from kdjax.train import feeds, optim
 from kdjax.train import step as step_lib
-from kdjax.train.inputs import RunInputs, load_inputs, lr_schedule, method_inputs
+from kdjax.train.inputs import (RunInputs, load_inputs, load_teacher_inputs, lr_schedule,
+                                method_inputs)
 from kdjax.train.signals import Interrupted, StopFlag
 from kdjax.train.state import TrainState, init_state
 from kdjax.train.workdir_lock import WorkdirLock
@@ -144,13 +146,16 @@ def _place_logit_cache(config, inputs: RunInputs) -> tuple:
   return where, None, logits
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str, **given) -> Training:
-  """Loads ``config``'s inputs (or takes those ``given``, as :func:`load_inputs` names them),
-  builds its method and jits its steps; writes nothing."""
+def prepare(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
+            teacher_trajectory=None, teacher_variables=None, teacher_logits=None) -> Training:
+  """Loads ``config``'s inputs (those given aside: the benchmark's synthetic ones), builds
+  its method and jits its steps; writes nothing."""
   mesh = sharding.make_mesh()
-  inputs = load_inputs(config, mesh, **given)
+  inputs = load_inputs(config, datasets=datasets, teacher_trajectory=teacher_trajectory)
   schedule = lr_schedule(config, inputs)
   method = methods.build(config, method_inputs(config, inputs, schedule))
+  inputs = load_teacher_inputs(config, inputs, mesh, teacher_variables=teacher_variables,
+                               teacher_logits=teacher_logits)
   placement, device_logits, host_logits = _place_logit_cache(config, inputs)
   frozen = step_lib.frozen_inputs(
       method, inputs.teacher_variables, teacher_logits=device_logits,
