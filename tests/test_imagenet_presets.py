@@ -3,12 +3,16 @@ and every method built on the imagenet zoo's 224x224 shapes (no FLOPs, no data).
 
 import importlib
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from conftest import load_fixture
 from kdjax import config as config_lib, methods
 from kdjax.errors import KdjaxError
-from kdjax.methods.base import BuildInputs
+from kdjax.methods.base import Batch, BuildInputs, StepContext
+from kdjax.models import ModelOutput
 from kdjax.train import optim
 
 # (method, preset) -> (batch, lr, method block values) from mdistiller's yaml files.
@@ -99,3 +103,32 @@ def test_reviewkd_levels_derived_from_the_nets_are_the_yaml_ones(preset, in_chan
   assert (fusion.in_channels, fusion.out_channels) == (in_channels, out_channels)
   assert fusion.shapes == fusion.out_shapes == (56, 28, 14, 7, 1)
   assert fusion.mid_channel == mid
+
+
+def test_at_term_on_resnet50_mobilenetv1_features_equals_mdistillers():
+  """The AT term of the r50_mv1 preset on the feature lists of ../shared/fixtures/
+  at_r50_mv1.npz: mdistiller's 1000 * at_loss(feats[1:], feats[1:]) (zip drops the teacher's
+  last map), value and gradient with respect to the student's maps."""
+  ref = load_fixture('at_r50_mv1.npz')
+  nhwc = lambda a: jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
+  s_feats = [nhwc(ref[f'student_feat{i}']) for i in range(4)]
+  t_feats = [nhwc(ref[f'teacher_feat{i}']) for i in range(5)]
+  config = _preset('at', 'r50_mv1')
+  method = methods.build(config, BuildInputs(
+      num_classes=1000, optimizer=optim.sgd(config.optimizer, 100, config.num_epochs),
+      image_shape=(224, 224, 3), zoo=config.zoo))
+  logits = jnp.zeros((1, 1000))
+  batch = Batch(jnp.zeros((1, 224, 224, 3)), jnp.zeros((1,), jnp.int32))
+
+  def at_term(student_maps):
+    run = lambda name, x, **kw: ModelOutput(logits, student_maps, None, None)
+    ctx = StepContext(step=0, epoch=1, rng=jax.random.PRNGKey(0),
+                      teacher=ModelOutput(logits, t_feats, None, None))
+    return method.loss(run, batch, ctx)[1]['at']
+
+  value, grads = jax.value_and_grad(at_term)(s_feats)
+  np.testing.assert_allclose(value, ref['loss_x1000'], rtol=1e-5)
+  assert not np.any(grads[0])  # the stem's map is not distilled
+  for i in (1, 2, 3):
+    np.testing.assert_allclose(grads[i], nhwc(ref[f'grad_student_feat{i}']), rtol=1e-4,
+                               atol=1e-7 * float(np.abs(ref[f'grad_student_feat{i}']).max()))
