@@ -29,7 +29,9 @@ YAML = {
                                          'reviewkd.stu_preact': True,
                                          'reviewkd.max_mid_channel': 512}),
     ('reviewkd', 'r50_mv1'): (256, 0.1, {'reviewkd.reviewkd_weight': 8.0,
-                                         'reviewkd.max_mid_channel': 256}),
+                                         'reviewkd.max_mid_channel': 512}),
+    ('reviewkd', 'r50_mv1,authors'): (256, 0.1, {'reviewkd.reviewkd_weight': 8.0,
+                                                 'reviewkd.max_mid_channel': 256}),
     ('at', 'r34_r18'): (512, 0.2, {'at.feat_weight': 1000.0, 'at.p': 2}),
     ('at', 'r50_mv1'): (512, 0.2, {}),
     ('crd', 'r34_r18'): (256, 0.1, {'crd.nce_k': 16384}),
@@ -68,7 +70,7 @@ def test_preset_has_mdistillers_values_and_builds_on_imagenet_shapes(method, pre
     assert _get(config, key) == value, key
   assert config.reference_top1 == REFERENCE_TOP1.get((method, preset))
   if method != 'sftn':
-    teacher = {'r34_r18': 'ResNet34', 'r50_mv1': 'ResNet50'}[preset]
+    teacher = {'r34_r18': 'ResNet34', 'r50_mv1': 'ResNet50'}[preset.split(',')[0]]
     assert config.teacher.checkpoint == f'torchvision:{teacher.lower()}'
   with pytest.raises(KdjaxError, match='config.data.data_dir'):
     config_lib.validate(config)
@@ -90,11 +92,14 @@ def test_presets_mdistiller_has_no_recipe_for_are_refused():
 
 @pytest.mark.parametrize('preset,in_channels,out_channels,mid', [
     ('r34_r18', (64, 128, 256, 512, 512), (64, 128, 256, 512, 512), 512),
-    ('r50_mv1', (128, 256, 512, 1024, 1024), (256, 512, 1024, 2048, 2048), 256)])
+    ('r50_mv1', (128, 256, 512, 1024, 1024), (256, 512, 1024, 2048, 2048), 512),
+    ('r50_mv1,authors', (128, 256, 512, 1024, 1024), (256, 512, 1024, 2048, 2048), 256)])
 def test_reviewkd_levels_derived_from_the_nets_are_the_yaml_ones(preset, in_channels,
                                                                  out_channels, mid):
   """IN_CHANNELS, OUT_CHANNELS, SHAPES, OUT_SHAPES ([1, 7, 14, 28, 56], listed deepest
-  first in the yaml) and MAX_MID_CHANNEL of configs/imagenet/<preset>/reviewkd.yaml."""
+  first in the yaml) of configs/imagenet/<preset>/reviewkd.yaml; the mid channels mdistiller's
+  ReviewKD.py runs, min(512, IN_CHANNELS[-1]) (its yaml's MAX_MID_CHANNEL unused), or the
+  authors' 256 (the authors variant)."""
   config = _preset('reviewkd', preset)
   fusion = methods.build(config, BuildInputs(
       num_classes=1000, optimizer=optim.sgd(config.optimizer, 100, config.num_epochs),
