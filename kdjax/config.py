@@ -231,12 +231,14 @@ def imagenet_preset(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 DIGITS_TEACHER, DIGITS_STUDENT = 'resnet20', 'resnet8'
 
 
-def distillation_config(method: str, arg: str | None,
-                        variants: tuple = ()) -> ml_collections.ConfigDict:
+def distillation_config(method: str, arg: str | None, variants: tuple = (),
+                        imagenet: tuple = tuple(IMAGENET_PAIRS)) -> ml_collections.ConfigDict:
   """A distillation run of ``method``: ``arg`` is the experiment file's argument, a pair
-  preset of :data:`PAIRS`, of :data:`IMAGENET_PAIRS`, or ``digits``, with any of the
-  method's ``variants`` after commas (:func:`kdjax.presets.parse`; ``config.variant`` holds
-  them joined by ``+``, in order).
+  preset of :data:`PAIRS`, of :data:`IMAGENET_PAIRS` (those in ``imagenet``: the pairs the
+  method has an ImageNet recipe for; another is refused naming the missing
+  ``configs/imagenet/<pair>/<method>.yaml``), or ``digits``, with any of the method's
+  ``variants`` after commas (:func:`kdjax.presets.parse`; ``config.variant`` holds them
+  joined by ``+``, in order).
 
   Without a preset: CIFAR-100 ``res32x4_res8x4``. A CIFAR preset distils from its pair's
   published teacher, ``mdistiller:<teacher>`` (downloaded, verified and converted once into
@@ -258,6 +260,10 @@ def distillation_config(method: str, arg: str | None,
     c.teacher.model, c.model, c.optimizer.lr = PAIRS[preset]
     c.teacher.checkpoint = teacher_zoo.PREFIX + c.teacher.model
   else:
+    if preset not in imagenet:
+      raise KdjaxError(f'{method} has no ImageNet recipe for {preset}: mdistiller\'s '
+                       f'configs/imagenet/{preset}/ holds no {method}.yaml'
+                       + (f'; its ImageNet presets: {", ".join(imagenet)}' if imagenet else ''))
     imagenet_preset(c)
     c.teacher.model, c.model = IMAGENET_PAIRS[preset]
     c.teacher.checkpoint = teacher_zoo.torchvision_spec(c.teacher.model)

@@ -40,6 +40,12 @@ YAML = {
     ('slkd', 'r34_r18'): (512, 0.2, {'slkd.temperature': 1.0, 'slkd.ce_weight': 0.5,
                                      'slkd.fused_kd_weight': 0.5}),
     ('slkd', 'r50_mv1'): (512, 0.2, {}),
+    # The authors' configs/imagenet/r34_r18/Tech_kd.yaml with their code defaults (cfg.py).
+    ('slkd', 'r34_r18,official'): (512, 0.2, {
+        'slkd.temperature': 1.0, 'slkd.ce_weight': 0.5, 'slkd.kd_weight': 0.5,
+        'slkd.fused_ce_weight': 1.0, 'slkd.fused_kd_weight': 1.0, 'slkd.eta': 1.0,
+        'slkd.lambda_ts': 1.0, 'slkd.rho': 0.5, 'slkd.fused_target_grad': True,
+        'teacher.model': 'ResNet34', 'model': 'ResNet18'}),
     ('sftn', 'r34_r18'): (512, 0.2, {'sftn.student': 'ResNet18'}),
 }
 REFERENCE_TOP1 = {('kd', 'r34_r18'): 71.03, ('kd', 'r50_mv1'): 70.50,
@@ -83,9 +89,19 @@ def test_preset_has_mdistillers_values_and_builds_on_imagenet_shapes(method, pre
   assert built.nets
 
 
-def test_presets_mdistiller_has_no_recipe_for_are_refused():
-  with pytest.raises(KdjaxError, match='no OFD recipe for r34_r18'):
-    _preset('ofd', 'r34_r18')
+@pytest.mark.parametrize('method,preset', [('ofd', 'r34_r18'), ('fitnet', 'r34_r18'),
+                                           ('sp', 'r50_mv1'), ('pkt', 'r34_r18'),
+                                           ('rkd', 'r50_mv1'), ('skd', 'r34_r18')])
+def test_presets_without_a_recipe_are_refused(method, preset):
+  with pytest.raises(KdjaxError, match=f'{method} has no ImageNet recipe for {preset}: '
+                                       f"mdistiller's configs/imagenet/{preset}/ holds no "
+                                       f'{method}.yaml'):
+    _preset(method, preset)
+
+
+def test_variants_and_pairs_a_method_cannot_run_are_refused():
+  with pytest.raises(KdjaxError, match='the ReviewKD preset variant authors is for r50_mv1'):
+    _preset('reviewkd', 'r34_r18,authors')
   with pytest.raises(KdjaxError, match='as many stages'):
     _preset('sftn', 'r50_mv1')
 
