@@ -82,8 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 5e-4
   c.optimizer.lr_decay_epochs = (150, 180, 210)
   c.optimizer.lr_decay_rate = 0.1
-  # 'step' (mdistiller: x lr_decay_rate at each of lr_decay_epochs) or 'cosine' (a linear
-  # warm-up over warmup_epochs, then cosine decay to 0 at num_epochs); kdjax/train/optim.py.
+  # 'step' (mdistiller: x lr_decay_rate at each of lr_decay_epochs) or 'cosine' (cosine decay
+  # to 0 at num_epochs); either after a linear warm-up over warmup_epochs (0: none; mdistiller
+  # has none); kdjax/train/optim.py.
   c.optimizer.schedule = 'step'
   c.optimizer.warmup_epochs = 0
 
