@@ -287,10 +287,12 @@ def _temperatures(config: ml_collections.ConfigDict):
         yield block, field, value
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, *, need_data_dir: bool = True) -> None:
   """Checks the fields every run uses; raises :class:`KdjaxError` on the first bad one.
 
-  :mod:`kdjax.plan` calls it once for every run of a plan, before any of them starts.
+  :mod:`kdjax.plan` calls it once for every run of a plan, before any of them starts;
+  ``need_data_dir=False`` (``--dry-run --trace``, which reads no data) lets a host dataset's
+  ``config.data.data_dir`` be unset.
   """
   method = methods.info(config.method)
   zoo = config.zoo
@@ -357,7 +359,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'config.data.holdout must be >= 0, got {config.data.holdout}')
   custom = data.is_custom(config.data.name)
   if config.data.name in data.HOST_DATASETS or custom:
-    _validate_host_data(config, zoo)
+    _validate_host_data(config, zoo, need_data_dir)
   else:
     _require(zoo == 'cifar', f'the {zoo} zoo\'s models take '
              f'{models.IMAGE_SHAPES[zoo][0]}x{models.IMAGE_SHAPES[zoo][1]} images, and '
@@ -378,14 +380,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'config.debug.nan_at_step must be >= 1 (a 1-based step) or None, got {nan_at}')
 
 
-def _validate_host_data(config: ml_collections.ConfigDict, zoo: str) -> None:
+def _validate_host_data(config: ml_collections.ConfigDict, zoo: str,
+                        need_data_dir: bool) -> None:
   """The fields of a run on a host dataset (:data:`kdjax.data.HOST_DATASETS`) or your own
   (:mod:`kdjax.data.custom`; user nets, ``module.path:factory``, are checked on the images
-  when the run is built)."""
+  when the run is built); ``need_data_dir``: see :func:`validate`."""
   d = config.data
   if data.is_custom(d.name):
     data.custom.check_config(config)
-  else:
+  elif need_data_dir:
     image_sources.require_data_dir(d.name, d.data_dir)
   size = models.IMAGE_SHAPES[zoo][0]
   nets = [config.model] + ([config.teacher.model] if methods.info(config.method).uses_teacher

@@ -35,6 +35,7 @@ from kdjax import config as config_lib
 from kdjax import cli, jsonio, methods
 from kdjax.configdict import derive
 from kdjax.errors import KdjaxError
+from kdjax.train import trace as trace_lib
 from kdjax.train import writers
 from kdjax.train.loop import Interrupted, check_workdir, say, train_and_evaluate
 
@@ -93,8 +94,9 @@ def seed_workdir(workdir: str, seed: int) -> str:
 
 
 def make_plan(config: ml_collections.ConfigDict, workdir: str,
-              num_seeds: Optional[int] = None) -> tuple:
-  """The runs ``config`` asks for (see the module docstring), each config validated.
+              num_seeds: Optional[int] = None, *, need_data_dir: bool = True) -> tuple:
+  """The runs ``config`` asks for (see the module docstring), each config validated
+  (``need_data_dir``: see :func:`kdjax.config.validate`).
 
   Raises :class:`KdjaxError` for the first mistake in any of them, before anything runs.
   """
@@ -112,15 +114,16 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str,
       runs += _runs_of(derive(config, {'seed': seed}), seed_workdir(workdir, seed),
                        f'seed {seed}: ')
   for run in runs:
-    config_lib.validate(run.config)
+    config_lib.validate(run.config, need_data_dir=need_data_dir)
     check_workdir(run.workdir)
   return tuple(runs)
 
 
-def describe(plan: tuple) -> str:
+def describe(plan: tuple, trace: bool = False) -> str:
   """The plan as lines: ``i. role: method model [<- teacher] -> workdir (state)``, each
   followed by its config's differences from its method's defaults
-  (:func:`kdjax.cli.config_diff`)."""
+  (:func:`kdjax.cli.config_diff`) and, with ``trace``, by its step traced on abstract inputs
+  (:mod:`kdjax.train.trace`: parameters, GFLOP per image, compiled memory per device)."""
   lines = []
   for i, run in enumerate(plan, 1):
     c = run.config
@@ -129,6 +132,8 @@ def describe(plan: tuple) -> str:
     lines.append(f'{i}. {run.role}: {c.method} {c.model}{teacher}, {c.num_epochs} epochs, '
                  f'seed {c.seed} -> {run.workdir} ({run_state(run)})')
     lines += [f'     {line}' for line in cli.config_diff(c)]
+    if trace:
+      lines.append('     ' + trace_lib.describe(trace_lib.trace_run(c, compile=True)))
   return '\n'.join(lines)
 
 

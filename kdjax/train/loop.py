@@ -246,18 +246,9 @@ class RunSetup:
   def step_for(self, method) -> Callable:
     """The jitted train step of ``method`` (the run's, or a variant of it) on this run's data,
     augmentation and schedule."""
-    config = self.config
-    schedule = optim.lr_schedule(config.optimizer, self.steps_per_epoch, config.num_epochs)
-    if self.host_data:
-      return step_lib.make_host_train_step(
-          method, self.mesh, mean=self.mean, std=self.std, dtype=self.dtype,
-          steps_per_epoch=self.steps_per_epoch, learning_rate=schedule,
-          nan_at_step=_debug(config, 'nan_at_step'))
-    return step_lib.make_train_step(
-        method, self.mesh, mean=self.mean, std=self.std, dtype=self.dtype,
-        crop_padding=config.data.crop_padding, flip=config.data.flip,
-        steps_per_epoch=self.steps_per_epoch, learning_rate=schedule,
-        nan_at_step=_debug(config, 'nan_at_step'), teacher_cache=self.cache_placement)
+    return step_lib.make_run_train_step(
+        method, self.mesh, self.config, steps_per_epoch=self.steps_per_epoch, mean=self.mean,
+        std=self.std, host_data=self.host_data, teacher_cache=self.cache_placement)
 
   def teacher_path(self) -> str:
     """``config.teacher.checkpoint``, a published ``mdistiller:<model>`` resolved to its

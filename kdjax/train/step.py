@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from kdjax import data
 from kdjax.methods.base import Batch, Method, NetRunner, StepContext
 from kdjax.models.base import ModelOutput
+from kdjax.train import optim
 from kdjax.train.state import TrainState
 
 
@@ -256,6 +257,22 @@ def make_host_train_step(method: Method, mesh: Mesh, *, mean, std, steps_per_epo
   rep, shard = replicated(mesh), data_sharded(mesh)
   return jax.jit(step_fn, in_shardings=(rep, rep, shard, shard, shard),
                  out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+def make_run_train_step(method: Method, mesh: Mesh, config, *, steps_per_epoch: int, mean, std,
+                        host_data: bool, teacher_cache: str | None = None) -> Callable:
+  """The train step of a run of ``config`` (its loop's, and ``--dry-run --trace``'s):
+  :func:`make_host_train_step` on a host dataset (``host_data``), else
+  :func:`make_train_step`, with the config's dtype, augmentation, learning-rate schedule
+  (:func:`kdjax.train.optim.lr_schedule`) and ``config.debug.nan_at_step``."""
+  schedule = optim.lr_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
+  common = dict(mean=mean, std=std, dtype=jnp.dtype(config.dtype),
+                steps_per_epoch=steps_per_epoch, learning_rate=schedule,
+                nan_at_step=(config.get('debug') or {}).get('nan_at_step'))
+  if host_data:
+    return make_host_train_step(method, mesh, **common)
+  return make_train_step(method, mesh, crop_padding=config.data.crop_padding,
+                         flip=config.data.flip, teacher_cache=teacher_cache, **common)
 
 
 def make_eval_step(method: Method, mesh: Mesh, *, mean, std, dtype=jnp.float32,
