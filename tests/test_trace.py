@@ -110,3 +110,18 @@ def test_cli_trace_without_dry_run_is_one_line():
   assert result.returncode == 2
   assert result.stderr.strip() == ('kdjax: error: --trace goes with --dry-run (it traces the '
                                    "plan's steps, it trains nothing)")
+
+
+def test_dataset_sizes_are_the_loaders():
+  """The sizes the trace shapes a step with are those of the data (digits: embedded)."""
+  from kdjax import data
+  digits = data.load_split('digits', 'train')
+  assert trace.DATASETS['digits'] == (len(digits), digits.num_classes)
+
+
+def test_only_a_trace_plans_an_imagenet_run_without_its_data_dir(tmp_path):
+  config = importlib.import_module('kdjax.experiments.kd').get_config('r34_r18')
+  with pytest.raises(KdjaxError, match='config.data.data_dir, which is unset'):
+    plan.make_plan(config, str(tmp_path / 'run'))
+  runs = plan.make_plan(config, str(tmp_path / 'run'), need_data_dir=False)
+  assert [run.config.model for run in runs] == ['ResNet18']
