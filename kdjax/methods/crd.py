@@ -20,8 +20,8 @@
   replace=True)``); the banks are indexed by ``Batch.indices``, the training-set indices.
 
 Defaults (``CFG.CRD``): CE 1.0, feat 0.8, feat_dim 128, 16384 negatives, momentum 0.5,
-temperature 0.07, without replacement. The banks have one row per training example: the builder gets the
-training set's labels (``BuildInputs.train_labels``, ``INFO.inputs``).
+temperature 0.07, without replacement. The banks have one row per training example: the
+builder gets the training set's labels (``BuildInputs.train_labels``, ``INFO.inputs``).
 """
 
 from __future__ import annotations
