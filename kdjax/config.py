@@ -216,7 +216,9 @@ def imagenet_preset(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   crops (evaluation: resize 256, center crop 224); batch 512, 100 epochs, SGD lr 0.2,
   momentum 0.9, weight decay 1e-4, lr x0.1 at epochs 30, 60 and 90; test batch 128; metrics
   every 50 steps (``LOG.TENSORBOARD_FREQ``). The number of classes comes from the data
-  (1000 for ImageNet).
+  (1000 for ImageNet). BatchNorm statistics stay ``global`` (over the whole batch):
+  mdistiller's ``torch.nn.DataParallel`` computes them on each GPU's share of the batch;
+  ``--config.bn_stats=per_device`` does that on as many devices.
   """
   config.data.name, config.zoo = 'imagenet', 'imagenet'
   config.data.image_size, config.data.resize_size = 224, 256
