@@ -133,7 +133,7 @@ def describe(plan: tuple, trace: bool = False) -> str:
                  f'seed {c.seed} -> {run.workdir} ({run_state(run)})')
     lines += [f'     {line}' for line in cli.config_diff(c)]
     if trace:
-      lines.append('     ' + trace_lib.describe(trace_lib.trace_run(c, compile=True)))
+      lines.append('     traced step: ' + trace_lib.describe(trace_lib.trace_run(c, compile=True)))
   return '\n'.join(lines)
 
 

@@ -100,8 +100,10 @@ def test_cli_traces_an_imagenet_preset_without_data_or_download(tmp_path):
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert lines[0].startswith('1. kd student: kd MobileNetV1 <- ResNet50 torchvision:resnet50')
-  assert lines[1].startswith('   parameters: student 4.23 M, teacher 25.56 M; 11.')
-  assert 'GiB per device at 512 images per device' in lines[1]
+  traced = [line for line in lines if 'parameters:' in line]
+  assert len(traced) == 1 and traced[0].startswith('     traced step: parameters: student 4.23 M, '
+                                                   'teacher 25.56 M; 11.')
+  assert 'GiB per device at 512 images per device' in traced[0]
   assert not any(tmp_path.glob('**/*.pth'))
 
 

@@ -39,19 +39,18 @@ IMAGENET_WEIGHT = {'r34_r18': 1.0, 'r50_mv1': 8.0}
 AUTHORS_MID_CHANNEL = 256
 
 
+VARIANTS = ('authors',)
+
+
 def get_config(arg=None):
-  presets = [p for p in (arg or '').split(',') if p]
-  variants = [p for p in presets if p == 'authors']
-  pair = [p for p in presets if p not in variants]
-  config = distillation_config('reviewkd', pair[0] if pair else None)
-  config.variant = '+'.join(variants)
+  config = distillation_config('reviewkd', arg, VARIANTS)
   config.reviewkd.reviewkd_weight = WEIGHT.get(config.preset, config.reviewkd.reviewkd_weight)
   if config.preset in IMAGENET_PAIRS:
     config.batch_size, config.optimizer.lr = IMAGENET_SOLVER
     c = config.reviewkd
     c.reviewkd_weight = IMAGENET_WEIGHT[config.preset]
     c.ce_weight, c.warmup_epochs, c.stu_preact = 1.0, 1, True
-  if variants:
+  if config.variant == 'authors':
     if config.preset != 'r50_mv1':
       raise KdjaxError(f'the ReviewKD preset variant authors is for r50_mv1 (the authors\' '
                        f'MobileNet student), not {config.preset}')
