@@ -94,6 +94,7 @@ from kdjax.teachers import logit_cache, trajectory
 from kdjax.config import base_config, digits_preset, distillation_config, imagenet_preset
 from kdjax.data import image_sources
 from kdjax.train import loop as loop_lib
+from kdjax.train import trace
 
 # config.PAIRS (teacher, student, lr) plus the digits pair, a small one for quick runs.
 PAIRS = {**{name: pair[:2] for name, pair in config_lib.PAIRS.items()},
@@ -108,20 +109,6 @@ def _peak_memory_bytes() -> int:
   if stats and 'peak_bytes_in_use' in stats:
     return int(stats['peak_bytes_in_use'])
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _step_memory_bytes(compiled) -> float:
-  """The step's own buffers on one device, from XLA's memory analysis of the compiled step.
-
-  Arguments (state, frozen inputs, data) + outputs + temporaries, minus what donation
-  aliases (outputs written into argument buffers): the step's peak footprint, per method,
-  which the process's high-water mark (every method of the run so far) cannot give.
-  """
-  mem = compiled.memory_analysis()
-  if mem is None:  # pragma: no cover - a backend without the analysis
-    return float('nan')
-  return float(mem.argument_size_in_bytes + mem.output_size_in_bytes
-               + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
 
 
 def _load_average() -> list[float]:
@@ -208,12 +195,6 @@ def _config(method_name: str, pair: str, batch: int, dtype: str):
   return config
 
 
-def _cost_flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get('flops', float('nan'))) if cost else float('nan')
-
-
 def _random_cache(config, datasets) -> np.ndarray:
   """A teacher-logit cache of the training set's shape, random float32 (timing only)."""
   train = datasets[0]
@@ -277,8 +258,8 @@ def bench_method(method_name: str, pair: str, batch: int, steps: int, warmup: in
                    else [run.steps.train])
   for train_step in steps_to_time:
     compiled = train_step.lower(state, feed.frozen, *feed.train_inputs(0)).compile()
-    flops += _cost_flops(compiled)
-    step_memory = max(step_memory, _step_memory_bytes(compiled))
+    flops += trace.cost_flops(compiled)
+    step_memory = max(step_memory, trace.step_memory_bytes(compiled))
     compiled_steps.append(compiled)
   compile_s = time.perf_counter() - t0
   times = []
@@ -471,7 +452,7 @@ def bench_imagenet_step(method_name: str, config, steps: int, warmup: int, workd
           'compile_s': compile_s, 'step_images_per_s': config.batch_size / med,
           'step_images_per_s_min': config.batch_size / max(times),
           'step_images_per_s_max': config.batch_size / min(times),
-          'step_gflops': _cost_flops(compiled) / 1e9, 'timed_steps': len(times)}
+          'step_gflops': trace.cost_flops(compiled) / 1e9, 'timed_steps': len(times)}
 
 
 def bench_imagenet(args, names: list) -> tuple[list, list, dict]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ml_collections
 
 from kdjax import methods, platform_tuning, presets
+from kdjax.errors import KdjaxError
 from kdjax.teachers import zoo as teacher_zoo
 
 
@@ -79,8 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 5e-4
   c.optimizer.lr_decay_epochs = (150, 180, 210)
   c.optimizer.lr_decay_rate = 0.1
-  # 'step' (mdistiller: x lr_decay_rate at each of lr_decay_epochs) or 'cosine' (a linear
-  # warm-up over warmup_epochs, then cosine decay to 0 at num_epochs); kdjax/train/optim.py.
+  # 'step' (mdistiller: x lr_decay_rate at each of lr_decay_epochs) or 'cosine' (cosine decay
+  # to 0 at num_epochs); either after a linear warm-up over warmup_epochs (0: none; mdistiller
+  # has none); kdjax/train/optim.py.
   c.optimizer.schedule = 'step'
   c.optimizer.warmup_epochs = 0
 
@@ -215,7 +217,9 @@ def imagenet_preset(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   crops (evaluation: resize 256, center crop 224); batch 512, 100 epochs, SGD lr 0.2,
   momentum 0.9, weight decay 1e-4, lr x0.1 at epochs 30, 60 and 90; test batch 128; metrics
   every 50 steps (``LOG.TENSORBOARD_FREQ``). The number of classes comes from the data
-  (1000 for ImageNet).
+  (1000 for ImageNet). BatchNorm statistics stay ``global`` (over the whole batch):
+  mdistiller's ``torch.nn.DataParallel`` computes them on each GPU's share of the batch;
+  ``--config.bn_stats=per_device`` does that on as many devices.
   """
   config.data.name, config.zoo = 'imagenet', 'imagenet'
   config.data.image_size, config.data.resize_size = 224, 256
@@ -231,12 +235,14 @@ def imagenet_preset(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 DIGITS_TEACHER, DIGITS_STUDENT = 'resnet20', 'resnet8'
 
 
-def distillation_config(method: str, arg: str | None,
-                        variants: tuple = ()) -> ml_collections.ConfigDict:
+def distillation_config(method: str, arg: str | None, variants: tuple = (),
+                        imagenet: tuple = tuple(IMAGENET_PAIRS)) -> ml_collections.ConfigDict:
   """A distillation run of ``method``: ``arg`` is the experiment file's argument, a pair
-  preset of :data:`PAIRS`, of :data:`IMAGENET_PAIRS`, or ``digits``, with any of the
-  method's ``variants`` after commas (:func:`kdjax.presets.parse`; ``config.variant`` holds
-  them joined by ``+``, in order).
+  preset of :data:`PAIRS`, of :data:`IMAGENET_PAIRS` (those in ``imagenet``: the pairs the
+  method has an ImageNet recipe for; another is refused naming the missing
+  ``configs/imagenet/<pair>/<method>.yaml``), or ``digits``, with any of the method's
+  ``variants`` after commas (:func:`kdjax.presets.parse`; ``config.variant`` holds them
+  joined by ``+``, in order).
 
   Without a preset: CIFAR-100 ``res32x4_res8x4``. A CIFAR preset distils from its pair's
   published teacher, ``mdistiller:<teacher>`` (downloaded, verified and converted once into
@@ -258,6 +264,10 @@ def distillation_config(method: str, arg: str | None,
     c.teacher.model, c.model, c.optimizer.lr = PAIRS[preset]
     c.teacher.checkpoint = teacher_zoo.PREFIX + c.teacher.model
   else:
+    if preset not in imagenet:
+      raise KdjaxError(f'{method} has no ImageNet recipe for {preset}: mdistiller\'s '
+                       f'configs/imagenet/{preset}/ holds no {method}.yaml'
+                       + (f'; its ImageNet presets: {", ".join(imagenet)}' if imagenet else ''))
     imagenet_preset(c)
     c.teacher.model, c.model = IMAGENET_PAIRS[preset]
     c.teacher.checkpoint = teacher_zoo.torchvision_spec(c.teacher.model)

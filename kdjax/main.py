@@ -6,10 +6,11 @@
 ``--workdir`` defaults to ``runs/<config file>[_<preset>]``; running the same command again
 resumes from the workdir's newest checkpoint. ``--seeds N`` runs seeds 0..N-1 into
 ``WORKDIR/seed_<i>``; ``--dry-run`` prints the plan (:mod:`kdjax.plan`: the teacher, the
-runs, their workdirs) and trains nothing. A mistake in the config or the inputs prints one
-line starting with ``kdjax: error:`` and exits with status 2; a SIGTERM/SIGINT in training
-saves a checkpoint and exits with status 0, anywhere else it is one line and status 130/143
-(:mod:`kdjax.interrupts`).
+runs, their workdirs) and trains nothing; ``--dry-run --trace`` also traces each run's step
+on abstract inputs (:mod:`kdjax.train.trace`; no data, so no ``data_dir``, and no download).
+A mistake in the config or the inputs prints one line starting with ``kdjax: error:`` and
+exits with status 2; a SIGTERM/SIGINT in training saves a checkpoint and exits with status 0,
+anywhere else it is one line and status 130/143 (:mod:`kdjax.interrupts`).
 
 ``python -m kdjax.cache`` takes the same flags (:func:`command`, :func:`parse_flags`)
 and builds the teacher-logit caches of the plan's runs instead of training them.
@@ -45,6 +46,9 @@ _SEEDS = flags.DEFINE_integer('seeds', None, 'Run seeds 0..N-1 one after another
 _DRY_RUN = flags.DEFINE_bool('dry-run', False, 'Print the plan and exit without training: '
                              'every run, its workdir, its state (new, resumable, finished) '
                              "and its config's differences from the method's defaults")
+_TRACE = flags.DEFINE_bool('trace', False, 'With --dry-run: trace each run\'s train step on '
+                           'abstract inputs (no data, no download) and print its parameters, '
+                           'GFLOP per image and memory per device (kdjax/train/trace.py)')
 flags.DEFINE_bool('list', False, 'List the methods and their presets, and exit')
 
 _HELP_FLAGS = ('--help', '-h', '-?', '--helpshort')
@@ -63,9 +67,12 @@ def main(argv) -> None:
 
 def _run_plan(config, workdir: str) -> None:
   from kdjax import plan  # pylint: disable=import-outside-toplevel  (after the flags are set)
-  runs = plan.make_plan(config, workdir, _SEEDS.value)
+  if _TRACE.value and not _DRY_RUN.value:
+    raise KdjaxError('--trace goes with --dry-run (it traces the plan\'s steps, it trains '
+                     'nothing)')
+  runs = plan.make_plan(config, workdir, _SEEDS.value, need_data_dir=not _TRACE.value)
   if _DRY_RUN.value:
-    print(plan.describe(runs))
+    print(plan.describe(runs, trace=_TRACE.value))
     return
   where = os.path.abspath(workdir)
   try:

@@ -36,6 +36,7 @@ from kdjax import cli, data, distributed, jsonio, methods, models, teachers
 from kdjax.configdict import derive
 from kdjax.errors import KdjaxError
 from kdjax.console import say
+from kdjax.train import trace as trace_lib
 from kdjax.train import writers
 from kdjax.train.loop import Interrupted, train_and_evaluate
 from kdjax.train.loop import check_config as train_checks
@@ -95,23 +96,25 @@ def seed_workdir(workdir: str, seed: int) -> str:
   return os.path.join(workdir, f'seed_{seed}')
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, *, need_data_dir: bool = True) -> None:
   """Checks every field of one run's ``config``, each block by the module that owns it;
   raises :class:`KdjaxError` on the first mistake. :func:`make_plan` runs it once for every
-  run of a plan, before any of them starts."""
+  run of a plan, before any of them starts; ``need_data_dir=False`` (``--dry-run --trace``,
+  which reads no data) lets a host dataset's ``config.data.data_dir`` be unset."""
   methods.check_config(config)
   nets = (config.model,) + ((config.teacher.model,) if methods.info(config.method).uses_teacher
                             else ())
   models.check_config(config, nets)
-  data.check_config(config)
+  data.check_config(config, need_data_dir=need_data_dir)
   teachers.check_config(config)
   train_checks(config)
   distributed.normalize_mode(config.get('distributed', 'auto'))
 
 
 def make_plan(config: ml_collections.ConfigDict, workdir: str,
-              num_seeds: Optional[int] = None) -> tuple:
-  """The runs ``config`` asks for (see the module docstring), each config validated.
+              num_seeds: Optional[int] = None, *, need_data_dir: bool = True) -> tuple:
+  """The runs ``config`` asks for (see the module docstring), each config validated
+  (``need_data_dir``: see :func:`validate`).
 
   Raises :class:`KdjaxError` for the first mistake in any of them, before anything runs.
   """
@@ -129,15 +132,16 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str,
       runs += _runs_of(derive(config, {'seed': seed}), seed_workdir(workdir, seed),
                        f'seed {seed}: ')
   for run in runs:
-    validate(run.config)
+    validate(run.config, need_data_dir=need_data_dir)
     check_workdir(run.workdir)
   return tuple(runs)
 
 
-def describe(plan: tuple) -> str:
+def describe(plan: tuple, trace: bool = False) -> str:
   """The plan as lines: ``i. role: method model [<- teacher] -> workdir (state)``, each
   followed by its config's differences from its method's defaults
-  (:func:`kdjax.cli.config_diff`)."""
+  (:func:`kdjax.cli.config_diff`) and, with ``trace``, by its step traced on abstract inputs
+  (:mod:`kdjax.train.trace`: parameters, GFLOP per image, compiled memory per device)."""
   lines = []
   for i, run in enumerate(plan, 1):
     c = run.config
@@ -146,6 +150,8 @@ def describe(plan: tuple) -> str:
     lines.append(f'{i}. {run.role}: {c.method} {c.model}{teacher}, {c.num_epochs} epochs, '
                  f'seed {c.seed} -> {run.workdir} ({run_state(run)})')
     lines += [f'     {line}' for line in cli.config_diff(c)]
+    if trace:
+      lines.append('     traced step: ' + trace_lib.describe(trace_lib.trace_run(c, compile=True)))
   return '\n'.join(lines)
 
 

@@ -168,6 +168,25 @@ def test_crd_draws_with_replacement_only_when_a_class_has_too_few_negatives():
     assert set(negatives) == set(np.flatnonzero(labels != y))
 
 
+def test_crd_with_replacement_draws_every_row_with_replacement():
+  """As mdistiller's ImageNetInstanceSample (replace=True): other-class examples only,
+  repeats within a row even where k distinct ones exist, every one drawn about as often."""
+  labels = np.repeat(np.arange(4), [30, 50, 20, 60])
+  sample = jax.jit(crd.other_class_sampler(labels, 4, with_replacement=True),
+                   static_argnums=3)
+  idx = jnp.asarray([0, 35, 85, 110], jnp.int32)
+  out = np.asarray(sample(jax.random.PRNGKey(0), idx, jnp.asarray(labels[idx]), 20000))
+  np.testing.assert_array_equal(out[:, 0], idx)
+  for row, y in zip(out, labels[idx]):
+    negatives = row[1:]
+    assert not np.any(labels[negatives] == y)
+    counts = np.bincount(negatives, minlength=len(labels))[labels != y]
+    assert counts.min() > 0.7 * counts.mean()  # uniform over the other-class examples
+  # 20 distinct draws among 80 or more: without replacement a row never repeats.
+  rows = np.asarray(sample(jax.random.PRNGKey(1), idx, jnp.asarray(labels[idx]), 20))[:, 1:]
+  assert any(len(set(row)) < 20 for row in rows)
+
+
 def test_ofd_teacher_keeps_the_zoo_variables_and_returns_the_bn_margins():
   method = _build('ofd')
   zoo = method.teacher.model

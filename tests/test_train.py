@@ -229,6 +229,11 @@ def test_schedules_follow_their_formulas():
   # a run no longer than its warm-up (a digits preset with --config.num_epochs=1) is warm-up
   short = optim.lr_schedule(config.optimizer, 5, 2)
   assert [float(short(i)) for i in (0, 5, 9)] == pytest.approx([0.01, 0.055, 0.091], abs=1e-7)
+  # 'step' with a warm-up: the same ramp, times the step schedule (a decay inside it too)
+  config.optimizer.schedule, config.optimizer.lr_decay_epochs = 'step', (1, 6)
+  warm = optim.lr_schedule(config.optimizer, 5, 10)
+  assert [float(warm(i)) for i in (0, 4, 5, 9, 10, 29, 30)] == pytest.approx(
+      [0.01, 0.046, 0.0055, 0.0091, 0.01, 0.01, 0.001], abs=1e-7)
 
 
 @pytest.mark.slow

@@ -15,11 +15,12 @@ from kdjax.data.sources import DATASETS, Dataset, load_split
 from kdjax.errors import KdjaxError
 
 
-def check_config(config) -> None:
+def check_config(config, *, need_data_dir: bool = True) -> None:
   """Raises :class:`KdjaxError` for a mistake in ``config.data``: an unknown dataset, a
   CIFAR mirror without its SHA-256, a negative holdout; on a host dataset or your own
-  (:mod:`kdjax.data.custom`), its folder, its image and resize sizes, its workers, and what
-  the host pipeline cannot serve (:func:`kdjax.data.custom.check_host_fields`)."""
+  (:mod:`kdjax.data.custom`), its folder (unless ``need_data_dir`` is False: a trace reads
+  no data), its image and resize sizes, its workers, and what the host pipeline cannot serve
+  (:func:`kdjax.data.custom.check_host_fields`)."""
   d = config.data
   if not (d.name in DATASETS + HOST_DATASETS or is_custom(d.name)):
     raise KdjaxError(f'unknown dataset {d.name!r} (config.data.name); expected one of: '
@@ -32,7 +33,7 @@ def check_config(config) -> None:
     return
   if is_custom(d.name):
     custom.check_config(config)
-  else:
+  elif need_data_dir:
     image_sources.require_data_dir(d.name, d.data_dir)
   if d.resize_size < d.image_size:
     raise KdjaxError(f'config.data.resize_size ({d.resize_size}) must be at least '

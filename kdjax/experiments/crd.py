@@ -14,7 +14,9 @@ negatives cost about 1 s per step on a CPU); set ``--config.crd.nce_k`` to chang
 ImageNet presets ``r34_r18`` (ResNet34 -> ResNet18) and ``r50_mv1`` (ResNet50 -> MobileNetV1):
 mdistiller's ``configs/imagenet/<preset>/crd.yaml`` on the recipe of
 :func:`kdjax.config.imagenet_preset` except its solver, batch 256 and lr 0.1 (CRD's defaults;
-the yaml's FEAT dimensions are those of the nets' embeddings, derived); the teacher is
+the yaml's FEAT dimensions are those of the nets' embeddings, derived), the 16384 negatives
+drawn with replacement as mdistiller's ImageNet sampler draws them
+(``mdistiller/dataset/imagenet.py`` line 62, ``replace=True``); the teacher is
 torchvision's, ``torchvision:resnet34`` / ``torchvision:resnet50`` (downloaded, verified,
 converted once), the data ``--config.data.data_dir``.
 
@@ -34,6 +36,7 @@ def get_config(arg=None):
     config.crd.nce_k = DIGITS_NCE_K
   if config.preset in IMAGENET_PAIRS:  # SOLVER of configs/imagenet/<preset>/crd.yaml
     config.batch_size, config.optimizer.lr = IMAGENET_SOLVER
+    config.crd.with_replacement = True  # mdistiller's ImageNetInstanceSample
   return config
 
 

@@ -19,7 +19,6 @@ weight 1e-4; the teacher is torchvision's ``torchvision:resnet50``, the data
 """
 
 from kdjax.config import distillation_config
-from kdjax.errors import KdjaxError
 
 
 # mdistiller's configs/imagenet/r50_mv1/ofd.yaml: SOLVER (batch, lr) and OFD.LOSS.FEAT_WEIGHT.
@@ -27,10 +26,7 @@ IMAGENET_SOLVER, IMAGENET_FEAT_WEIGHT = (128, 0.05), 1e-4
 
 
 def get_config(arg=None):
-  if arg == 'r34_r18':
-    raise KdjaxError('mdistiller has no OFD recipe for r34_r18 (configs/imagenet/r34_r18 '
-                     'holds none); the ImageNet OFD preset is r50_mv1')
-  config = distillation_config('ofd', arg)
+  config = distillation_config('ofd', arg, imagenet=('r50_mv1',))
   if config.preset == 'r50_mv1':
     config.batch_size, config.optimizer.lr = IMAGENET_SOLVER
     config.ofd.feat_weight = IMAGENET_FEAT_WEIGHT

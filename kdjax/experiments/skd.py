@@ -15,6 +15,8 @@ Presets (``experiments/skd.py:<preset>``; several joined with ``,``):
 * ``tbt_only`` / ``tet_only``: the ablations (only behaviour / only experience teaching).
 * ``slkd``: SKD on top of SLKD with the ``self_learning`` trajectory: student, two
   self-learning teachers, TBT and TET learn in one fused step.
+* the ImageNet pairs are refused: the quiz set is held out of a training set held on the
+  devices, which ImageNet's host pipeline is not.
 * ``digits``: the embedded data: a resnet20 teacher trained first with 4 snapshots, then a
   KD student (the baseline, ``<workdir>/kd``) and the SKD student; prints both.
 """
@@ -25,7 +27,8 @@ VARIANTS = ('tbt_only', 'tet_only', 'slkd')
 
 
 def get_config(arg=None):
-  config = distillation_config('skd', arg, VARIANTS)
+  # No ImageNet preset: its quiz set is held out of data held on the devices.
+  config = distillation_config('skd', arg, VARIANTS, imagenet=())
   variants = config.variant.split('+')
   config.teacher.train_if_missing = True  # a kdjax teacher that records its trajectory
   config.teacher.trajectory_stages = 4

@@ -17,12 +17,20 @@ Presets (``experiments/slkd.py:<preset>``; several joined with ``,``, e.g.
 * ``digits``: the embedded data; trains a resnet20 teacher first (kept in
   ``<workdir>/teacher``), then SLKD with a resnet8 student, and prints a table.
 * ImageNet ``r34_r18`` and ``r50_mv1``: the pairs and recipe of mdistiller's ImageNet KD
-  (:func:`kdjax.config.imagenet_preset`; the torchvision teacher). The paper has no ImageNet
-  recipe; the choices it leaves open: the SL-teachers have the teacher's architecture
-  (ResNet34, ResNet50), learn from scratch with the student's optimizer and schedule;
-  a = b = mdistiller's ImageNet KD terms (CE/KD 0.5/0.5 at tau = 1), since the paper takes
-  "the same weights as the original KD"; lambda 1, eta 3, rho 0.5 as on CIFAR. No
-  reference top-1 is set.
+  (:func:`kdjax.config.imagenet_preset`; the torchvision teacher), with a = b = CE/KD 0.5/0.5
+  at tau = 1 and the SL-teachers of the teacher's architecture, learning from scratch with
+  the student's optimizer and schedule. The authors' repository (BrilliantCheng/SLKD) ships
+  one ImageNet config, ``configs/imagenet/r34_r18/Tech_kd.yaml``: SL-teachers ResNet34
+  (``CHILD1``/``CHILD2``, lines 14-15) built with ``pretrained=False`` (``TECH_TRAIN.py``
+  lines 61-62), batch 512, 100 epochs, lr 0.2, momentum 0.9, weight decay 1e-4, x0.1 at
+  30/60/90 (lines 17-23), T 1 and CE/KD 0.5/0.5 (lines 26-29); with its code defaults
+  eta = ``PROCESS_WEIGHT`` 1 and b = ``CE_WEIGHT_CS``/``KD_WEIGHT_CS`` 1/1
+  (``mdistiller/engine/cfg.py`` lines 179-181), rho 0.5 and the fused target not detached
+  (``mdistiller/distillers/TECH_KD.py`` lines 51 and 70). ``r34_r18,official`` is exactly
+  that recipe: the authors' ImageNet run. ``r34_r18`` alone keeps the paper's equations on it
+  (eta 3, b = a, F detached). The authors have no ``r50_mv1`` config; ``r50_mv1`` and
+  ``r50_mv1,official`` take the r34_r18 values on mdistiller's ResNet50 -> MobileNetV1 pair
+  (SL-teachers ResNet50). No reference top-1 is set.
 """
 
 from kdjax.config import IMAGENET_PAIRS, distillation_config

@@ -12,14 +12,16 @@
   ``state.extra['crd']``; each view is scored against the other's bank at the example itself
   and ``nce_k`` negatives, and the rows of the batch are then updated with momentum
   ``nce_momentum`` (:func:`kdjax.losses.crd`, temperature ``nce_temperature``);
-* negatives are drawn uniformly, without replacement, among the training examples of *other*
-  classes than the example's (the ``exact`` mode of mdistiller's CRD data set,
-  :func:`other_class_sampler`); the banks are indexed by ``Batch.indices``, the training-set
-  indices.
+* negatives are drawn uniformly among the training examples of *other* classes than the
+  example's (:func:`other_class_sampler`): without replacement, as the ``exact`` mode of
+  mdistiller's CIFAR-100 data set, or, with ``with_replacement`` (the ImageNet presets), with
+  replacement, as mdistiller's ImageNet one (``ImageNetInstanceSample``,
+  ``mdistiller/dataset/imagenet.py`` line 62: ``np.random.choice(cls_negative[target], k,
+  replace=True)``); the banks are indexed by ``Batch.indices``, the training-set indices.
 
 Defaults (``CFG.CRD``): CE 1.0, feat 0.8, feat_dim 128, 16384 negatives, momentum 0.5,
-temperature 0.07. The banks have one row per training example: the builder gets the
-training set's labels (``BuildInputs.train_labels``, ``INFO.inputs``).
+temperature 0.07, without replacement. The banks have one row per training example: the
+builder gets the training set's labels (``BuildInputs.train_labels``, ``INFO.inputs``).
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ from kdjax.methods.connectors import Embed
 from kdjax.methods.distiller import distillation_method
 
 
-def other_class_sampler(labels: np.ndarray, num_classes: int):
+def other_class_sampler(labels: np.ndarray, num_classes: int, with_replacement: bool = False):
   """``sample(key, idx, y, k) -> (B, k + 1)`` contrast indices: ``idx``, then ``k`` negatives.
 
-  As mdistiller's ``CIFAR100InstanceSample`` (``np.random.choice(cls_negative[y], k,
+  ``with_replacement``: every row draws with replacement, as mdistiller's
+  ``ImageNetInstanceSample`` (``replace=True``): ``k`` draws per row instead of a top-k over
+  the whole training set (1.28 M keys per row on ImageNet). Otherwise as mdistiller's
+  ``CIFAR100InstanceSample`` (``np.random.choice(cls_negative[y], k,
   replace=k > len(cls_negative[y]))``): the ``k`` negatives of an example are drawn uniformly
   among the training examples whose label is not ``y``, **without replacement**: each row
   gives every training example a uniform random key, its own class the largest, and takes the
@@ -54,18 +59,19 @@ def other_class_sampler(labels: np.ndarray, num_classes: int):
   counts = jnp.asarray(counts_np, jnp.int32)
   starts = jnp.asarray(np.cumsum(counts_np) - counts_np, jnp.int32)
 
-  def without_replacement(key, y, k):
+  def distinct(key, y, k):
     keys = jax.random.uniform(key, (y.shape[0], size))
     keys = jnp.where(label_row == y[:, None], 2.0, keys)  # uniform keys are < 1
     return jax.lax.top_k(-keys, k)[1].astype(jnp.int32)
 
-  def with_replacement(key, y, k):
+  def repeating(key, y, k):
     count, start = counts[y][:, None], starts[y][:, None]
     r = jax.random.randint(key, (y.shape[0], k), 0, size - count, dtype=jnp.int32)
     return order[jnp.where(r >= start, r + count, r)]
 
   def sample(key, idx, y, k):
-    draw = without_replacement if k <= size - counts_np.max() else with_replacement
+    exact = not with_replacement and k <= size - counts_np.max()
+    draw = distinct if exact else repeating
     return jnp.concatenate([jnp.asarray(idx, jnp.int32)[:, None], draw(key, y, k)], axis=1)
 
   return sample
@@ -79,7 +85,7 @@ def build(config: ml_collections.ConfigDict, inputs: BuildInputs) -> Method:
   student, teacher = student_and_teacher(config, inputs)
   c = config.crd
   num_data = len(inputs.train_labels)
-  sample = other_class_sampler(inputs.train_labels, inputs.num_classes)
+  sample = other_class_sampler(inputs.train_labels, inputs.num_classes, c.with_replacement)
   s_emb = inputs.output_shapes(student).embedding
   t_emb = inputs.output_shapes(teacher).embedding
   embed_s = Embed(s_emb.shape[-1], c.feat_dim, dtype=inputs.dtype)
@@ -107,4 +113,4 @@ def default_config() -> ml_collections.ConfigDict:
   """``config.crd``: mdistiller's ``CFG.CRD``."""
   return ml_collections.ConfigDict({'ce_weight': 1.0, 'feat_weight': 0.8, 'feat_dim': 128,
                                     'nce_k': 16384, 'nce_momentum': 0.5,
-                                    'nce_temperature': 0.07})
+                                    'nce_temperature': 0.07, 'with_replacement': False})

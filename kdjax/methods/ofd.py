@@ -3,7 +3,8 @@ mdistiller's ``mdistiller/distillers/OFD.py``.
 
 On the pre-ReLU stage outputs after the stem (``preact_features[1:]``, mdistiller's
 ``preact_feats[1:]``), paired from the deepest stage up when the two nets have different
-numbers of stages (mdistiller's ``_align_list``)::
+numbers of stages (mdistiller's ``_align_list``, ``OFD.py`` lines 163-165: the last
+``min(len)`` of each list, applied in ``ofd_loss``, line 143)::
 
     loss = ce_weight * CE(y, S)
          + feat_weight * sum_i OFD(C_i(S_i), pool(T_i), m_i) / 2^(n - i - 1),  i = 0..n-1

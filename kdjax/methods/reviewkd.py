@@ -15,13 +15,17 @@ with ``t_1..t_n`` the teacher's pre-ReLU stage outputs after the stem and its po
 if fusing, the previous level's ``y`` is nearest-upsampled to ``x_i``'s size and mixed with
 it by a 2-channel sigmoid attention (1x1 conv); the result is nearest-resized to the teacher
 map's size (it is the ``y`` passed on), and a 3x3 conv + BN to the teacher's channels gives
-``r_i``. ``mid = min(max_mid_channel, channels of the student's pooled vector)``.
+``r_i``. ``mid = min(max_mid_channel, channels of the student's pooled vector)``: with the
+default 512 that is mdistiller's ``mid_channel = min(512, in_channels[-1])`` (``ReviewKD.py``
+line 45, which stores its ``MAX_MID_CHANNEL`` on line 42 but never reads it).
 
 The per-level configuration of mdistiller's yaml (``SHAPES``, ``OUT_SHAPES``,
 ``IN_CHANNELS``, ``OUT_CHANNELS``) is derived from the two nets' output shapes: the student's
 sizes and channels of ``x_i`` and the teacher's of ``t_i`` -- for resnet32x4 -> resnet8x4
 exactly mdistiller's defaults ([1, 8, 16, 32], [64, 128, 256, 256]). With more student levels
-than teacher levels the shallowest student ones are dropped (mdistiller's ``zip``).
+than teacher levels the shallowest student ones are dropped: mdistiller reverses the student's
+list (``ReviewKD.py`` line 80) and ``zip``s it with its ABFs (lines 84-85), one per teacher
+level, then ``hcl_loss`` ``zip``s the results with the teacher's levels (line 13).
 ``stu_preact`` uses the student's pre-ReLU outputs instead of ``features``.
 
 Defaults (``CFG.REVIEWKD``): CE 1.0, weight 1.0, warm-up 20 epochs, max mid channels 512,

@@ -7,12 +7,14 @@ trace starts from zero, so its first ``buf`` is ``g`` too). The learning rate is
 ``lr * rate ** (number of decay epochs passed)``, applied from the first step of each
 decay epoch, as mdistiller's ``adjust_learning_rate`` does at each epoch start
 (``optimizer.schedule = 'step'``, the default); ``'cosine'`` is a warm-up + cosine decay.
+Either takes the same linear warm-up over ``optimizer.warmup_epochs`` (0: none).
 """
 
 from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -50,7 +52,9 @@ def lr_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int,
                 num_epochs: int) -> optax.Schedule:
   """The learning rate per step, by ``opt.schedule``.
 
-  ``'step'`` (mdistiller): ``lr * lr_decay_rate ** (decay epochs passed)``.
+  ``'step'`` (mdistiller): ``lr * lr_decay_rate ** (decay epochs passed)``, times, over the
+  first ``W = warmup_epochs`` epochs of steps, the warm-up factor ``1/W + (1 - 1/W) s / W``
+  of step ``s`` (the ramp below; mdistiller has none, its presets leave ``warmup_epochs`` 0).
   ``'cosine'``: a linear warm-up over ``warmup_epochs`` (``W`` steps, from ``lr / W``, so the
   first update is not wasted), then
   ``lr * (1 + cos(pi * t)) / 2`` with ``t`` going from 0 to 1 over the remaining epochs of
@@ -58,13 +62,17 @@ def lr_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int,
   A run no longer than its warm-up (``--config.num_epochs=1`` of a digits preset) is all
   warm-up.
   """
+  warmup = opt.warmup_epochs * steps_per_epoch
   if opt.schedule == 'cosine':
-    warmup = opt.warmup_epochs * steps_per_epoch
     return optax.warmup_cosine_decay_schedule(
         opt.lr / max(warmup, 1), opt.lr, warmup_steps=warmup,
         decay_steps=max(num_epochs * steps_per_epoch, warmup + 1))
-  return optax.piecewise_constant_schedule(
+  step = optax.piecewise_constant_schedule(
       opt.lr, {int(e) * steps_per_epoch: opt.lr_decay_rate for e in opt.lr_decay_epochs})
+  if not warmup:
+    return step
+  return lambda count: step(count) * (1 / warmup + (1 - 1 / warmup) *
+                                      jnp.minimum(count, warmup) / warmup)
 
 
 def sgd(opt: ml_collections.ConfigDict,

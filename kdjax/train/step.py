@@ -299,22 +299,32 @@ class Steps(NamedTuple):
   teacher_eval: Callable | None
 
 
+def make_run_train_step(config: ml_collections.ConfigDict, method: Method, mesh: Mesh, *,
+                        mean, std, on_host: bool, steps_per_epoch: int,
+                        learning_rate: Callable, teacher_cache: str | None = None) -> Callable:
+  """The jitted train step of a run of ``config`` (its loop's, and ``--dry-run --trace``'s):
+  :func:`make_host_train_step` on a host dataset's batches (``on_host``), else
+  :func:`make_train_step` with the config's augmentation; with the config's dtype and
+  ``config.debug.nan_at_step``; ``teacher_cache`` as :func:`make_train_step` takes it."""
+  common = dict(mean=mean, std=std, dtype=jnp.dtype(config.dtype),
+                steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
+                nan_at_step=(config.get('debug') or {}).get('nan_at_step'))
+  if on_host:
+    return make_host_train_step(method, mesh, **common)
+  return make_train_step(method, mesh, crop_padding=config.data.crop_padding,
+                         flip=config.data.flip, teacher_cache=teacher_cache, **common)
+
+
 def make_steps(config: ml_collections.ConfigDict, method: Method, mesh: Mesh, *, mean, std,
                on_host: bool, steps_per_epoch: int, learning_rate: Callable,
                teacher_cache: str | None = None) -> Steps:
   """The jitted steps of ``method`` on a run's data (normalised by ``mean`` / ``std``; a host
-  dataset's batches when ``on_host``), with its augmentation, schedule, dtype and
-  ``config.debug.nan_at_step``; ``teacher_cache`` as :func:`make_train_step` takes it."""
-  dtype = jnp.dtype(config.dtype)
-  nan_at_step = (config.get('debug') or {}).get('nan_at_step')
-  common = dict(mean=mean, std=std, dtype=dtype, steps_per_epoch=steps_per_epoch,
-                learning_rate=learning_rate, nan_at_step=nan_at_step)
-  if on_host:
-    train = make_host_train_step(method, mesh, **common)
-  else:
-    train = make_train_step(method, mesh, crop_padding=config.data.crop_padding,
-                            flip=config.data.flip, teacher_cache=teacher_cache, **common)
-  norm = dict(mean=mean, std=std, dtype=dtype, host_batches=on_host)
+  dataset's batches when ``on_host``): :func:`make_run_train_step`, the eval step of its
+  eval nets and of its teacher."""
+  train = make_run_train_step(config, method, mesh, mean=mean, std=std, on_host=on_host,
+                              steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
+                              teacher_cache=teacher_cache)
+  norm = dict(mean=mean, std=std, dtype=jnp.dtype(config.dtype), host_batches=on_host)
   teacher_eval = None
   if method.teacher is not None:
     teacher_eval = make_eval_step(method, mesh, nets={'teacher': method.teacher}, **norm)
