@@ -13,7 +13,7 @@ FLOORS = (
     ('kdjax', 'kdjax.errors', 'kdjax.jsonio', 'kdjax.configdict', 'kdjax.console',
      'kdjax.sharding', 'kdjax.workdirs', 'kdjax.downloads', 'kdjax.distributed',
      'kdjax.platform_tuning', 'kdjax.checkpoints', 'kdjax.run_fields', 'kdjax.interrupts',
-     'kdjax.presets'),
+     'kdjax.presets', 'kdjax.paths'),
     ('kdjax.data',),
     ('kdjax.losses',),
     ('kdjax.models',),

@@ -1,0 +1,67 @@
+"""A local Google Cloud Storage server for the tests: the ``gcp-storage-emulator`` package run
+as a subprocess on 127.0.0.1, and the standard variables that point every client at it.
+
+The clients kdjax uses reach a bucket through three stacks, each told where the server is by
+its own variable: gcsfs (``etils.epath``'s ``gs://`` backend) by ``STORAGE_EMULATOR_HOST``;
+TensorStore (Orbax's checkpoints) by ``TENSORSTORE_GCS_HTTP_URL``, with
+``GOOGLE_AUTH_TOKEN_FOR_TESTING`` as its credentials; and gcsfs' gRPC bucket-layout probe,
+which the emulator does not serve, is turned off with ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def client_env(url: str) -> dict:
+  """The variables that send gcsfs, TensorStore and google-auth to the server at ``url``."""
+  return {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url,
+          'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'kdjax-test-token',
+          'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false', 'EPATH_USE_TF': 'false'}
+
+
+@contextlib.contextmanager
+def running_emulator(buckets=('kdjax-test',)):
+  """Starts the emulator (in-memory) with ``buckets``; yields its URL; stops it."""
+  for module, what in (('gcp_storage_emulator', 'the GCS emulator'),
+                       ('gcsfs', "gcsfs, kdjax's gs:// client")):
+    if importlib.util.find_spec(module) is None:  # not imported: gcsfs reads its variables then
+      pytest.skip(f'{what} is not installed (pip install -e .[test])')
+  port = _free_port()
+  url = f'http://127.0.0.1:{port}'
+  server = subprocess.Popen(
+      [sys.executable, '-m', 'gcp_storage_emulator', 'start', '--host', '127.0.0.1',
+       '--port', str(port), '--in-memory', '--default-bucket', buckets[0]],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 30
+    while True:
+      try:
+        urllib.request.urlopen(f'{url}/storage/v1/b/{buckets[0]}', timeout=1).close()
+        break
+      except OSError:
+        if server.poll() is not None or time.monotonic() > deadline:
+          raise RuntimeError(f'the GCS emulator did not start on {url}') from None
+        time.sleep(0.1)
+    for bucket in buckets[1:]:
+      urllib.request.urlopen(urllib.request.Request(
+          f'{url}/storage/v1/b', data=f'{{"name": "{bucket}"}}'.encode(),
+          headers={'Content-Type': 'application/json'}), timeout=5).close()
+    yield url
+  finally:
+    server.terminate()
+    server.wait(timeout=10)
