@@ -37,6 +37,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kdjax import paths
 from kdjax.errors import KdjaxError, warn
 
 
@@ -101,7 +102,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int):
     _quiet_abandoned_reads()
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.text(directory)
     self.corrupt_directory = self.directory + '_corrupt'  # steps moved aside, see restore
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -184,12 +185,13 @@ class Checkpointer:
     """Moves the steps of ``failed`` ((step, cause) pairs) to :attr:`corrupt_directory`,
     saying so (process 0), and makes every process's manager forget them."""
     for step, cause in failed if jax.process_index() == 0 else ():
-      target, n = os.path.join(self.corrupt_directory, str(step)), 1
-      while os.path.exists(target):  # the same step went bad before: keep both
-        target, n = os.path.join(self.corrupt_directory, f'{step}.{n}'), n + 1
+      corrupt = paths.path(self.corrupt_directory)
+      target, n = corrupt / str(step), 1
+      while target.exists():  # the same step went bad before: keep both
+        target, n = corrupt / f'{step}.{n}', n + 1
       try:
-        os.makedirs(self.corrupt_directory, exist_ok=True)
-        os.rename(os.path.join(self.directory, str(step)), target)
+        corrupt.mkdir(parents=True, exist_ok=True)
+        (paths.path(self.directory) / str(step)).rename(target)
       except OSError as e:
         self._close_quietly()
         raise KdjaxError(f'checkpoint at step {step} in {self.directory} could not be restored '
@@ -235,7 +237,7 @@ class Checkpointer:
 def _manager(directory: str) -> ocp.CheckpointManager:
   _quiet_abandoned_reads()
   return ocp.CheckpointManager(
-      os.path.abspath(directory), item_handlers={
+      paths.text(directory), item_handlers={
           'state': ocp.StandardCheckpointHandler(), 'progress': ocp.JsonCheckpointHandler()})
 
 

@@ -1,18 +1,19 @@
-"""The JSON files of a run directory (``config.json``, ``results.json``), read and written."""
+"""The JSON files of a run directory (``config.json``, ``results.json``), read and written,
+locally or in an object store (:mod:`kdjax.paths`)."""
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Optional
+
+from kdjax import paths
 
 
 def read_json_or_why(path: str) -> tuple[Optional[Any], Optional[str]]:
   """``(object, None)`` for the JSON in ``path``; ``(None, None)`` when it does not exist;
   ``(None, why)`` when it cannot be read or parsed (a run still writing, a cut file)."""
   try:
-    with open(path) as f:
-      return json.load(f), None
+    return json.loads(paths.path(path).read_text()), None
   except FileNotFoundError:
     return None, None
   except (OSError, ValueError) as e:
@@ -26,8 +27,12 @@ def read_json(path: str) -> Optional[Any]:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` to ``path`` atomically (a temporary file, then a rename)."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  """Writes ``obj`` to ``path`` atomically: locally a temporary file, then a rename; in an
+  object store one upload (readers see the old object or the new one, never a part)."""
+  text = json.dumps(obj, indent=2, sort_keys=True)
+  if paths.is_remote(path):
+    paths.path(path).write_text(text)
+    return
+  tmp = paths.path(path + '.tmp')
+  tmp.write_text(text)
+  tmp.replace(paths.path(path))

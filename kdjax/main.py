@@ -27,13 +27,12 @@ if __name__ == '__main__':  # run as a command: a signal from here on is one lin
 
 import importlib.resources
 import os
-import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kdjax import cli, distributed, interrupts, platform_tuning
+from kdjax import cli, distributed, interrupts, paths, platform_tuning
 from kdjax.errors import KdjaxError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file, e.g. '
@@ -74,7 +73,7 @@ def _run_plan(config, workdir: str) -> None:
   if _DRY_RUN.value:
     print(plan.describe(runs, trace=_TRACE.value))
     return
-  where = os.path.abspath(workdir)
+  where = paths.text(workdir)
   try:
     with interrupts.doing(f'running the plan in {where}', 'its finished runs are kept; the same '
                           'command continues it'):
@@ -100,11 +99,11 @@ def command(argv, action) -> None:
     print(f'kdjax: error: {_config_file_error(e)}', file=sys.stderr)
     sys.exit(2)
   try:
-    workdir = local_path(_WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename),
-                         '--workdir')
+    workdir = user_path(_WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename),
+                        '--workdir')
     if config.get('teacher') and config.teacher.checkpoint:
-      config.teacher.checkpoint = local_path(config.teacher.checkpoint,
-                                             'config.teacher.checkpoint')
+      config.teacher.checkpoint = user_path(config.teacher.checkpoint,
+                                            'config.teacher.checkpoint')
     platform_tuning.apply(config)  # XLA reads its flags once, when the backend starts
     distributed.initialize(config.get('distributed', 'auto'))  # before any device is used
     action(config, workdir)
@@ -117,13 +116,11 @@ def command(argv, action) -> None:
     sys.exit(2)
 
 
-def local_path(value: str, what: str) -> str:
-  """A path as users type it: ``~`` expanded. A URL (``gs://``, ``http://``) is refused with
-  one line: kdjax reads and writes local (or mounted) folders only, for now."""
-  if re.match(r'[A-Za-z][A-Za-z0-9+.-]*://', value):
-    raise KdjaxError(f'{what} {value} is a URL, and kdjax reads and writes local folders only '
-                     f'(for now); give a local path, or mount the bucket (e.g. with gcsfuse) '
-                     f'and give its folder')
+def user_path(value: str, what: str) -> str:
+  """A path as users type it: ``~`` expanded; a URL kept as it is when kdjax can reach its
+  scheme (:func:`kdjax.paths.path` refuses any other with one line)."""
+  if paths.is_remote(value):
+    return paths.text(value, what)
   return os.path.expanduser(value)
 
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 
+from kdjax import paths
 from kdjax.errors import KdjaxError
 
 
 def check_workdir(workdir: str) -> None:
   """Raises :class:`KdjaxError` unless ``workdir`` exists as a folder or can be created:
   its nearest existing parent must be a folder in which a folder can really be made (probed
-  and removed; permission bits say nothing of /proc or a read-only mount, or to root)."""
+  and removed; permission bits say nothing of /proc or a read-only mount, or to root). In an
+  object store, an empty object is written under ``workdir`` and removed: the bucket exists
+  and the credentials may write there."""
+  if paths.is_remote(workdir):
+    _check_remote_workdir(workdir)
+    return
   parent = os.path.abspath(workdir)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
@@ -24,3 +31,14 @@ def check_workdir(workdir: str) -> None:
   except OSError as e:
     raise KdjaxError(f'cannot create the workdir {workdir!r} ({parent!r}: '
                      f'{e.strerror or e}); choose another --workdir') from None
+
+
+def _check_remote_workdir(workdir: str) -> None:
+  probe = paths.path(workdir, '--workdir') / f'.kdjax_probe_{uuid.uuid4().hex}'
+  try:
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise KdjaxError(f'cannot write into the workdir {workdir} ({type(e).__name__}: '
+                     f'{e.strerror or e}); check the bucket and your credentials, or choose '
+                     f'another --workdir') from None

@@ -1,18 +1,18 @@
-"""Paths as users type them (kdjax/main.py ``local_path``): ``~`` expanded, a URL refused with
-one line, the workdir's absolute path printed at the start and under the final table."""
+"""Paths as users type them (kdjax/main.py ``user_path``): ``~`` expanded, a URL of a scheme
+kdjax cannot reach refused with one line, the workdir's absolute path printed at the start and under the final table."""
 
 import pytest
 
 from conftest import ROOT, run_cli
 
 
-@pytest.mark.parametrize('workdir', ['http://example.com/runs/x', 'gs://bucket/runs/x'])
-def test_a_url_workdir_is_one_line_and_nothing_is_written(workdir):
+@pytest.mark.parametrize('workdir', ['http://example.com/runs/x', 'hdfs://host/runs/x'])
+def test_a_workdir_of_an_unknown_scheme_is_one_line_and_nothing_is_written(workdir):
   done = run_cli(['--config', 'vanilla:digits', f'--workdir={workdir}'])
   assert done.returncode == 2 and not done.stdout
-  assert done.stderr == (f'kdjax: error: --workdir {workdir} is a URL, and kdjax reads and '
-                         f'writes local folders only (for now); give a local path, or mount '
-                         f'the bucket (e.g. with gcsfuse) and give its folder\n')
+  scheme = workdir.split(':')[0]
+  assert done.stderr == (f'kdjax: error: --workdir {workdir}: kdjax reads and writes local '
+                         f'paths and gs://, s3:// URLs, not {scheme}://\n')
   assert not (ROOT / workdir.split('/')[0]).exists()
 
 
