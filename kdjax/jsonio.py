@@ -29,10 +29,15 @@ def read_json(path: str) -> Optional[Any]:
 def write_json(path: str, obj: Any) -> None:
   """Writes ``obj`` to ``path`` atomically: locally a temporary file, then a rename; in an
   object store one upload (readers see the old object or the new one, never a part)."""
-  text = json.dumps(obj, indent=2, sort_keys=True)
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def write_text(path: paths.PathLike, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically (see :func:`write_json`)."""
+  target = paths.path(path)
   if paths.is_remote(path):
-    paths.path(path).write_text(text)
+    target.write_text(text)
     return
-  tmp = paths.path(path + '.tmp')
-  tmp.write_text(text)
-  tmp.replace(paths.path(path))
+  tmp = target.with_name(target.name + '.tmp')
+  tmp.write_text(text)  # a kill now leaves the old file whole
+  tmp.replace(target)

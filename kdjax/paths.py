@@ -64,3 +64,14 @@ def path(value: PathLike, what: str = 'path') -> epath.Path:
 def text(value: PathLike, what: str = 'path') -> str:
   """:func:`path` as a string, for configs and messages (a URL stays a URL)."""
   return os.fspath(path(value, what))
+
+
+def copy_tree(source: PathLike, target: PathLike) -> None:
+  """Copies every file under the folder ``source`` to the same relative path under
+  ``target`` (either may be local or in an object store)."""
+  source, target = path(source), path(target)
+  for folder, _, files in source.walk():
+    for name in files:
+      destination = target / (folder / name).relative_to(source)
+      destination.parent.mkdir(parents=True, exist_ok=True)
+      destination.write_bytes((folder / name).read_bytes())

@@ -11,6 +11,9 @@ from kdjax import platform_tuning
 # In-process tests compute with what `python -m kdjax.main` uses (config.platform's
 # defaults); this must run before anything starts JAX's backend.
 platform_tuning.apply()
+# gcsfs asks a gRPC API, which no local GCS server serves, for a bucket's layout on every
+# call; it reads this when imported, so it is set before any test imports it.
+os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get('KDJAX_FIXTURES', ROOT.parent / 'shared' / 'fixtures'))

@@ -1,5 +1,6 @@
 """A local Google Cloud Storage server for the tests: the ``gcp-storage-emulator`` package run
-as a subprocess on 127.0.0.1, and the standard variables that point every client at it.
+as a subprocess on 127.0.0.1 (through tests/gcs_server.py, which closes two of its gaps to
+Cloud Storage), and the standard variables that point every client at it.
 
 The clients kdjax uses reach a bucket through three stacks, each told where the server is by
 its own variable: gcsfs (``etils.epath``'s ``gs://`` backend) by ``STORAGE_EMULATOR_HOST``;
@@ -15,10 +16,15 @@ import importlib.util
 import socket
 import subprocess
 import sys
+import json
+import pathlib
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
+
+SERVER = pathlib.Path(__file__).with_name('gcs_server.py')  # the emulator, two gaps closed
 
 
 def _free_port() -> int:
@@ -44,7 +50,7 @@ def running_emulator(buckets=('kdjax-test',)):
   port = _free_port()
   url = f'http://127.0.0.1:{port}'
   server = subprocess.Popen(
-      [sys.executable, '-m', 'gcp_storage_emulator', 'start', '--host', '127.0.0.1',
+      [sys.executable, str(SERVER), 'start', '--host', '127.0.0.1',
        '--port', str(port), '--in-memory', '--default-bucket', buckets[0]],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
@@ -65,3 +71,25 @@ def running_emulator(buckets=('kdjax-test',)):
   finally:
     server.terminate()
     server.wait(timeout=10)
+
+
+def list_objects(url: str, bucket: str, prefix: str = '') -> list:
+  """The names of the objects under ``prefix`` in ``bucket``, read from the server's JSON API
+  (no client library: what is in the bucket, whatever kdjax's clients believe)."""
+  names, token = [], ''
+  while True:
+    query = urllib.parse.urlencode({'prefix': prefix, 'pageToken': token})
+    with urllib.request.urlopen(f'{url}/storage/v1/b/{bucket}/o?{query}', timeout=10) as r:
+      page = json.load(r)
+    names += [item['name'] for item in page.get('items', [])]
+    token = page.get('nextPageToken')
+    if not token:
+      return sorted(names)
+
+
+def read_object(url: str, bucket: str, name: str) -> bytes:
+  """The bytes of one object, read from the server's JSON API."""
+  quoted = urllib.parse.quote(name, safe='')
+  with urllib.request.urlopen(f'{url}/storage/v1/b/{bucket}/o/{quoted}?alt=media',
+                              timeout=10) as r:
+    return r.read()

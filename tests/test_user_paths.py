@@ -1,5 +1,6 @@
-"""Paths as users type them (kdjax/main.py ``user_path``): ``~`` expanded, a URL of a scheme
-kdjax cannot reach refused with one line, the workdir's absolute path printed at the start and under the final table."""
+"""Paths as users type them (kdjax/main.py ``user_path``): ``~`` expanded, a URL of a
+scheme kdjax cannot reach refused with one line, the workdir's absolute path printed at the
+start and under the final table."""
 
 import pytest
 

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
+import tempfile
 import time
 from typing import NamedTuple, Optional
 
@@ -39,7 +38,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from kdjax import checkpoints, interrupts, jsonio, methods, sharding
+from kdjax import checkpoints, interrupts, jsonio, methods, paths, sharding
 from kdjax.console import say
 from kdjax.errors import KdjaxError
 from kdjax.methods.base import FrozenInputs, Method
@@ -193,8 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stack.enter_context(interrupts.doing(f'starting or ending the run in {workdir}',
                                          'its saved checkpoints are kept'))
     stack.enter_context(_removed_on_failure(workdir, created))
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                    keep=config.keep_checkpoints)
+    ckpt = checkpoints.Checkpointer(_join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
     stack.callback(ckpt.close, quiet=True)  # after a normal end already closed: nothing to do
     state, progress = _restore_or_start(run, ckpt)
     start = int(state.step)
@@ -212,17 +210,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     results = _results(run, progress, final_step, images_per_second)
     if primary:
-      jsonio.write_json(os.path.join(workdir, 'results.json'), results)
+      jsonio.write_json(_join(workdir, 'results.json'), results)
     if stopped_by is not None:
       raise Interrupted(workdir, final_step, stopped_by)
     return results
 
 
+def _join(workdir: str, name: str) -> str:
+  """``workdir/name``, for a local folder or an object store's URL alike."""
+  return str(paths.path(workdir) / name)
+
+
 def _make_workdir(workdir: str) -> bool:
-  """Creates ``workdir`` if needed; whether it was created now."""
-  created = not os.path.exists(workdir)
+  """Creates ``workdir`` if needed (an object store needs no folders); whether it was
+  created now (for an object store: whether nothing was under its prefix)."""
+  folder = paths.path(workdir)
+  created = not folder.exists()
   try:
-    os.makedirs(workdir, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise KdjaxError(f'cannot create the workdir {workdir!r} ({e.strerror or e}); choose '
                      f'another --workdir') from None
@@ -236,7 +241,8 @@ def _removed_on_failure(workdir: str, created: bool):
     yield
   except BaseException:
     if created and jax.process_index() == 0 and not _saved_a_step(workdir):
-      shutil.rmtree(workdir, ignore_errors=True)  # nothing worth keeping was written
+      with contextlib.suppress(OSError):  # nothing worth keeping was written
+        paths.path(workdir).rmtree()
     raise
 
 
@@ -253,7 +259,7 @@ def _restore_or_start(run: Training, ckpt: checkpoints.Checkpointer) -> tuple:
   else:  # every process sees the workdir, so every one refuses alike
     _refuse_silent_restart(config, workdir)
   if jax.process_index() == 0:
-    jsonio.write_json(os.path.join(workdir, 'config.json'),
+    jsonio.write_json(_join(workdir, 'config.json'),
                       json.loads(config.to_json_best_effort()))
   return state, progress
 
@@ -304,6 +310,7 @@ def _train_steps(run: Training, state: TrainState, progress: dict, feed: feeds.F
     if epoch_end:
       _end_epoch(run, state, progress, feed, writer, bar, done // spe)
     if checkpoint_now:
+      writer.flush()  # the metrics of the steps it holds are kept with it
       ckpt.save(done, state, _with_input_state(progress, feed))
     if stopping:
       bar.close()
@@ -351,11 +358,13 @@ def _end_epoch(run: Training, state: TrainState, progress: dict, feed: feeds.Fee
 class Profiler:
   """A ``jax.profiler`` trace of updates ``first..last`` (1-based, ``config.profile_steps``)
   into ``<workdir>/profile``, for TensorBoard's profile plugin (docs/performance.md);
-  nothing without ``steps``."""
+  nothing without ``steps``. For a workdir in an object store the trace is written to a
+  local temporary folder, then copied up (the profiler writes local files only)."""
 
   def __init__(self, workdir: str, steps: Optional[tuple]):
     self._first, self._last = steps if steps else (None, None)
-    self._folder, self._tracing = os.path.join(workdir, 'profile'), False
+    self._folder, self._tracing = _join(workdir, 'profile'), False
+    self._local: Optional[tempfile.TemporaryDirectory] = None
 
   def __enter__(self):
     return self
@@ -363,7 +372,9 @@ class Profiler:
   def before(self, step: int) -> None:
     """Starts the trace before update ``step + 1`` when it is the first to profile."""
     if self._first is not None and step + 1 == self._first:
-      jax.profiler.start_trace(self._folder)
+      if paths.is_remote(self._folder):
+        self._local = tempfile.TemporaryDirectory(prefix='kdjax_profile_')
+      jax.profiler.start_trace(self._local.name if self._local else self._folder)
       self._tracing = True
 
   def after(self, done: int, outputs) -> None:
@@ -375,6 +386,10 @@ class Profiler:
   def _stop(self) -> None:
     jax.profiler.stop_trace()
     self._tracing = False
+    if self._local is not None:
+      with self._local as local:
+        paths.copy_tree(local, self._folder)
+      self._local = None
     say(f'profile of updates {self._first}-{self._last} written to {self._folder}')
 
   def __exit__(self, *exc):
@@ -408,18 +423,18 @@ def _locked(workdir: str):
 
 def _saved_a_step(workdir: str) -> bool:
   """Whether a checkpoint step was saved in ``workdir`` (Orbax names step folders by number)."""
-  directory = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  directory = paths.path(workdir) / 'checkpoints'
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def _refuse_silent_restart(config: ml_collections.ConfigDict, workdir: str) -> None:
   """A workdir whose run ended (``results.json``) or evaluated an epoch but holds no
   checkpoint any more would be overwritten from step 0: refused unless ``config.restart``."""
-  ended = os.path.exists(os.path.join(workdir, 'results.json'))
-  metrics, evaluated = os.path.join(workdir, 'metrics.jsonl'), False
-  if os.path.exists(metrics):
-    with open(metrics, errors='replace') as f:
-      evaluated = '"split": "test/' in f.read()
+  folder = paths.path(workdir)
+  ended = (folder / 'results.json').exists()
+  metrics = folder / 'metrics.jsonl'
+  evaluated = metrics.exists() and '"split": "test/' in metrics.read_bytes().decode(
+      errors='replace')
   if (ended or evaluated) and not config.get('restart'):
     raise KdjaxError(f'workdir {workdir!r} holds the results of an earlier run but no '
                      f'checkpoint to resume from; --config.restart=true starts over and '

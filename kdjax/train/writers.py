@@ -12,11 +12,13 @@ import contextlib
 import io
 import json
 import logging
-import os
 import sys
+import time
 from typing import Mapping
 
 import tqdm
+
+from kdjax import jsonio, paths
 
 # A non-finite value is logged as is (the loop then stops with its own message naming it);
 # tensorboardX's own warning about it would only repeat that.
@@ -24,60 +26,80 @@ logging.getLogger('tensorboardX.x2num').setLevel(logging.ERROR)
 
 
 class MetricWriter:
-  """Appends metrics to ``workdir/metrics.jsonl`` and TensorBoard events in ``workdir/tb``."""
+  """Appends metrics to ``workdir/metrics.jsonl`` and TensorBoard events in ``workdir/tb``.
+
+  A local ``metrics.jsonl`` is appended to line by line. An object in a store cannot be
+  appended to: its lines are kept here and the whole object uploaded again after an
+  evaluation, at most every :data:`REMOTE_FLUSH_S` seconds for training lines, at
+  :meth:`flush` (the loop calls it before each checkpoint, so the lines of the steps a
+  checkpoint holds are never lost) and at :meth:`close`.
+  """
+
+  REMOTE_FLUSH_S = 30.0
 
   def __init__(self, workdir: str, *, resume_step: int, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = paths.path(workdir) / 'metrics.jsonl'
     if not enabled:
       return
-    _truncate_after(self.path, resume_step)
+    self._lines = _lines_up_to(self.path, resume_step) if self.path.exists() else []
+    if self._lines or self.path.exists():  # a resumed run writes the later lines again
+      jsonio.write_text(self.path, ''.join(self._lines))
+    self._remote, self._flushed_at = paths.is_remote(workdir), time.monotonic()
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self._tb = SummaryWriter(os.path.join(workdir, 'tb'), purge_step=resume_step or None)
+    self._tb = SummaryWriter(str(paths.path(workdir) / 'tb'), purge_step=resume_step or None)
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'step': step, 'split': split, **scalars}) + '\n')
+    line = json.dumps({'step': step, 'split': split, **scalars}) + '\n'
+    if self._remote:
+      self._lines.append(line)
+      if split != 'train' or time.monotonic() - self._flushed_at > self.REMOTE_FLUSH_S:
+        self.flush()
+    else:
+      with self.path.open('a') as f:
+        f.write(line)
     for k, v in scalars.items():
       if isinstance(v, (int, float)):
         self._tb.add_scalar(f'{split}/{k}', v, step)
 
+  def flush(self) -> None:
+    """Uploads a remote ``metrics.jsonl`` whole (nothing to do for a local one)."""
+    if self.enabled and self._remote:
+      self.path.write_text(''.join(self._lines))
+      self._flushed_at = time.monotonic()
+
   def close(self) -> None:
     if self.enabled:
+      self.flush()
       self._tb.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
-  """Drops lines written after ``step`` (a resumed run rewrites them); replaces the file
-  atomically.
+def _lines_up_to(path, step: int) -> list:
+  """The lines of ``path`` (an :class:`etils.epath.Path`) up to ``step`` (a resumed run
+  writes the later ones again).
 
   A line that is not a JSON object with a ``step`` (the half-written last line of a run
   killed mid-write, or the zeros a full disk or a crash can leave) is dropped too, with one
   warning line on stderr naming the file and how many lines went.
   """
-  if not os.path.exists(path):
-    return
   kept, dropped = [], 0
-  with open(path, errors='replace') as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        keep = json.loads(line)['step'] <= step
-      except (ValueError, TypeError, KeyError):
-        dropped += 1
-        continue
-      if keep:
-        kept.append(line.rstrip('\n') + '\n')
-  with open(path + '.tmp', 'w') as f:  # a kill now leaves the old file whole
-    f.writelines(kept)
-  os.replace(path + '.tmp', path)
+  for line in path.read_bytes().decode(errors='replace').splitlines():
+    if not line.strip():
+      continue
+    try:
+      keep = json.loads(line)['step'] <= step
+    except (ValueError, TypeError, KeyError):
+      dropped += 1
+      continue
+    if keep:
+      kept.append(line + '\n')
   if dropped:
     print(f'warning: dropped {dropped} unreadable line{"s" if dropped > 1 else ""} of {path} '
           f'(half-written when a run was killed or the disk was full)', file=sys.stderr,
           flush=True)
+  return kept
 
 
 # Off a terminal (a log file, nohup, SLURM, Colab's `!`), a progress line at most this often
