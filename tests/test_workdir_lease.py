@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -130,27 +131,72 @@ def test_a_live_lease_of_another_run_is_refused_at_once(workdir):
   assert _lease(workdir) == other  # untouched
 
 
-def test_a_lease_lost_to_another_run_is_noticed_and_not_deleted(workdir, monkeypatch, capfd):
+@pytest.mark.parametrize('taken', [True, False])  # by another run; deleted
+def test_a_lease_lost_to_another_run_is_noticed_and_not_deleted(workdir, monkeypatch, capfd,
+                                                                 taken):
   monkeypatch.setenv(STALE_ENV, '0.5')
   lock = WorkdirLock(workdir)
   lock.acquire()
+  thief = {'token': 'd' * 32, 'pid': 99, 'host': 'thief', 'started_at': 'T',
+           'heartbeat': time.time() + 5}  # stays live for the whole test
   try:
-    thief = {'token': 'd' * 32, 'pid': 99, 'host': 'thief', 'started_at': 'T',
-             'heartbeat': time.time() + 5}  # stays live for the whole test
-    _blob(workdir).upload_from_string(json.dumps(thief))
+    if taken:
+      _blob(workdir).upload_from_string(json.dumps(thief))
+    else:
+      _blob(workdir).delete()
     _warnings(capfd)
     deadline = time.monotonic() + 10
     with pytest.raises(KdjaxError) as error:
       while time.monotonic() < deadline:
         lock.check()
         time.sleep(0.05)
-    assert str(error.value).startswith(f'lost the lease on workdir {workdir} to PID 99 on '
-                                       f'thief (started at T, last heartbeat ')
+    to = 'PID 99 on thief (started at T, last heartbeat ' if taken else 'nobody (it was deleted)'
+    assert str(error.value).startswith(f'lost the lease on workdir {workdir} to {to}')
     time.sleep(0.3)  # more renewal periods: still one warning
     assert _warnings(capfd) == [f'warning: {error.value}']
   finally:
     lock.release()
-  assert _lease(workdir) == thief
+  assert _lease(workdir) == (thief if taken else None)  # not recreated, not deleted
+
+
+def _keeps(lock) -> bool:
+  """Whether ``lock`` still holds its lease (its check passes)."""
+  try:
+    lock.check()
+  except KdjaxError:
+    return False
+  return True
+
+
+def test_of_runs_racing_for_one_workdir_exactly_one_keeps_it(workdir, monkeypatch, capfd):
+  # On Cloud Storage the create-if-absent lets one write through; the emulator lets all
+  # through, and the read-back after the write and the renewals leave one owner all the same.
+  monkeypatch.setenv(STALE_ENV, '0.5')
+  locks = [WorkdirLock(workdir) for _ in range(6)]
+  start, held, refused = threading.Barrier(len(locks)), [], []
+
+  def race(lock):
+    start.wait()
+    try:
+      lock.acquire()
+      held.append(lock)
+    except KdjaxError as e:
+      refused.append(str(e))
+
+  threads = [threading.Thread(target=race, args=(lock,)) for lock in locks]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  try:
+    assert held and len(held) + len(refused) == len(locks)
+    assert all(r.startswith(f'workdir {workdir} is in use by PID ') for r in refused)
+    time.sleep(0.5)  # several renewals: each lock that lost the race has noticed
+    assert sum(map(_keeps, held)) == 1, (len(held), refused)
+  finally:
+    for lock in held:
+      lock.release()
+  assert _lease(workdir) is None  # deleted by the one owner; the others left it alone
 
 
 _HOLD = '''

@@ -164,7 +164,7 @@ def _read_owner(fd: int) -> str:
 
 # ----------------------------------------------------------------------------- gs://: a lease
 
-def stale_s() -> float:
+def _stale_s() -> float:
   """``STALE_S``, or ``$KDJAX_LEASE_STALE_S`` where set."""
   text = os.environ.get(STALE_ENV)
   if text is None:
@@ -205,7 +205,7 @@ class _Lease:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.stale_s = stale_s()
+    self.stale_s = _stale_s()
     bucket, _, folder = workdir[len('gs://'):].partition('/')
     self._bucket = _gcs_client(workdir).bucket(bucket)
     self._name = f'{folder.strip("/")}/{LOCK_NAME}'.lstrip('/')
@@ -269,12 +269,13 @@ class _Lease:
     """One heartbeat: checks the lease is ours, rewrites it on its generation, reads it back;
     sets :attr:`lost` where another run holds it."""
     record, generation = self._read()
-    if self._ours(record) and self._write(generation):
+    if self._ours(record):
+      self._write(generation)  # refused if another run wrote since the read: the read-back says
       record, _ = self._read()
     if not self._ours(record):
-      self.lost = (f'lost the lease on workdir {self.workdir} to '
-                   f'{_holder(record or {}, time.time())}; stopping so that two runs '
-                   f'do not write into one workdir')
+      to = 'nobody (it was deleted)' if record is None else _holder(record, time.time())
+      self.lost = (f'lost the lease on workdir {self.workdir} to {to}; stopping so that two '
+                   f'runs do not write into one workdir')
 
   def _ours(self, record: Optional[dict]) -> bool:
     return record is not None and record.get('token') == self.record['token']
