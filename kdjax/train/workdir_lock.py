@@ -70,9 +70,9 @@ class WorkdirLock:
   makes the block do nothing (the processes of a multi-process run other than 0).
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
-    self.workdir = workdir
-    self.path = os.path.join(workdir, LOCK_NAME)
+  def __init__(self, workdir: paths.PathLike, *, enabled: bool = True):
+    self.workdir = os.fspath(workdir)
+    self.path = os.path.join(self.workdir, LOCK_NAME)
     self.enabled = enabled
     self._fd: Optional[int] = None
     self._lease: Optional[_Lease] = None
