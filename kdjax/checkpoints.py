@@ -31,7 +31,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -100,8 +100,12 @@ def _first_line(error: BaseException, limit: Optional[int] = None) -> str:
 class Checkpointer:
   """Saves every ``every_steps`` (and on demand), keeps the last ``keep``, restores newest."""
 
-  def __init__(self, directory: str, *, keep: int):
+  def __init__(self, directory: str, *, keep: int,
+               before_save: Callable[[], None] = lambda: None):
+    """``before_save`` runs before each write and may raise to stop it (the workdir lock's
+    check that the workdir is still this run's)."""
     _quiet_abandoned_reads()
+    self._before_save = before_save
     self.directory = paths.text(directory)
     self.corrupt_directory = self.directory + '_corrupt'  # steps moved aside, see restore
     self._manager = ocp.CheckpointManager(
@@ -144,6 +148,7 @@ class Checkpointer:
     self._finish_pending()
     if step in self._manager.all_steps():
       return
+    self._before_save()
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))

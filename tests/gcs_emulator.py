@@ -93,3 +93,11 @@ def read_object(url: str, bucket: str, name: str) -> bytes:
   with urllib.request.urlopen(f'{url}/storage/v1/b/{bucket}/o/{quoted}?alt=media',
                               timeout=10) as r:
     return r.read()
+
+
+def write_object(url: str, bucket: str, name: str, data: bytes) -> None:
+  """Uploads one object (unconditionally) through the server's JSON API."""
+  query = urllib.parse.urlencode({'uploadType': 'media', 'name': name})
+  urllib.request.urlopen(urllib.request.Request(
+      f'{url}/upload/storage/v1/b/{bucket}/o?{query}', data=data,
+      headers={'Content-Type': 'application/octet-stream'}), timeout=10).close()

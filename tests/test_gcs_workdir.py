@@ -149,3 +149,52 @@ def test_two_processes_write_one_checkpoint_to_the_bucket_and_resume_from_it(
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-8)
 
+
+
+def _start(args, workdir):
+  return subprocess.Popen([sys.executable, '-m', 'kdjax.main', *args, f'--workdir={workdir}'],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+
+
+@pytest.mark.slow
+def test_a_second_run_is_refused_at_once_while_the_first_holds_the_lease(gcs):
+  prefix = _prefix()
+  workdir = f'gs://{BUCKET}/{prefix}'
+  first = _start([*TINY, '--config.num_epochs=5'], workdir)
+  try:
+    _wait_for_object(gcs, f'{prefix}/.lock', first)
+    second = _run([*TINY, f'--workdir={workdir}'], timeout=120)
+    assert first.poll() is None, 'the first run holds the workdir all along'
+  finally:
+    first.kill()
+    first.wait()
+  assert second.returncode == 2 and not second.stdout
+  line = second.stderr.splitlines()[-1]  # after the lines that name the run
+  assert line.startswith(f'kdjax: error: workdir {workdir} is in use by PID {first.pid} on ')
+  assert line.endswith('; wait for it to finish or choose another --workdir')
+
+
+@pytest.mark.slow
+def test_a_run_that_loses_its_lease_stops_before_its_next_checkpoint(gcs, monkeypatch):
+  monkeypatch.setenv('KDJAX_LEASE_STALE_S', '2')  # renewed every 0.4 s
+  prefix = _prefix()
+  workdir = f'gs://{BUCKET}/{prefix}'
+  run = _start([*TINY, '--config.num_epochs=5'], workdir)
+  try:
+    _wait_for_object(gcs, f'{prefix}/checkpoints/4/commit_success.txt', run)
+    other = {'token': 'another-run', 'pid': 4321, 'host': 'elsewhere', 'started': time.time(),
+             'started_at': 'now', 'heartbeat': time.time() + 3600}
+    gcs_emulator.write_object(gcs, BUCKET, f'{prefix}/.lock', json.dumps(other).encode())
+    _, err = run.communicate(timeout=300)
+  finally:
+    run.kill()
+    run.wait()
+  assert run.returncode == 2
+  assert err.splitlines()[-1].startswith(
+      f'kdjax: error: lost the lease on workdir {workdir} to PID 4321 on elsewhere ')
+  saved = gcs_emulator.list_objects(gcs, BUCKET, f'{prefix}/checkpoints/')
+  steps = {n.split('/')[3] for n in saved}
+  assert f'{prefix}/results.json' not in gcs_emulator.list_objects(gcs, BUCKET, prefix)
+  assert json.loads(gcs_emulator.read_object(gcs, BUCKET, f'{prefix}/.lock'))['pid'] == 4321
+  assert max(int(s) for s in steps if s.isdigit()) < 44, steps

@@ -1,9 +1,9 @@
 """The lease that keeps a second run out of a gs:// workdir in use (kdjax.train.workdir_lock).
 
 Everything is real: a local GCS server (tests/gcs_emulator.py), the lease read and written
-with google-cloud-storage, a holder in a separate process killed with SIGKILL. The emulator
-ignores generation preconditions, so these tests prove the read-back checks that catch a
-lost race, not Cloud Storage's atomic create-if-absent.
+with google-cloud-storage, a holder in a separate process killed with SIGKILL. The server
+honours generation preconditions as Cloud Storage does (tests/gcs_server.py), so a race is
+decided by the atomic create-if-absent; the read-back checks stand behind it.
 """
 
 import json
@@ -169,8 +169,7 @@ def _keeps(lock) -> bool:
 
 
 def test_of_runs_racing_for_one_workdir_exactly_one_keeps_it(workdir, monkeypatch, capfd):
-  # On Cloud Storage the create-if-absent lets one write through; the emulator lets all
-  # through, and the read-back after the write and the renewals leave one owner all the same.
+  # The create-if-absent lets one write through (tests/gcs_server.py, as Cloud Storage).
   monkeypatch.setenv(STALE_ENV, '0.5')
   locks = [WorkdirLock(workdir) for _ in range(6)]
   start, held, refused = threading.Barrier(len(locks)), [], []

@@ -30,7 +30,7 @@ import contextlib
 import json
 import tempfile
 import time
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -188,11 +188,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     created = _make_workdir(workdir)
     # The lock is taken before the clean-up: a run refused because another holds the
     # workdir must never remove what that run writes.
-    stack.enter_context(_locked(workdir))
+    lock = stack.enter_context(_locked(workdir))
     stack.enter_context(interrupts.doing(f'starting or ending the run in {workdir}',
                                          'its saved checkpoints are kept'))
     stack.enter_context(_removed_on_failure(workdir, created))
-    ckpt = checkpoints.Checkpointer(_join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+    ckpt = checkpoints.Checkpointer(  # a save checks first that the workdir is still ours
+        _join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+        before_save=lambda: _on_process_0(lock.check, f'process 0 lost the lock on workdir '
+                                                      f'{workdir!r}'))
     stack.callback(ckpt.close, quiet=True)  # after a normal end already closed: nothing to do
     state, progress = _restore_or_start(run, ckpt)
     start = int(state.step)
@@ -399,26 +402,34 @@ class Profiler:
 
 @contextlib.contextmanager
 def _locked(workdir: str):
-  """Holds ``workdir``'s :class:`WorkdirLock` (process 0 takes it; with several processes
-  all of them learn whether it got it, so none waits for a run that is not going to start)."""
-  lock, error = WorkdirLock(workdir), None
+  """Holds ``workdir``'s :class:`WorkdirLock` (process 0 takes it, see
+  :func:`_on_process_0`); yields it."""
+  lock = WorkdirLock(workdir)
+  _on_process_0(lock.acquire, f'workdir {workdir!r} is in use by another run (process 0 '
+                f'could not lock it)')
+  try:
+    yield lock
+  finally:
+    lock.release()
+
+
+def _on_process_0(action: Callable[[], None], elsewhere: str) -> None:
+  """Runs ``action`` on process 0. With several processes all of them learn whether it
+  raised :class:`KdjaxError` and raise too (the others with the line ``elsewhere``), so
+  none waits in a collective for a process that has left."""
+  error = None
   if jax.process_index() == 0:
     try:
-      lock.acquire()
+      action()
     except KdjaxError as e:
       error = e
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
-    if refused and error is None:
-      error = KdjaxError(f'workdir {workdir!r} is in use by another run (process 0 could not '
-                         f'lock it)')
+    failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if failed and error is None:
+      error = KdjaxError(elsewhere)
   if error is not None:
     raise error
-  try:
-    yield
-  finally:
-    lock.release()
 
 
 def _saved_a_step(workdir: str) -> bool:

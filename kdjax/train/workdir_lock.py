@@ -28,9 +28,8 @@ is:
   writing, so a lease lost to another run (a stall longer than ``STALE_S`` let it take over)
   is noticed: one warning line, and :meth:`WorkdirLock.check` raises from then on so the loop
   stops writing into a workdir another run owns. The lease is deleted on release if still
-  ours. The tests run against ``gcp-storage-emulator``, which ignores generation
-  preconditions: they prove the read-back checks, not the atomic create, which is Cloud
-  Storage's documented behaviour.
+  ours. The tests run against a local GCS server that honours generation preconditions as
+  Cloud Storage does (tests/gcs_server.py); the read-back also covers a store that does not.
 
 * Another object store (``s3://``): no lock; one warning line says so.
 """
@@ -229,7 +228,7 @@ class _Lease:
       else:
         raise self._in_use(self._read()[0] or {})
       mine, _ = self._read()
-      if not self._ours(mine):  # only where preconditions are ignored (the emulator)
+      if not self._ours(mine):  # only where a store ignores preconditions
         raise self._in_use(mine or {})
     if old is not None:
       warn(f'workdir {self.workdir} was held by {_holder(old, time.time())}, longer than '
@@ -293,7 +292,7 @@ class _Lease:
     blob = self._blob()
     try:
       data = blob.download_as_bytes()
-      if blob.generation is None:  # the GCS emulator sends no X-Goog-Generation header
+      if blob.generation is None:  # a server that sends no X-Goog-Generation header
         blob.reload()
     except exceptions.NotFound:
       return None, None
