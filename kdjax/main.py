@@ -110,9 +110,11 @@ def command(argv, action) -> None:
   except KdjaxError as e:
     print(f'kdjax: error: {e}', file=sys.stderr)
     sys.exit(2)
-  except OSError as e:  # the disk or a folder failed us outside kdjax's own checks
-    where = f' ({e.filename})' if e.filename else ''
-    print(f'kdjax: error: {e.strerror or e}{where}', file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except
+    known = paths.io_error(e)  # an object store refusing, a disk or folder failing us
+    if known is None:
+      raise
+    print(f'kdjax: error: {known}', file=sys.stderr)
     sys.exit(2)
 
 

@@ -17,9 +17,12 @@ exponential backoff before an error reaches kdjax.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
-from typing import Union
+import sys
+import urllib.parse
+from typing import Optional, Union
 
 from etils import epath
 
@@ -75,3 +78,128 @@ def copy_tree(source: PathLike, target: PathLike) -> None:
       destination = target / (folder / name).relative_to(source)
       destination.parent.mkdir(parents=True, exist_ok=True)
       destination.write_bytes((folder / name).read_bytes())
+
+
+# ------------------------------------------------------------------ storage errors, one line
+
+# How the clients report a refused request (read in gcsfs 2026.10's retry.validate_response
+# and seen from TensorStore's GCS driver): gcsfs raises FileNotFoundError(request URL) for
+# HTTP 404, OSError('Forbidden: URL\nmessage') for 403, ValueError('Bad Request: URL\nmessage')
+# for a 400 that says 'invalid', and HttpError (``.code``, ``.message``) for the rest, 401
+# included; TensorStore raises ValueError('STATUS: message [http_response_code=N] ...').
+_TENSORSTORE = re.compile(r'^[A-Z_]+: (.*?)(?: \[|$)', re.DOTALL)
+_TENSORSTORE_CODE = re.compile(r"http_response_code='(\d+)'")
+# gcsfs' request URL for a whole bucket (an upload, a listing), and for an object.
+_BUCKET_REQUEST = re.compile(r'(?:^|/)b/([^/?]+)/o(?:\?|$)')
+_OBJECT_URL = re.compile(r'(?:^|/)b/([^/?]+)/o(?:/([^?\s]+)|\?(?:.*&)?name=([^&\s]+))?')
+_CREDENTIALS_HELP = ('run `gcloud auth application-default login`, or set '
+                     'GOOGLE_APPLICATION_CREDENTIALS to the key file of a service account')
+_RETRIED = 'after the client retried it with backoff'
+
+
+class _ClientNoise(logging.Filter):
+  """Drops what the storage clients log about failures kdjax reports itself, in one line
+  (:func:`storage_error`): gcsfs' tracebacks of a failed request ('non-retriable
+  exception', 'out of retries'), and google-auth's warnings while gcsfs tries one way of
+  finding credentials after another (it goes on without when none works)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.name == 'gcsfs':
+      return not (record.levelno >= logging.ERROR and record.exc_info)
+    return record.levelno >= logging.ERROR
+
+
+for _logger in ('gcsfs', 'google.auth._default'):
+  logging.getLogger(_logger).addFilter(_ClientNoise())
+
+
+def _loaded(module: str, name: str):
+  """The class ``module.name`` if ``module`` is imported, else ``()`` (which nothing is an
+  instance of): an error of a client that was never imported cannot be one of its classes,
+  and kdjax need not import gcsfs or google-auth to say so."""
+  return getattr(sys.modules.get(module), name, ())
+
+
+def _http_status(error: BaseException) -> tuple:
+  """``(HTTP status or None, the server's message)`` of a refused request, as gcsfs and
+  TensorStore report it (see above)."""
+  text = str(error)
+  if isinstance(error, _loaded('gcsfs.retry', 'HttpError')):
+    return error.code, str(error.message).removesuffix(f', {error.code}')
+  for status, kind, start in ((403, OSError, 'Forbidden: '), (400, ValueError, 'Bad Request: ')):
+    if type(error) is kind and text.startswith(start):  # pylint: disable=unidiomatic-typecheck
+      return status, ' '.join(text.split('\n')[1:]).strip()
+  code = _TENSORSTORE_CODE.search(text)
+  if isinstance(error, ValueError) and code:
+    match = _TENSORSTORE.match(text)
+    return int(code.group(1)), match.group(1) if match else text
+  return None, text
+
+
+def _storage_url(text: str) -> str:
+  """The ``gs://bucket/object`` a gcsfs request URL in ``text`` names, '' if none."""
+  match = _OBJECT_URL.search(text)
+  if not match:
+    return ''
+  bucket, key = match.group(1), urllib.parse.unquote(match.group(2) or match.group(3) or '')
+  return f'gs://{bucket}/{key}'.rstrip('/')
+
+
+def _credentials_error(error: BaseException, status: Optional[int]) -> bool:
+  """Whether ``error`` (or its cause) says the credentials are missing, wrong or expired:
+  HTTP 401, google-auth finding none (DefaultCredentialsError) or failing to refresh them
+  (RefreshError; gcsfs turns that into HttpError 401 'Invalid Credentials')."""
+  auth = (_loaded('google.auth.exceptions', 'DefaultCredentialsError'),
+          _loaded('google.auth.exceptions', 'RefreshError'))
+  return (status == 401 or str(error).startswith('UNAUTHENTICATED:')
+          or any(isinstance(e, a) for e in (error, error.__cause__) for a in auth))
+
+
+def _unreachable(error: BaseException) -> bool:
+  """Whether ``error`` is a connection that failed (refused, dropped, timed out) after the
+  client's retries: aiohttp's (gcsfs), requests' (google-auth) or TensorStore's UNAVAILABLE."""
+  return (isinstance(error, (_loaded('aiohttp.client_exceptions', 'ClientError'),
+                             _loaded('requests.exceptions', 'ConnectionError')))
+          or (isinstance(error, ValueError) and str(error).startswith('UNAVAILABLE:')))
+
+
+def storage_error(error: BaseException, what: str = '') -> Optional[KdjaxError]:
+  """One :class:`KdjaxError` line for an object store's refusal, or None for any other
+  error: a bucket that does not exist, missing or bad credentials (and how to provide
+  them), no permission, or a request that kept failing (HTTP 408/429/5xx, a dropped
+  connection) after the client's own retries. ``what`` names what was being read or
+  written (``the workdir gs://b/run``); without it, the object of the failed request."""
+  status, message = _http_status(error)
+  subject = what or _storage_url(str(error)) or 'cloud storage'
+  detail = f'HTTP {status}: {message}' if status else f'{type(error).__name__}: {message}'
+  detail = detail.strip().splitlines()[0] if detail.strip() else type(error).__name__
+  local = isinstance(error, OSError) and error.filename and not is_remote(error.filename)
+  bucket = None if local else _BUCKET_REQUEST.search(str(error))
+  if isinstance(error, FileNotFoundError) and bucket:  # an upload or a listing found no bucket
+    return KdjaxError(f'{subject}: bucket gs://{bucket.group(1)} does not exist; create it '
+                      f'(gcloud storage buckets create gs://{bucket.group(1)}) or name another')
+  if _credentials_error(error, status):
+    return KdjaxError(f'{subject}: no valid Google Cloud credentials ({detail}); '
+                      f'{_CREDENTIALS_HELP}')
+  if status == 403 or (isinstance(error, PermissionError) and not local):  # s3fs: 403
+    return KdjaxError(f'{subject}: permission denied ({detail}); grant the account access '
+                      f'to the bucket (e.g. roles/storage.objectAdmin) or choose another path')
+  if status is not None:
+    transient = status in (408, 429) or status >= 500
+    return KdjaxError(f'{subject}: the storage service answered {detail}' + (
+        f' {_RETRIED}; try again later (a training run resumes from its last checkpoint)'
+        if transient else ''))
+  if _unreachable(error):
+    return KdjaxError(f'{subject}: the storage service could not be reached ({detail}) '
+                      f'{_RETRIED}; check the network and try again')
+  return None
+
+
+def io_error(error: BaseException) -> Optional[KdjaxError]:
+  """:func:`storage_error`, or for another :class:`OSError` (a disk or a folder failing)
+  its reason and file in one line; None for any other error (a bug: its traceback)."""
+  known = storage_error(error)
+  if known is not None or not isinstance(error, OSError):
+    return known
+  where = f' ({error.filename})' if error.filename else ''
+  return KdjaxError(f'{(str(error.strerror or error).splitlines() or [""])[0]}{where}')

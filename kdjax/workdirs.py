@@ -34,11 +34,19 @@ def check_workdir(workdir: str) -> None:
 
 
 def _check_remote_workdir(workdir: str) -> None:
+  """Writes and removes an empty object under ``workdir``; a refusal is one line
+  (:func:`kdjax.paths.storage_error`: no bucket, no credentials, no permission)."""
   probe = paths.path(workdir, '--workdir') / f'.kdjax_probe_{uuid.uuid4().hex}'
   try:
     probe.write_text('')
     probe.unlink()
-  except OSError as e:
-    raise KdjaxError(f'cannot write into the workdir {workdir} ({type(e).__name__}: '
-                     f'{e.strerror or e}); check the bucket and your credentials, or choose '
-                     f'another --workdir') from None
+  except Exception as e:  # pylint: disable=broad-except
+    known = paths.storage_error(e, f'the workdir {workdir}')
+    if known is not None:
+      raise known from None
+    if not isinstance(e, OSError):
+      raise
+    first = (str(e.strerror or e).splitlines() or [''])[0]
+    raise KdjaxError(f'cannot write into the workdir {workdir} ({type(e).__name__}: {first}); '
+                     f'check the bucket and your credentials, or choose another --workdir'
+                     ) from None
