@@ -2,6 +2,7 @@
 
     python -m kdjax.report DIR [DIR ...] [--out OUTDIR]
 
+DIR and OUTDIR may be folders in an object store (``gs://bucket/runs``, :mod:`kdjax.paths`).
 Every folder under the DIRs that holds a run (its ``config.json``; seeds in ``DIR/seed_<i>``
 and the digits teachers in ``DIR/teacher`` included) is read: ``results.json`` where the
 run wrote one (finished, or stopped by a signal), otherwise its ``metrics.jsonl`` (a run
@@ -43,9 +44,11 @@ import json
 import os
 import statistics
 import sys
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
-from kdjax import cli, jsonio, methods, run_fields
+from etils import epath
+
+from kdjax import cli, jsonio, methods, paths, run_fields
 from kdjax.errors import KdjaxError
 
 _SKIP_DIRS = ('checkpoints', 'tb')  # a run's own sub-folders, never runs themselves
@@ -108,22 +111,22 @@ def _read_jsonl(path: str) -> tuple:
   going, or cut off by a kill or a full disk), or the whole file if it cannot be opened."""
   rows, bad = [], []
   try:
-    with open(path, errors='replace') as f:
-      for number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-          if isinstance(row, dict) and 'step' in row and 'split' in row:
-            rows.append(row)
-            continue
-        except ValueError:
-          pass
-        bad.append(number)
+    text = paths.path(path).read_bytes().decode('utf-8', errors='replace')
   except FileNotFoundError:
     return [], None
   except OSError as e:
     return [], f'unreadable ({type(e).__name__}: {e.strerror}); no metrics for the run'
+  for number, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      if isinstance(row, dict) and 'step' in row and 'split' in row:
+        rows.append(row)
+        continue
+    except ValueError:
+      pass
+    bad.append(number)
   if not bad:
     return rows, None
   where = ', '.join(map(str, bad[:5])) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
@@ -147,24 +150,37 @@ def load_run(workdir: str, skipped: Optional[list] = None) -> RunRecord:
   metrics, as for a run still going) and ``metrics.jsonl`` lines that are not metrics rows;
   each is appended to ``skipped`` as a ``(path, why)`` pair when a list is given.
   """
-  path = os.path.join(workdir, 'config.json')
+  folder = paths.path(workdir)
+  path = str(folder / 'config.json')
   config, problem = jsonio.read_json_or_why(path)
   if problem is None and not (isinstance(config, dict) and 'method' in config):
     problem = 'missing' if config is None else 'not a kdjax config (no method)'
   if problem:
     raise _UnreadableRun(path, problem)
   notes = [] if skipped is None else skipped
-  path = os.path.join(workdir, 'results.json')
+  path = str(folder / 'results.json')
   results, problem = jsonio.read_json_or_why(path)
   if problem is None and results is not None and not isinstance(results, dict):
     results, problem = None, 'not a JSON object'
   if problem:
     notes.append((path, f'{problem}; the run is reported from its metrics.jsonl'))
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = str(folder / 'metrics.jsonl')
   metrics, problem = _read_jsonl(path)
   if problem:
     notes.append((path, problem))
   return RunRecord(workdir, config, results, metrics)
+
+
+def _run_folders(folder: epath.Path) -> Iterator[epath.Path]:
+  """``folder`` and the folders under it that hold a ``config.json``, in path order; a run's
+  own sub-folders (checkpoints, TensorBoard logs) are not searched. (``epath.Path.walk``
+  drops the ``gs://`` of the folders it yields.)"""
+  children = sorted(folder.iterdir())
+  if any(child.name == 'config.json' for child in children):
+    yield folder
+  for child in children:
+    if child.name not in _SKIP_DIRS and child.is_dir():
+      yield from _run_folders(child)
 
 
 def find_runs(dirs: Sequence[str], skipped: Optional[list] = None) -> list:
@@ -179,16 +195,14 @@ def find_runs(dirs: Sequence[str], skipped: Optional[list] = None) -> list:
     raise KdjaxError('no run directories given')
   found = set()
   for top in dirs:
-    if not os.path.isdir(top):
+    folder = paths.path(top)
+    if not folder.is_dir():
       raise KdjaxError(f'{top} is not a directory')
-    paths = []
-    for path, subdirs, files in os.walk(top):
-      subdirs[:] = sorted(d for d in subdirs if d not in _SKIP_DIRS)
-      if 'config.json' in files:
-        paths.append(os.path.realpath(path))
-    if not paths:
+    runs = [str(path) if paths.is_remote(top) else os.path.realpath(path)
+            for path in _run_folders(folder)]
+    if not runs:
       raise KdjaxError(f'{top} holds no kdjax run (no config.json under it)')
-    found.update(paths)
+    found.update(runs)
   if skipped is None:
     return [load_run(path) for path in sorted(found)]
   runs = []
@@ -251,7 +265,7 @@ def _teacher_name(run: RunRecord, teacher: str) -> str:
   checkpoint = (run.config.get('teacher') or {}).get('checkpoint')
   if not teacher or not run.info.uses_teacher or not checkpoint:
     return teacher
-  source = jsonio.read_json(os.path.join(checkpoint, 'config.json'))
+  source = jsonio.read_json(str(paths.path(checkpoint) / 'config.json'))
   kind = (source or {}).get('method', methods.SUPERVISED)
   return teacher if kind == methods.SUPERVISED else f'{teacher} ({kind})'
 
@@ -515,28 +529,25 @@ def report(dirs: Sequence[str], out: Optional[str] = None,
   runs = find_runs(dirs, notes)
   if skipped is not None:
     skipped.extend(notes)
-  out = out or os.path.join(dirs[0], 'report')
+  folder = paths.path(out or str(paths.path(dirs[0]) / 'report'), '--out')
   try:
-    os.makedirs(out, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # nothing to make in an object store
   except OSError as e:
-    raise KdjaxError(f'cannot create the report folder {out!r}: {e.strerror}') from e
+    raise KdjaxError(f'cannot create the report folder {str(folder)!r}: {e.strerror}') from e
   rows = table_rows(runs)
-  written = []
-  for name, text in (('table.md', markdown_table(rows)), ('table.csv', csv_table(rows))):
-    written.append(os.path.join(out, name))
-    with open(written[-1], 'w') as f:
-      f.write(text)
+  files = {'table.md': markdown_table(rows).encode(), 'table.csv': csv_table(rows).encode()}
   for name, fig in figures(runs).items():
-    written.append(os.path.join(out, name))
-    fig.savefig(written[-1])
-  skipped_txt = os.path.join(out, 'skipped.txt')
+    png = io.BytesIO()  # matplotlib writes files locally only: the bytes go through epath
+    fig.savefig(png, format='png')
+    files[name] = png.getvalue()
+  skipped_txt = folder / 'skipped.txt'
   if notes:
-    written.append(skipped_txt)
-    with open(skipped_txt, 'w') as f:
-      f.writelines(f'{path}: {why}\n' for path, why in notes)
-  elif os.path.exists(skipped_txt):
-    os.remove(skipped_txt)
-  return written
+    files['skipped.txt'] = ''.join(f'{path}: {why}\n' for path, why in notes).encode()
+  elif skipped_txt.exists():
+    skipped_txt.unlink()
+  for name, data in files.items():
+    (folder / name).write_bytes(data)
+  return [str(folder / name) for name in files]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -550,11 +561,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   skipped = []
   try:
     written = report(args.dirs, args.out, skipped)
-  except KdjaxError as e:
-    print(f'kdjax: error: {e}', file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except
+    known = e if isinstance(e, KdjaxError) else paths.io_error(e)
+    if known is None:
+      raise
+    print(f'kdjax: error: {known}', file=sys.stderr)
     return 2
-  with open(written[0]) as f:
-    print(f.read(), end='')
+  print(paths.path(written[0]).read_text(), end='')
   if skipped:
     print('skipped:', file=sys.stderr)
     for path, why in skipped:
