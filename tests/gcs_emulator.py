@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import socket
 import subprocess
@@ -46,35 +45,6 @@ def client_env(url: str) -> dict:
           'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false', 'EPATH_USE_TF': 'false',
           'NO_GCE_CHECK': 'true', 'GOOGLE_APPLICATION_CREDENTIALS': '',
           'CLOUDSDK_CONFIG': os.path.join(os.devnull, 'gcloud')}
-
-
-def upload(url: str, bucket: str, folder, prefix: str) -> list:
-  """Copies the files under the local ``folder`` into ``bucket`` under ``prefix`` through
-  the server's JSON API (no client library in the test process); returns the object names."""
-  names = []
-  for root, _, files in os.walk(folder):
-    for name in sorted(files):
-      path = os.path.join(root, name)
-      names.append(f'{prefix}/{os.path.relpath(path, folder)}'.replace(os.sep, '/'))
-      with open(path, 'rb') as f:
-        urllib.request.urlopen(urllib.request.Request(
-            f'{url}/upload/storage/v1/b/{bucket}/o?uploadType=media&name='
-            f'{urllib.parse.quote(names[-1], safe="")}', data=f.read(), method='POST',
-            headers={'Content-Type': 'application/octet-stream'}), timeout=10).close()
-  return names
-
-
-def objects(url: str, bucket: str, prefix: str = '') -> dict:
-  """``{name: bytes}`` of the objects in ``bucket`` whose names start with ``prefix``."""
-  listing = json.load(urllib.request.urlopen(
-      f'{url}/storage/v1/b/{bucket}/o?prefix={urllib.parse.quote(prefix)}', timeout=10))
-  out = {}
-  for item in listing.get('items', []):
-    with urllib.request.urlopen(f'{url}/download/storage/v1/b/{bucket}/o/'
-                                f'{urllib.parse.quote(item["name"], safe="")}?alt=media',
-                                timeout=10) as response:
-      out[item['name']] = response.read()
-  return out
 
 
 @contextlib.contextmanager

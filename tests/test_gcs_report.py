@@ -49,10 +49,14 @@ def test_report_reads_runs_from_a_bucket_and_writes_its_tables_and_plots_there(
   local_written = report.report([str(local_runs)], str(local_out), local_skipped)
   with gcs_emulator.running_emulator(buckets=(BUCKET,)) as url:
     env = gcs_emulator.client_env(url)
-    gcs_emulator.upload(url, BUCKET, local_runs, 'runs')
+    for path in sorted(local_runs.rglob('*')):
+      if path.is_file():
+        gcs_emulator.write_object(url, BUCKET, f'runs/{path.relative_to(local_runs)}',
+                                  path.read_bytes())
     done = _report_cli([f'gs://{BUCKET}/runs'], env)
     assert done.returncode == 0, done.stderr
-    written = gcs_emulator.objects(url, BUCKET, 'runs/report/')
+    written = {name: gcs_emulator.read_object(url, BUCKET, name)
+               for name in gcs_emulator.list_objects(url, BUCKET, 'runs/report/')}
     # read from the bucket, written to a local --out: the same files again
     again = _report_cli([f'gs://{BUCKET}/runs', '--out', str(tmp_path / 'from_bucket')], env)
     assert again.returncode == 0, again.stderr
