@@ -123,6 +123,9 @@ class Checkpointer:
     kept = (f'the checkpoint of step {kept} is kept and running the same command again '
             f'resumes from it' if kept is not None and kept != step else
             'no earlier checkpoint exists')
+    known = paths.storage_error(error, f'the checkpoint of step {step} in {self.directory}')
+    if known is not None:  # a bucket's refusal, in words that say what to fix
+      return CheckpointWriteError(f'{known}; {kept}')
     return CheckpointWriteError(
         f'could not write the checkpoint of step {step} to {self.directory} '
         f'({_first_line(error)}); {kept}; free disk space or fix the folder, then rerun')
@@ -134,7 +137,7 @@ class Checkpointer:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       error = self._write_error(step if step is not None else -1, e)
-      self._close_quietly()
+      self._close_quietly(failed=True)
       raise error from None
 
   def save(self, step: int, state: Any, progress: dict, *, wait: bool = False) -> None:
@@ -154,7 +157,7 @@ class Checkpointer:
           state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
     except Exception as e:  # pylint: disable=broad-except
       error = self._write_error(step, e)
-      self._close_quietly()
+      self._close_quietly(failed=True)
       raise error from None
     self._pending = step
     if wait:
@@ -213,14 +216,17 @@ class Checkpointer:
     """The newest checkpoint's step (``None`` if there is none)."""
     return self._manager.latest_step()
 
-  def _close_quietly(self) -> None:
+  def _close_quietly(self, *, failed: bool = False) -> None:
+    """Closes the manager; a failure to close is a warning, or, after a write that
+    ``failed`` (whose error already says it), nothing: it is the same failure again."""
     if self._closed:
       return
     self._closed = True
     try:
       self._manager.close()
     except Exception as e:  # pylint: disable=broad-except
-      warn(f'closing the checkpoint manager of {self.directory} failed ({_first_line(e)})')
+      if not failed:
+        warn(f'closing the checkpoint manager of {self.directory} failed ({_first_line(e)})')
 
   def wait(self) -> None:
     """Waits for the save in flight (see :meth:`save` for errors)."""

@@ -71,13 +71,15 @@ def text(value: PathLike, what: str = 'path') -> str:
 
 def copy_tree(source: PathLike, target: PathLike) -> None:
   """Copies every file under the folder ``source`` to the same relative path under
-  ``target`` (either may be local or in an object store)."""
+  ``target`` (either may be local or in an object store; ``epath.Path.walk`` would drop the
+  ``gs://`` of a remote source's folders, so this recurses with ``iterdir``)."""
   source, target = path(source), path(target)
-  for folder, _, files in source.walk():
-    for name in files:
-      destination = target / (folder / name).relative_to(source)
-      destination.parent.mkdir(parents=True, exist_ok=True)
-      destination.write_bytes((folder / name).read_bytes())
+  target.mkdir(parents=True, exist_ok=True)
+  for child in source.iterdir():
+    if child.is_dir():
+      copy_tree(child, target / child.name)
+    else:
+      (target / child.name).write_bytes(child.read_bytes())
 
 
 # ------------------------------------------------------------------ storage errors, one line

@@ -115,7 +115,8 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_last_one_restor
   proxy.fault = flaky_proxy.Fault(403, match=flaky_proxy.uploads, message='denied by the test')
   failed = _python(proxy.url, '-c', CHECKPOINT, 'ckpt_denied', '2', 'save')
   assert failed.stdout.startswith(
-      f'error: could not write the checkpoint of step 2 to gs://{BUCKET}/ckpt_denied ('), failed
+      f'error: the checkpoint of step 2 in gs://{BUCKET}/ckpt_denied: permission denied '
+      f'(HTTP 403: denied by the test); '), failed
   assert 'the checkpoint of step 1 is kept' in failed.stdout and failed.stdout.count('\n') == 1
   assert proxy.injected
   proxy.fault = None  # healed
