@@ -40,6 +40,7 @@ from kdjax.sharding import make_mesh
 from kdjax.teachers import logit_cache
 from kdjax.methods.base import BuildInputs
 from kdjax.train import optim, step as step_lib
+from kdjax.train.loop import check_config
 from kdjax.train.state import init_state
 
 # config.data.name -> (training images, classes): what shapes a step, without reading the
@@ -143,10 +144,7 @@ def trace_run(config: ml_collections.ConfigDict, *, compile: bool = False) -> Tr
   if config.data.name not in DATASETS:
     raise KdjaxError(f'cannot trace a run on {config.data.name!r}: its size is not known '
                      f'(kdjax.train.trace.DATASETS)')
-  n_dev = jax.device_count()
-  if config.batch_size % n_dev:
-    raise KdjaxError(f'config.batch_size {config.batch_size} is not divisible by the '
-                     f'{n_dev} devices')
+  check_config(config)  # the training loop's own fields (the batch over the devices, ...)
   total, num_classes = DATASETS[config.data.name]
   train_size = total - config.data.holdout
   steps_per_epoch = max(train_size // config.batch_size, 1)
@@ -174,7 +172,7 @@ def trace_run(config: ml_collections.ConfigDict, *, compile: bool = False) -> Tr
     params['teacher'] = _count(teacher_shapes['params'])
   memory = step_memory_bytes(lowered.compile()) if compile else None
   return Trace(params, cost_flops(lowered) / config.batch_size / 1e9,
-               config.batch_size // n_dev, memory)
+               config.batch_size // jax.device_count(), memory)
 
 
 def describe(trace: Trace) -> str:
