@@ -38,7 +38,9 @@ from kdjax.train import inputs
 def build_for_plan(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Builds (or loads and verifies) the cache of every run of ``config``'s plan that distils
   from a teacher; a teacher the plan trains first must be trained already."""
-  runs = plan_lib.make_plan(derive(config, {'teacher.cache': True}), workdir)
+  # A run refused for a changed config (kdjax.plan) is refused when trained; its cache stands.
+  runs = plan_lib.make_plan(derive(config, {'teacher.cache': True}), workdir,
+                            refuse_changes=False)
   trained_here = {run.workdir for run in runs if run.role == 'teacher'}
   done, mesh = set(), sharding.make_mesh()
   for run in runs:

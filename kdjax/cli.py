@@ -89,15 +89,23 @@ def _flat(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
   return out
 
 
+def unread_blocks(config: ml_collections.ConfigDict) -> tuple:
+  """The top-level blocks of ``config`` that a run of its method never reads: ``teacher``
+  for a method without one; a vanilla run's (a plan's teacher) distillation blocks,
+  inherited from the command's method."""
+  from kdjax import methods  # pylint: disable=import-outside-toplevel
+  unread = (set(method_names()) - {config.method} if config.method == methods.SUPERVISED
+            else set())
+  if not methods.info(config.method).uses_teacher:
+    unread.add('teacher')
+  return tuple(sorted(unread))
+
+
 def config_diff(config: ml_collections.ConfigDict) -> list:
   """``field: default -> value`` for every field of ``config`` that differs from its
   method's defaults (``experiments/<method>.py`` without a preset), but those a run of its
-  method never reads: a vanilla run's (a plan's teacher) distillation blocks, inherited
-  from the command's method."""
-  from kdjax import methods  # pylint: disable=import-outside-toplevel
-  unread = set(method_names()) - {config.method} if config.method == methods.SUPERVISED else ()
-  if not methods.info(config.method).uses_teacher:
-    unread = {*unread, 'teacher'}
+  method never reads (:func:`unread_blocks`)."""
+  unread = unread_blocks(config)
   defaults = _flat(experiment(config.method).get_config())
   return [f'{key}: {repr(defaults[key]) if key in defaults else "(not set)"} -> {value!r}'
           for key, value in sorted(_flat(config).items())

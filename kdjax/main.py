@@ -48,6 +48,10 @@ _DRY_RUN = flags.DEFINE_bool('dry-run', False, 'Print the plan and exit without 
 _TRACE = flags.DEFINE_bool('trace', False, 'With --dry-run: trace each run\'s train step on '
                            'abstract inputs (no data, no download) and print its parameters, '
                            'GFLOP per image and memory per device (kdjax/train/trace.py)')
+_ALLOW_CHANGE = flags.DEFINE_list(
+    'allow_change', [], 'Config fields (dotted, comma-separated, e.g. num_epochs,optimizer.lr) '
+    "that may differ from the config.json of a workdir being continued; any other field that "
+    'changes results is refused (README.md, "Rerunning a workdir")')
 flags.DEFINE_bool('list', False, 'List the methods and their presets, and exit')
 
 _HELP_FLAGS = ('--help', '-h', '-?', '--helpshort')
@@ -69,7 +73,9 @@ def _run_plan(config, workdir: str) -> None:
   if _TRACE.value and not _DRY_RUN.value:
     raise KdjaxError('--trace goes with --dry-run (it traces the plan\'s steps, it trains '
                      'nothing)')
-  runs = plan.make_plan(config, workdir, _SEEDS.value, need_data_dir=not _TRACE.value)
+  runs = plan.make_plan(config, workdir, _SEEDS.value, need_data_dir=not _TRACE.value,
+                        allow_change=tuple(_ALLOW_CHANGE.value),
+                        refuse_changes=not _DRY_RUN.value)
   if _DRY_RUN.value:
     print(plan.describe(runs, trace=_TRACE.value))
     return

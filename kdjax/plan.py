@@ -23,19 +23,27 @@ finished (the same number of epochs) is skipped, so a command can be re-run afte
 with a larger N, without losing finished work. A signal stops the plan with the
 :class:`~kdjax.train.loop.Interrupted` of the run it stopped. At the end a table of every
 run's top-1 is printed.
+
+One config per workdir: a run that would continue a workdir (resume its checkpoint, or skip
+it as finished) under a config that differs from the workdir's ``config.json`` in a field
+that changes results (:mod:`kdjax.run_fields`; e.g. ``optimizer.lr``, ``model``,
+``num_epochs``) is refused by :func:`make_plan`, every differing field named with both
+values, unless the plan's ``allow_change`` names the field (``--allow_change``); the
+training loop then records the change in ``config_changes.jsonl`` and ``config.json``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import NamedTuple, Optional
 
 import ml_collections
 
-from kdjax import cli, data, distributed, jsonio, methods, models, teachers
+from kdjax import cli, data, distributed, jsonio, methods, models, paths, run_fields, teachers
 from kdjax.configdict import derive
 from kdjax.errors import KdjaxError
-from kdjax.console import say
+from kdjax.console import say, warn
 from kdjax.train import trace as trace_lib
 from kdjax.train import writers
 from kdjax.train.loop import Interrupted, train_and_evaluate
@@ -48,11 +56,12 @@ __all__ = ['Interrupted', 'Run', 'describe', 'execute', 'make_plan', 'run_state'
 
 
 class Run(NamedTuple):
-  """One run of a plan: what it is (its line in the plan and the summary), its config and
-  its workdir."""
+  """One run of a plan: what it is (its line in the plan and the summary), its config, its
+  workdir, and the config fields that may differ from the workdir's ``config.json``."""
   role: str
   config: ml_collections.ConfigDict
   workdir: str
+  allow_change: tuple = ()
 
 
 def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -112,14 +121,19 @@ def validate(config: ml_collections.ConfigDict, *, need_data_dir: bool = True) -
 
 
 def make_plan(config: ml_collections.ConfigDict, workdir: str,
-              num_seeds: Optional[int] = None, *, need_data_dir: bool = True) -> tuple:
+              num_seeds: Optional[int] = None, *, need_data_dir: bool = True,
+              allow_change: tuple = (), refuse_changes: bool = True) -> tuple:
   """The runs ``config`` asks for (see the module docstring), each config validated
-  (``need_data_dir``: see :func:`validate`).
+  (``need_data_dir``: see :func:`validate`) and each workdir checked.
 
-  Raises :class:`KdjaxError` for the first mistake in any of them, before anything runs.
+  Raises :class:`KdjaxError` for the first mistake in any of them, before anything runs; with
+  ``refuse_changes`` (not for ``--dry-run``, which shows them), also for every run that would
+  continue a workdir under changed result fields outside ``allow_change`` (dotted fields or
+  blocks), all of them in one line.
   """
   if num_seeds is not None and num_seeds < 1:
     raise KdjaxError(f'--seeds must be at least 1, got {num_seeds}')
+  _check_allowed(config, allow_change)
   runs = []
   if _trains_teacher(config):  # once, shared by every seed
     teacher_dir = os.path.join(workdir, 'teacher')
@@ -131,10 +145,53 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str,
     for seed in range(num_seeds):
       runs += _runs_of(derive(config, {'seed': seed}), seed_workdir(workdir, seed),
                        f'seed {seed}: ')
+  runs = [run._replace(allow_change=tuple(allow_change)) for run in runs]
   for run in runs:
     validate(run.config, need_data_dir=need_data_dir)
     check_workdir(run.workdir)
+  if refuse_changes:
+    _refuse_changes(runs)
   return tuple(runs)
+
+
+def _check_allowed(config: ml_collections.ConfigDict, allow_change: tuple) -> None:
+  """Raises :class:`KdjaxError` for a name in ``allow_change`` that is no field or block of
+  ``config``."""
+  fields = run_fields.flatten(json.loads(config.to_json_best_effort()))
+  unknown = [n for n in allow_change if not any(run_fields.covered(f, (n,)) for f in fields)]
+  if unknown:
+    raise KdjaxError(f'--allow_change names no field of the config: {", ".join(unknown)}; '
+                     f'give dotted config fields or blocks, e.g. '
+                     f'--allow_change=optimizer.lr,num_epochs')
+
+
+def _refuse_changes(runs: list) -> None:
+  """One :class:`KdjaxError` line for every run that would continue its workdir under result
+  fields that differ from its ``config.json`` and are not allowed; a warning for a workdir
+  with checkpoints but no readable ``config.json`` (nothing to compare with)."""
+  refused = []
+  for run in runs:
+    state, changes = _workdir_state(run)
+    if changes is None:
+      warn(f'{run.workdir} holds a run ({state}) but no readable config.json (an older '
+           f'kdjax?): its config cannot be compared with this command\'s, which it is taken '
+           f'for (a resume records it as its config.json)')
+    elif changes[0]:
+      refused.append((run, changes[0]))
+  if not refused:
+    return
+  lines = [f'workdir {run.workdir}: config differs from its config.json in '
+           + ', '.join(f'{f} ({_shown(old)} -> {_shown(new)})' for f, old, new in diffs)
+           for run, diffs in refused]
+  names = sorted({f for _, diffs in refused for f, _, _ in diffs})
+  it = 'it' if len(refused) == 1 else 'them'
+  raise KdjaxError(f'{"; ".join(lines)}; choose another --workdir, or '
+                   f'--allow_change={",".join(names)} to continue {it} under the new values')
+
+
+def _shown(value) -> str:
+  """A config value in a message: a string as it is, anything else as JSON."""
+  return value if isinstance(value, str) and value else json.dumps(value)
 
 
 def describe(plan: tuple, trace: bool = False) -> str:
@@ -156,14 +213,46 @@ def describe(plan: tuple, trace: bool = False) -> str:
 
 
 def run_state(run: Run) -> str:
-  """``finished`` (:func:`execute` skips it), ``resumable from step N`` (a checkpoint) or
-  ``new``; read from the workdir's files, nothing opened for writing."""
+  """``new``, ``resumable from step N`` (a checkpoint), ``finished`` (:func:`execute` skips
+  it), or ``refused (field: old -> new, ...)`` (:func:`make_plan` refuses it); a run that
+  continues its workdir under allowed changes, or without a ``config.json`` to compare
+  with, says so. Read from the workdir's files, nothing opened for writing."""
+  state, changes = _workdir_state(run)
+  if changes is None:
+    return state if state == 'new' else f'{state}, no config.json to compare with'
+  refused, allowed = changes
+  if refused:
+    return 'refused (' + ', '.join(f'{f}: {_shown(a)} -> {_shown(b)}' for f, a, b in refused) + ')'
+  if allowed:
+    what = 'allowed changes' if state.startswith('resumable') else 'no step left to train for'
+    return f'{state}, {what}: ' + ', '.join(f'{f} ({_shown(a)} -> {_shown(b)})'
+                                            for f, a, b in allowed)
+  return state
+
+
+def _workdir_state(run: Run) -> tuple:
+  """``(state, changes)``: ``state`` is ``new``, ``finished`` or ``resumable from step N``;
+  ``changes`` is ``([refused], [allowed])`` (each ``(field, recorded, new)``,
+  :func:`kdjax.run_fields.recorded_changes`) for a run that would continue its workdir,
+  ``([], [])`` for a new one, None for one whose workdir has no readable config.json."""
   if _finished_results(run) is not None:
-    return 'finished'
-  ckpt_dir = os.path.join(run.workdir, 'checkpoints')
-  steps = [int(n) for n in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else ())
-           if n.isdigit()]
-  return f'resumable from step {max(steps)}' if steps else 'new'
+    state = 'finished'
+  else:
+    folder = paths.path(run.workdir, '--workdir') / 'checkpoints'
+    steps = [int(p.name) for p in (folder.iterdir() if folder.is_dir() else ())
+             if p.name.isdigit()]
+    state = f'resumable from step {max(steps)}' if steps else 'new'
+  if state == 'new':  # the run starts at step 0 (and writes its config.json then)
+    return state, ([], [])
+  recorded = jsonio.read_json(os.path.join(run.workdir, 'config.json'))
+  if not isinstance(recorded, dict):
+    return state, None
+  unread = cli.unread_blocks(run.config)  # e.g. a plan's teacher reads no kd.temperature
+  changes = [c for c in run_fields.recorded_changes(
+      recorded, json.loads(run.config.to_json_best_effort()))
+             if not run_fields.covered(c[0], unread)]
+  allowed = [c for c in changes if run_fields.covered(c[0], run.allow_change)]
+  return state, ([c for c in changes if c not in allowed], allowed)
 
 
 def _finished_results(run: Run) -> Optional[dict]:
@@ -183,6 +272,10 @@ def execute(plan: tuple) -> list:
     results = _finished_results(run)
     if results is not None:
       say(f'{where}finished in {run.workdir}, skipped')
+      _, changes = _workdir_state(run)
+      if changes and changes[1]:
+        warn(f'its results are those of its config.json: no step is left to train under '
+             f'--allow_change={",".join(f for f, _, _ in changes[1])}')
     else:
       if where:
         say(f'{where}{run.workdir}')

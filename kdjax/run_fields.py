@@ -7,7 +7,9 @@ never what it computes: logging, evaluation and checkpoint cadence, an early sto
 the platform and worker settings, where the teacher-logit cache is kept and how it is built,
 the runs planned beside this one, the permission to use a teacher of other data.
 ``kdjax.report`` groups runs with this module (one row:
-configs that differ in ``seed`` alone).
+configs that differ in ``seed`` alone); ``kdjax.plan`` refuses to continue a workdir under a
+config that differs from its ``config.json`` (:func:`recorded_changes`) outside
+:data:`NEUTRAL` and the fields a user allows to change (``--allow_change``).
 """
 
 from __future__ import annotations
@@ -37,9 +39,14 @@ def flatten(config: Mapping[str, Any], prefix: str = '') -> dict:
   return flat
 
 
+def covered(field: str, names) -> bool:
+  """Whether ``field`` (dotted) is, or lies inside, one of ``names`` (fields or blocks)."""
+  return any(field == n or field.startswith(f'{n}.') for n in names)
+
+
 def is_neutral(field: str) -> bool:
   """Whether ``field`` (dotted) is, or lies inside, one of :data:`NEUTRAL`."""
-  return any(field == n or field.startswith(f'{n}.') for n in NEUTRAL)
+  return covered(field, NEUTRAL)
 
 
 def result_fields(config: Mapping[str, Any], ignore: tuple = ()) -> dict:
@@ -54,3 +61,13 @@ def differing(a: Mapping[str, Any], b: Mapping[str, Any], ignore: tuple = ()) ->
   fa, fb = result_fields(a, ignore), result_fields(b, ignore)
   return [(k, fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys())
           if fa.get(k) != fb.get(k)]
+
+
+def recorded_changes(recorded: Mapping[str, Any], config: Mapping[str, Any]) -> list:
+  """``[(field, recorded value, value in config)]``: :func:`differing` over the fields both
+  have. Both are a config's JSON form (``json.loads(config.to_json_best_effort())``, a
+  workdir's ``config.json``), so tuples and floats compare as they read back. A field only
+  one of them has was added to kdjax or removed from it since the record was written: it is
+  not compared, so a workdir of an older kdjax is continued as it was."""
+  fr, fc = flatten(recorded), flatten(config)
+  return differing(recorded, config, ignore=tuple(fr.keys() ^ fc.keys()))

@@ -48,8 +48,9 @@ def test_dry_run_shows_states_and_the_config_diff(tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   lines = done.stdout.splitlines()
   runs = [line for line in lines if line[0].isdigit()]
-  assert runs[0].endswith(f'-> {workdir}/teacher (finished)')
-  assert runs[1].endswith(f'-> {workdir} (resumable from step 40)')
+  assert runs[0].endswith(f'-> {workdir}/teacher (finished, no config.json to compare with)')
+  assert runs[1].endswith(f'-> {workdir} (resumable from step 40, no config.json to compare '
+                          f'with)')
   teacher, student = lines[1:lines.index(runs[1])], lines[lines.index(runs[1]) + 1:]
   assert "     data.name: 'cifar100' -> 'digits'" in student
   assert '     kd.temperature: 4.0 -> 2.0' in student

@@ -1,12 +1,13 @@
 """kdjax.plan: a config as the ordered runs it asks for, each validated before any runs;
 finished runs skipped; ``--dry-run`` prints the plan and trains nothing."""
 
+import json
 import os
 
 import pytest
 
 from conftest import run_cli, tiny_config
-from kdjax import plan
+from kdjax import jsonio, plan
 from kdjax.errors import KdjaxError
 from test_report import write_run
 
@@ -28,9 +29,12 @@ def test_plan_trains_the_teacher_once_and_skips_finished_runs(tmp_path, capsys):
   assert config.teacher.checkpoint is None and config.seed == 0  # the caller's config as it was
   assert [line for line in plan.describe(runs).splitlines() if line.startswith('2. ')][0] \
       .startswith('2. seed 0: kd student: kd resnet8 <- ')
-  # Runs whose results.json says they finished their epochs are not run again.
+  # Runs whose results.json says they finished their epochs (under the config they are
+  # run with now) are not run again.
   for run in runs:
     write_run(run.workdir, run.config.method, run.config.seed, [1.0, 2.0, 3.0])
+    jsonio.write_json(os.path.join(run.workdir, 'config.json'),
+                      json.loads(run.config.to_json_best_effort()))
   results = plan.execute(runs)
   assert [r['seed'] for r in results] == [0, 0, 0, 1, 1] and results[1]['best_top1'] == 3.0
   assert capsys.readouterr().err.count(', skipped') == 5

@@ -6,6 +6,7 @@ about as much as the rest together) and check the report against the runs' own
 ``results.json`` and ``metrics.jsonl``.
 """
 
+import ast
 import csv
 import io
 import json
@@ -17,8 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli, tiny_config
-from kdjax import jsonio, plan, report
+from conftest import ROOT, run_cli
+from kdjax import cli, jsonio, plan, report
 from kdjax.errors import KdjaxError
 
 # ------------------------------------------------------------------- hand-made workdirs
@@ -214,6 +215,14 @@ TINY = ['--config.model=resnet8', '--config.teacher.model=resnet8', '--config.ba
         '--config.checkpoint_every_steps=100']
 
 
+def _literal(text: str):
+  """A ``--config.FIELD=VALUE`` value as config_flags reads it: a Python literal, else a str."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 @pytest.fixture(scope='module')
 def digits_runs(tmp_path_factory):
   """Real runs, three commands: KD seed 0 (and its teacher) stopped after 3 steps; KD
@@ -248,9 +257,11 @@ def test_seeds_resume_an_unfinished_seed_and_skip_finished_ones(digits_runs):
   # launched again, the finished seeds are left alone (the CLI runs exactly this)
   results_files = [kd / f'seed_{seed}' / 'results.json' for seed in (0, 1)]
   mtimes = [os.stat(p).st_mtime_ns for p in results_files]
-  config = tiny_config('kd', num_epochs=1, **{'teacher.checkpoint': str(kd / 'teacher')})
+  config = cli.experiment('kd').get_config('digits')  # the command's own config
+  config.update_from_flattened_dict({field: _literal(value) for field, value in (
+      flag[len('--config.'):].split('=', 1) for flag in TINY)})
   again = plan.execute(plan.make_plan(config, str(kd), 2))
-  assert [r['seed'] for r in again] == [0, 1]
+  assert [r['seed'] for r in again] == [0, 0, 1]  # the teacher, seeds 0 and 1
   assert [os.stat(p).st_mtime_ns for p in results_files] == mtimes
 
 

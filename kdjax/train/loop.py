@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from kdjax import checkpoints, interrupts, jsonio, methods, paths, sharding
+from kdjax import checkpoints, interrupts, jsonio, methods, paths, run_fields, sharding
 from kdjax.console import say
 from kdjax.errors import KdjaxError
 from kdjax.methods.base import FrozenInputs, Method
@@ -251,7 +251,7 @@ def _removed_on_failure(workdir: str, created: bool):
 
 def _restore_or_start(run: Training, ckpt: checkpoints.Checkpointer) -> tuple:
   """``(state, progress)`` of the newest checkpoint, or of step 0 (a workdir holding the
-  results of an ended run but no checkpoint is refused); writes ``config.json``."""
+  results of an ended run but no checkpoint is refused); records ``config.json``."""
   config, workdir = run.config, run.workdir
   state = run.initial_state()
   progress = {'history': [], 'best_top1': None, 'best_epoch': None}
@@ -262,9 +262,30 @@ def _restore_or_start(run: Training, ckpt: checkpoints.Checkpointer) -> tuple:
   else:  # every process sees the workdir, so every one refuses alike
     _refuse_silent_restart(config, workdir)
   if jax.process_index() == 0:
-    jsonio.write_json(_join(workdir, 'config.json'),
-                      json.loads(config.to_json_best_effort()))
+    _record_config(config, workdir, int(state.step) if restored is not None else None)
   return state, progress
+
+
+def _record_config(config: ml_collections.ConfigDict, workdir: str,
+                   resumed_at: Optional[int]) -> None:
+  """Writes ``config.json`` once, when the run starts at step 0 (new, or started over by
+  ``config.restart``), and on a resume only where there is none to keep (an older kdjax's
+  workdir). A resume under changed result fields (:mod:`kdjax.run_fields`; the plan lets only
+  ``--allow_change`` ones through) appends each change to ``config_changes.jsonl`` (time,
+  step, field, old, new), then writes the new config as ``config.json``."""
+  path = _join(workdir, 'config.json')
+  current = json.loads(config.to_json_best_effort())
+  recorded = jsonio.read_json(path) if resumed_at is not None else None
+  if isinstance(recorded, dict):
+    changes = run_fields.recorded_changes(recorded, current)
+    if not changes:
+      return
+    log = paths.path(workdir) / 'config_changes.jsonl'
+    when = time.strftime('%Y-%m-%dT%H:%M:%S%z')
+    lines = ''.join(json.dumps({'time': when, 'step': resumed_at, 'field': f, 'old': old,
+                                'new': new}) + '\n' for f, old, new in changes)
+    log.write_text((log.read_text() if log.exists() else '') + lines)  # no append in a bucket
+  jsonio.write_json(path, current)
 
 
 def _evaluate_teacher(run: Training, feed: feeds.Feed, progress: dict) -> None:
