@@ -1,9 +1,16 @@
-"""The JSON files of a run directory (``config.json``, ``results.json``), read and written,
-locally or in an object store (:mod:`kdjax.paths`)."""
+"""The JSON files of a run directory (``config.json``, ``config_changes.jsonl``,
+``results.json``), read and written, locally or in an object store (:mod:`kdjax.paths`).
+
+A run writes ``config.json`` once, when it starts, and never overwrites it; a rerun that
+continues it under fields the user allowed to change (``--allow_change``) appends each change
+to ``config_changes.jsonl``. The config a run now continues under is the first with the
+changes applied in order (:func:`read_run_config_or_why`).
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Optional
 
 from kdjax import paths
@@ -41,3 +48,39 @@ def write_text(path: paths.PathLike, text: str) -> None:
   tmp = target.with_name(target.name + '.tmp')
   tmp.write_text(text)  # a kill now leaves the old file whole
   tmp.replace(target)
+
+
+CONFIG = 'config.json'
+CHANGES = 'config_changes.jsonl'
+
+
+def read_run_config_or_why(workdir: paths.PathLike) -> tuple[Optional[dict], Optional[str]]:
+  """As :func:`read_json_or_why`, for ``workdir``'s config as it now stands: its
+  ``config.json`` with the changes of ``config_changes.jsonl`` applied in order."""
+  folder = paths.path(workdir)
+  config, why = read_json_or_why(folder / CONFIG)
+  if not isinstance(config, dict):
+    return None, why or (None if config is None else 'not a JSON object')
+  log = folder / CHANGES
+  try:
+    for line in (log.read_text().splitlines() if log.exists() else ()):
+      change = json.loads(line)
+      *blocks, leaf = change['field'].split('.')
+      target = config
+      for block in blocks:
+        target = target.setdefault(block, {})
+      target[leaf] = change['new']
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    return None, f'{CHANGES} unreadable ({type(e).__name__}: {e})'
+  return config, None
+
+
+def record_changes(workdir: paths.PathLike, step: int, changes: list) -> None:
+  """Appends ``changes`` (``(field, old, new)``, made when the run resumed at ``step``) to
+  ``workdir``'s ``config_changes.jsonl``, one line each (the whole object is rewritten: an
+  object store cannot append)."""
+  log = paths.path(workdir) / CHANGES
+  when = time.strftime('%Y-%m-%dT%H:%M:%S%z')
+  lines = ''.join(json.dumps({'time': when, 'step': step, 'field': field, 'old': old,
+                              'new': new}) + '\n' for field, old, new in changes)
+  write_text(log, (log.read_text() if log.exists() else '') + lines)

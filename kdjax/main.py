@@ -43,7 +43,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, met
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Run seeds 0..N-1 one after another into '
                               'WORKDIR/seed_<i>, skipping finished ones (kdjax/plan.py)')
 _DRY_RUN = flags.DEFINE_bool('dry-run', False, 'Print the plan and exit without training: '
-                             'every run, its workdir, its state (new, resumable, finished) '
+                             'every run, its workdir, its state (new, resumable, finished, '
+                             'refused for a changed config) '
                              "and its config's differences from the method's defaults")
 _TRACE = flags.DEFINE_bool('trace', False, 'With --dry-run: trace each run\'s train step on '
                            'abstract inputs (no data, no download) and print its parameters, '

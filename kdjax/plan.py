@@ -29,7 +29,8 @@ it as finished) under a config that differs from the workdir's ``config.json`` i
 that changes results (:mod:`kdjax.run_fields`; e.g. ``optimizer.lr``, ``model``,
 ``num_epochs``) is refused by :func:`make_plan`, every differing field named with both
 values, unless the plan's ``allow_change`` names the field (``--allow_change``); the
-training loop then records the change in ``config_changes.jsonl`` and ``config.json``.
+training loop then records the change in ``config_changes.jsonl`` (``config.json`` is kept;
+:func:`kdjax.jsonio.read_run_config_or_why` reads the two together).
 """
 
 from __future__ import annotations
@@ -244,8 +245,8 @@ def _workdir_state(run: Run) -> tuple:
     state = f'resumable from step {max(steps)}' if steps else 'new'
   if state == 'new':  # the run starts at step 0 (and writes its config.json then)
     return state, ([], [])
-  recorded = jsonio.read_json(os.path.join(run.workdir, 'config.json'))
-  if not isinstance(recorded, dict):
+  recorded, _ = jsonio.read_run_config_or_why(run.workdir)
+  if recorded is None:
     return state, None
   unread = cli.unread_blocks(run.config)  # e.g. a plan's teacher reads no kd.temperature
   changes = [c for c in run_fields.recorded_changes(

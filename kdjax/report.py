@@ -152,7 +152,7 @@ def load_run(workdir: str, skipped: Optional[list] = None) -> RunRecord:
   """
   folder = paths.path(workdir)
   path = str(folder / 'config.json')
-  config, problem = jsonio.read_json_or_why(path)
+  config, problem = jsonio.read_run_config_or_why(folder)  # with its allowed changes
   if problem is None and not (isinstance(config, dict) and 'method' in config):
     problem = 'missing' if config is None else 'not a kdjax config (no method)'
   if problem:

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from conftest import ROOT, run_cli, tiny_config
-from kdjax import plan, run_fields
+from kdjax import jsonio, plan, run_fields
 
 TINY = ['--config.model=resnet8', '--config.batch_size=256', '--config.num_epochs=1',
         '--config.log_every_steps=2']
@@ -85,14 +85,17 @@ def test_allow_change_num_epochs_extends_a_finished_run_and_records_it(runs, tmp
   results = json.load(open(workdir / 'results.json'))
   assert results['finished'] and (results['num_epochs'], results['epochs_done'],
                                   results['step']) == (2, 2, 10)
-  assert json.load(open(workdir / 'config.json'))['num_epochs'] == 2
+  assert json.load(open(workdir / 'config.json'))['num_epochs'] == 1  # as the run began
+  assert jsonio.read_run_config_or_why(workdir)[0]['num_epochs'] == 2  # as it continued
   changes = [json.loads(line) for line in open(workdir / 'config_changes.jsonl')]
   assert [{k: c[k] for k in ('step', 'field', 'old', 'new')} for c in changes] == [
       {'step': 5, 'field': 'num_epochs', 'old': 1, 'new': 2}]
   assert re.fullmatch(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}', changes[0]['time'])
-  # Its config.json now says 2 epochs: the same command finds it finished.
+  # With its recorded change it is a 2-epoch run: the same command finds it finished, and
+  # the 1-epoch command is refused.
   again = run_cli(two, env=runs['env'])
   assert again.returncode == 0 and f'finished in {workdir}, skipped' in again.stderr
+  assert 'in num_epochs (2 -> 1);' in _error(run_cli(two[:-1]))
 
 
 @pytest.mark.slow

@@ -269,23 +269,18 @@ def _restore_or_start(run: Training, ckpt: checkpoints.Checkpointer) -> tuple:
 def _record_config(config: ml_collections.ConfigDict, workdir: str,
                    resumed_at: Optional[int]) -> None:
   """Writes ``config.json`` once, when the run starts at step 0 (new, or started over by
-  ``config.restart``), and on a resume only where there is none to keep (an older kdjax's
-  workdir). A resume under changed result fields (:mod:`kdjax.run_fields`; the plan lets only
-  ``--allow_change`` ones through) appends each change to ``config_changes.jsonl`` (time,
-  step, field, old, new), then writes the new config as ``config.json``."""
-  path = _join(workdir, 'config.json')
+  ``config.restart``), and on a resume only where there is none (an older kdjax's workdir).
+  A resume under changed result fields (:mod:`kdjax.run_fields`; the plan lets only
+  ``--allow_change`` ones through) records each change in ``config_changes.jsonl``
+  (:func:`kdjax.jsonio.record_changes`); ``config.json`` is kept as it was."""
   current = json.loads(config.to_json_best_effort())
-  recorded = jsonio.read_json(path) if resumed_at is not None else None
-  if isinstance(recorded, dict):
-    changes = run_fields.recorded_changes(recorded, current)
-    if not changes:
-      return
-    log = paths.path(workdir) / 'config_changes.jsonl'
-    when = time.strftime('%Y-%m-%dT%H:%M:%S%z')
-    lines = ''.join(json.dumps({'time': when, 'step': resumed_at, 'field': f, 'old': old,
-                                'new': new}) + '\n' for f, old, new in changes)
-    log.write_text((log.read_text() if log.exists() else '') + lines)  # no append in a bucket
-  jsonio.write_json(path, current)
+  recorded = jsonio.read_run_config_or_why(workdir)[0] if resumed_at is not None else None
+  if recorded is None:
+    jsonio.write_json(_join(workdir, jsonio.CONFIG), current)
+    return
+  changes = run_fields.recorded_changes(recorded, current)
+  if changes:
+    jsonio.record_changes(workdir, resumed_at, changes)
 
 
 def _evaluate_teacher(run: Training, feed: feeds.Feed, progress: dict) -> None:
