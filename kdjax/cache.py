@@ -12,7 +12,8 @@ completes) its own cache before its first step.
 
 It sits beside :mod:`kdjax.main` on the ladder: it reads the plan (:mod:`kdjax.plan`) and
 builds each run's cache from the pieces a run loads (:mod:`kdjax.train.inputs`: the training
-split, the teacher's variables), as the run itself would.
+split, the teacher's variables), as the run itself would. The cache goes where a run's goes:
+``$KDJAX_CACHE``, which may be a ``gs://`` URL shared by the machines that train.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import ml_collections
 from absl import app
 
-from kdjax import interrupts, jsonio, methods, sharding
+from kdjax import interrupts, jsonio, methods, paths, sharding
 from kdjax import main as main_lib
 from kdjax import plan as plan_lib
 from kdjax.configdict import derive
@@ -47,7 +48,7 @@ def build_for_plan(config: ml_collections.ConfigDict, workdir: str) -> None:
     t = run.config.teacher
     if not methods.info(run.config.method).uses_teacher or (t.checkpoint, t.model) in done:
       continue
-    results = jsonio.read_json(os.path.join(t.checkpoint, 'results.json')) or {}
+    results = jsonio.read_json(os.fspath(paths.path(t.checkpoint) / 'results.json')) or {}
     if t.checkpoint in trained_here and not results.get('finished'):
       raise KdjaxError(f'the teacher of "{run.role}" is trained by this command first, into '
                        f'{t.checkpoint}: run python -m kdjax.main with the same flags and '

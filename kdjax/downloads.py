@@ -18,6 +18,13 @@ progress bar (size, rate, ETA) goes to stderr. Concurrent fetches of one ``dest`
 processes of a multi-host run on a shared file system) take turns on the lock file
 ``dest + '.lock'``.
 
+The cache may be in an object store (``KDJAX_CACHE=gs://bucket/cache``, :mod:`kdjax.paths`).
+A ``dest`` there is verified as a local one (its sidecar stamps the object's size and
+modification time); a missing one is fetched as above into a local staging file under the
+system's temporary folder (``$TMPDIR``; resumed there after an interruption), verified, then
+uploaded as one object, so the bucket never holds a half-written or unverified file. An
+object store has no ``flock``: concurrent fetches into it each upload the same verified file.
+
 Every failure is one :class:`~kdjax.errors.KdjaxError` line: a network failure (connection
 refused, DNS, no answer within :data:`TIMEOUT_S`, a connection cut mid-file) names the URL and
 where to put the file by hand; a wrong file (:class:`ChecksumError`) names the expected and
@@ -33,13 +40,15 @@ import http.client
 import os
 import pathlib
 import re
+import shutil
 import socket
 import sys
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from kdjax import interrupts
+from kdjax import interrupts, paths
 from kdjax.errors import KdjaxError
 
 CACHE_ENV = 'KDJAX_CACHE'
@@ -55,9 +64,12 @@ class ChecksumError(KdjaxError):
 def cache_dir(override: str | None = None) -> str:
   """The cache folder, created if missing: ``override``, else ``$KDJAX_CACHE``, else
   ``~/.cache/kdjax``. It may be read-only (a team's shared, prepared cache): what it holds
-  is read; writing what it lacks fails with one line then."""
+  is read; writing what it lacks fails with one line then. It may be a ``gs://`` URL
+  (:mod:`kdjax.paths`), returned as it is: an object store has no folders to create."""
   folder = override or os.environ.get(CACHE_ENV) or os.path.join('~', '.cache', 'kdjax')
-  folder = os.path.abspath(os.path.expanduser(folder))
+  if paths.is_remote(folder):
+    return paths.text(folder, f'the cache {"folder" if override else CACHE_ENV}')
+  folder = paths.text(folder)
   try:
     os.makedirs(folder, exist_ok=True)
   except OSError as e:
@@ -75,19 +87,24 @@ def source_key(url: str) -> str:
   return f'{host}_{hashlib.sha256(full.encode()).hexdigest()[:12]}'
 
 
-def remove(*paths: str) -> None:
-  """Deletes each of ``paths`` that exists, with its :func:`file_sha256` sidecar."""
-  for path in paths:
+def remove(*files: str) -> None:
+  """Deletes each of ``files`` that exists (local or remote), with its :func:`file_sha256`
+  sidecar."""
+  for path in files:
     for name in (path, path + '.sha256'):
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(name)
+      paths.path(name).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def file_lock(path: str):
   """Holds an exclusive ``flock`` on the file ``path`` (created, with its folder, if missing)
   for the ``with`` block: processes that share the file system take turns. The holder's
-  process id and host are written into it, and a process that has to wait says for whom."""
+  process id and host are written into it, and a process that has to wait says for whom.
+  In an object store (no ``flock``) the block runs unlocked: what it writes there must be
+  single uploads that are verified when read."""
+  if paths.is_remote(path):
+    yield
+    return
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     lock = open(path, 'a+', encoding='utf-8')  # pylint: disable=consider-using-with
@@ -119,22 +136,25 @@ def check_sha256(sha256: str, what: str = 'sha256') -> str:
 
 def _hash_file(path: str) -> str:
   digest = hashlib.sha256()
-  with open(path, 'rb') as f:
+  with paths.path(path).open('rb') as f:
     while chunk := f.read(_CHUNK):
       digest.update(chunk)
   return digest.hexdigest()
 
 
-def _stamp(path: str) -> tuple[int, int]:
-  """The file's size and modification time (ns): what the sidecar's hash is valid for."""
+def stamp(path: str) -> tuple[int, int]:
+  """The file's size and modification time (ns; an object's in seconds, as its store keeps
+  it): what the sidecar's hash, or a cache made from the file, is valid for."""
+  if paths.is_remote(path):
+    stat = paths.path(path).stat()
+    return stat.length, stat.mtime
   stat = os.stat(path)
   return stat.st_size, stat.st_mtime_ns
 
 
 def _read_sidecar(path: str) -> tuple[str, tuple[int, int]] | None:
   try:
-    with open(path + '.sha256') as f:
-      digest, size, mtime_ns = f.read().split()
+    digest, size, mtime_ns = paths.path(path + '.sha256').read_text().split()
     return digest, (int(size), int(mtime_ns))
   except (OSError, ValueError):
     return None
@@ -142,19 +162,16 @@ def _read_sidecar(path: str) -> tuple[str, tuple[int, int]] | None:
 
 def _write_sidecar(path: str, digest: str) -> None:
   """Records ``digest`` next to ``path``; only a speed-up, so failures pass."""
-  size, mtime_ns = _stamp(path)
-  tmp = f'{path}.sha256.{os.getpid()}.tmp'  # created with the user's umask, as every file
-  with contextlib.suppress(OSError):
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(f'{digest} {size} {mtime_ns}\n')
-    os.replace(tmp, path + '.sha256')
+  size, mtime_ns = stamp(path)
+  with contextlib.suppress(OSError), paths.writing(path + '.sha256') as f:
+    f.write(f'{digest} {size} {mtime_ns}\n'.encode())
 
 
 def file_sha256(path: str) -> str:
   """The SHA-256 (hex) of the file at ``path``: from its sidecar when that was written for
   the file's present size and modification time, else hashed (and the sidecar written)."""
   recorded = _read_sidecar(path)
-  if recorded is not None and recorded[1] == _stamp(path):
+  if recorded is not None and recorded[1] == stamp(path):
     return recorded[0]
   digest = _hash_file(path)
   _write_sidecar(path, digest)
@@ -243,7 +260,7 @@ def _download(url: str, part: str, size: int | None, what: str, dest: str) -> bo
 
 
 def _size_problem(path: str, size: int | None) -> str | None:
-  actual = os.path.getsize(path)
+  actual = stamp(path)[0]
   return None if size is None or actual == size else f'has {actual:,} bytes, expected {size:,}'
 
 
@@ -273,8 +290,10 @@ def fetch(url: str, dest: str, *, sha256: str | None, size: int | None = None,
   ``what``: names the file in the progress bar and in errors.
   """
   sha256 = None if sha256 is None else check_sha256(sha256)
+  if paths.is_remote(dest):
+    return _fetch_remote(url, dest, sha256, size, what)
   dest = os.path.abspath(dest)
-  part = dest + '.part'
+  part = dest + '.part'  # local, as the lock: only a local dest reaches here
   if os.path.exists(dest):  # no lock, no write: a shared cache may be read-only
     return _verified(dest, sha256, size, what, url)
   with file_lock(dest + '.lock'):
@@ -298,3 +317,25 @@ def fetch(url: str, dest: str, *, sha256: str | None, size: int | None = None,
       if not resumed:  # a fresh download that is wrong: the URL serves another file
         break
     raise ChecksumError(f'{what} downloaded from {url} {problem}; it was deleted, not used')
+
+
+def _fetch_remote(url: str, dest: str, sha256: str | None, size: int | None, what: str) -> str:
+  """:func:`fetch` into an object store: a kept ``dest`` verified; a missing one fetched into
+  a local staging file (verified there), uploaded as one object, then its sidecar."""
+  if paths.path(dest).exists():
+    return _verified(dest, sha256, size, what, url)
+  key = hashlib.sha256(dest.encode()).hexdigest()[:16]
+  staged = os.path.join(tempfile.gettempdir(), f'kdjax-{os.getuid()}', key,
+                        dest.rsplit('/', 1)[-1])
+  fetch(url, staged, sha256=sha256, size=size, what=what)
+  digest = file_sha256(staged)
+  try:
+    with open(staged, 'rb') as src, paths.writing(dest) as out:
+      shutil.copyfileobj(src, out)
+  except OSError as e:
+    raise KdjaxError(f'could not upload {what} to {dest} ({e.strerror or e}); check the bucket '
+                     f'and your credentials ({CACHE_ENV}); the verified download is kept in '
+                     f'{staged}') from e
+  _write_sidecar(dest, digest)
+  remove(staged)
+  return dest

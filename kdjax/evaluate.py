@@ -14,7 +14,8 @@ code): a kdjax workdir (the trained net of its newest checkpoint), a teacher fol
 msgpack file (or its JSON) of ``kdjax-export --format flax``. The dataset is the workdir's or
 the exported file's unless ``--dataset`` names one (``mdistiller:*``: cifar100,
 ``torchvision:*``: imagenet); CIFAR comes from ``--data-dir`` or the cache, ImageNet's
-validation set from ``--data-dir``. Images are normalised as the net was trained (with the
+validation set from ``--data-dir``. CHECKPOINT and ``--data-dir`` may be ``gs://`` URLs
+(:mod:`kdjax.paths`). Images are normalised as the net was trained (with the
 mean and std of the workdir's data or of the exported file; else the dataset's) and
 evaluated by the training loop's own jitted eval step (:func:`kdjax.train.step.make_eval_step`).
 
@@ -34,7 +35,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from kdjax import cli, data, jsonio, models, sharding, teachers
+from kdjax import cli, data, jsonio, models, paths, sharding, teachers
 from kdjax.teachers import zoo as teacher_zoo
 from kdjax.errors import KdjaxError, OneLineParser, run_command
 from kdjax.export import Net, dataset_facts, load_flax, load_options, load_workdir
@@ -48,7 +49,7 @@ def _dataset_settings(dataset: Optional[str], data_dir: Optional[str]) -> dict:
 def _load_teacher(path: str, model: Optional[str], dataset: Optional[str],
                   data_dir: Optional[str]) -> Net:
   """A teacher folder or a ``.pth`` of ``model`` (what ``config.teacher.checkpoint`` takes)."""
-  folder_meta = jsonio.read_json(os.path.join(path, teachers.TEACHER_JSON)) or {}
+  folder_meta = jsonio.read_json(os.fspath(paths.path(path) / teachers.TEACHER_JSON)) or {}
   if folder_meta.get('model') and model and folder_meta['model'] != model:
     raise KdjaxError(f'{path!r} is a {folder_meta["model"]}, not a {model} (--model)')
   model = model or folder_meta.get('model')
@@ -75,11 +76,12 @@ def resolve(checkpoint: str, *, model: Optional[str] = None, dataset: Optional[s
                                  else 100)
     return dataclasses.replace(_load_teacher(folder, model, dataset or (
         'imagenet' if imagenet else 'cifar100'), data_dir), source=checkpoint)
-  if not os.path.exists(checkpoint):
+  where = paths.path(checkpoint, 'CHECKPOINT')
+  if not where.exists():
     raise KdjaxError(f'checkpoint {checkpoint!r} does not exist')
   if checkpoint.endswith(('.msgpack', '.json')):
     net = load_flax(checkpoint)
-  elif os.path.isfile(os.path.join(checkpoint, 'config.json')):
+  elif (where / 'config.json').is_file():
     net = load_workdir(checkpoint)
   else:
     return _load_teacher(checkpoint, model, dataset, data_dir)

@@ -16,6 +16,8 @@ teacher) in the workdir's newest checkpoint.
   its suffix: the model, its zoo and classes, the dataset and the normalisation (per-channel
   mean and std of images scaled to [0, 1]) the net expects. ``kdjax-eval FILE`` reads both.
 
+The workdir and FILE may be ``gs://`` URLs (:mod:`kdjax.paths`).
+
 Mistakes (no checkpoint in the workdir, an unknown format, PyTorch missing) print one line
 ``kdjax: error: ...`` and exit with status 2; nothing is written then.
 """
@@ -35,7 +37,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from kdjax import cli, data, jsonio, models, teachers
+from kdjax import cli, data, jsonio, models, paths, teachers
 from kdjax.convert import torch_export
 from kdjax.errors import KdjaxError, OneLineParser, run_command
 
@@ -85,7 +87,7 @@ def dataset_facts(name: str, settings: Optional[dict] = None) -> tuple[int, tupl
 
 def load_workdir(path: str) -> Net:
   """The :class:`Net` that the kdjax workdir ``path`` trained, from its newest checkpoint."""
-  config = jsonio.read_json(os.path.join(path, 'config.json'))
+  config = jsonio.read_json(os.fspath(paths.path(path) / 'config.json'))
   if not isinstance(config, dict) or 'model' not in config or 'data' not in config:
     raise KdjaxError(f'{path!r} is not a kdjax workdir (it has no readable config.json)')
   zoo, settings = config.get('zoo', 'cifar'), config['data']
@@ -105,7 +107,7 @@ def flax_json_path(path: str) -> str:
 
 def save_flax(path: str, net: Net) -> None:
   """Writes ``net``'s variables to ``path`` (msgpack) and its facts to the JSON beside it."""
-  with open(path, 'wb') as f:
+  with paths.writing(path) as f:
     f.write(flax.serialization.msgpack_serialize(jax.device_get(net.variables)))
   jsonio.write_json(flax_json_path(path), {
       'format': FLAX_FORMAT, 'model': net.model, 'zoo': net.zoo,
@@ -121,8 +123,7 @@ def load_flax(path: str) -> Net:
     raise KdjaxError(f'{flax_json_path(path)} does not describe kdjax variables '
                      f'({why or "it is another JSON"}); write it with kdjax-export --format flax')
   try:
-    with open(path, 'rb') as f:
-      variables = flax.serialization.msgpack_restore(f.read())
+    variables = flax.serialization.msgpack_restore(paths.path(path).read_bytes())
   except (OSError, ValueError) as e:
     raise KdjaxError(f'could not read the variables {path!r}: {e}') from e
   variables = teachers.check_fits(variables, meta['model'], meta['num_classes'], path,
@@ -140,7 +141,7 @@ def export(workdir: str, fmt: str, out: str) -> str:
   elif not out.endswith('.msgpack'):
     raise KdjaxError(f'--format flax writes a .msgpack file and the .json beside it: --out '
                      f'must end with .msgpack, got {out!r}')
-  if not os.path.isdir(workdir):
+  if not paths.path(workdir, 'workdir').is_dir():
     raise KdjaxError(f'workdir {workdir!r} does not exist or is not a folder')
   net = load_workdir(workdir)
   try:

@@ -16,13 +16,17 @@ exponential backoff before an error reaches kdjax.
 
 from __future__ import annotations
 
+import contextlib
+import glob as glob_lib
 import importlib.util
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import urllib.parse
-from typing import Optional, Union
+from typing import BinaryIO, Iterator, Optional, Union
 
 from etils import epath
 
@@ -80,6 +84,40 @@ def copy_tree(source: PathLike, target: PathLike) -> None:
       copy_tree(child, target / child.name)
     else:
       (target / child.name).write_bytes(child.read_bytes())
+
+
+def glob(folder: PathLike, pattern: str) -> list[str]:
+  """The paths under ``folder`` that match ``pattern`` (``*``, ``?``, ``[...]``), sorted; the
+  folder's own name is taken literally (a ``[`` in a local folder's name is no pattern)."""
+  if is_remote(folder):
+    return sorted(os.fspath(p) for p in path(folder).glob(pattern))
+  return sorted(glob_lib.glob(os.path.join(glob_lib.escape(text(folder)), pattern)))
+
+
+@contextlib.contextmanager
+def writing(value: PathLike, what: str = 'path') -> Iterator[BinaryIO]:
+  """A binary file whose content becomes the file ``value`` only when the ``with`` block ends
+  without an error, whole: locally a temporary file beside it (flushed to the disk) renamed
+  over it; in an object store a local temporary file uploaded as one object (readers see the
+  old object or the new one). A killed or failed writer leaves ``value`` as it was."""
+  target = path(value, what)
+  if is_remote(value):
+    with tempfile.TemporaryFile() as staged:
+      yield staged
+      staged.seek(0)
+      with target.open('wb') as out:
+        shutil.copyfileobj(staged, out)
+    return
+  tmp = target.with_name(f'{target.name}.{os.getpid()}.tmp')  # the user's umask, as any file
+  try:
+    with tmp.open('wb') as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  tmp.replace(target)
 
 
 # ------------------------------------------------------------------ storage errors, one line

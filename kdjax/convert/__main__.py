@@ -7,7 +7,7 @@ The folder (``teacher.json`` + Orbax variables, :func:`kdjax.teachers.save`) is 
 ``--config.teacher.checkpoint`` takes. The ``.pth`` is read with
 ``torch.load(weights_only=True)`` (needs ``pip install 'kdjax[torch]'``). Mistakes print one
 line ``kdjax: error: ...`` and exit with status 2; nothing is written unless the whole
-checkpoint converts.
+checkpoint converts. Either path may be a ``gs://`` URL (:mod:`kdjax.paths`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ if __name__ == '__main__':  # run as a command: a signal from here on is one lin
   interrupts.install()
 
 import argparse
-import os
 import sys
 
-from kdjax import cli
+from kdjax import cli, paths
 from kdjax.errors import KdjaxError, OneLineParser, run_command
 
 
@@ -41,11 +40,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_out_dir(out_dir: str, overwrite: bool) -> None:
-  if not os.path.exists(out_dir):
+  where = paths.path(out_dir, 'OUT_DIR')
+  if not where.exists():
     return
-  if not os.path.isdir(out_dir):
+  if not where.is_dir():
     raise KdjaxError(f'output {out_dir!r} exists and is not a folder')
-  entries = os.listdir(out_dir)
+  entries = [entry.name for entry in where.iterdir()]
   if not entries:
     return
   if not overwrite:
@@ -74,16 +74,12 @@ def convert(checkpoint: str, out_dir: str, model: str, num_classes: int = 100, *
                      f'{", ".join(models.names())}')
   if num_classes < 1:
     raise KdjaxError(f'--num-classes must be positive, got {num_classes}')
-  if not os.path.exists(checkpoint):
-    raise KdjaxError(f'checkpoint {checkpoint!r} does not exist')
-  if not os.path.isfile(checkpoint):
-    raise KdjaxError(f'checkpoint {checkpoint!r} is not a file')
   _check_out_dir(out_dir, overwrite)
   variables = variables_from_torch(model, load_pth(checkpoint), num_classes)
   try:
     with interrupts.doing(f'writing the teacher folder {out_dir}', 'it has no teacher.json, '
                           'so it is not taken for a teacher; convert again with --overwrite'):
-      teachers.save(out_dir, model, num_classes, variables, source=os.path.abspath(checkpoint))
+      teachers.save(out_dir, model, num_classes, variables, source=paths.text(checkpoint))
   except OSError as e:
     raise KdjaxError(f'could not write the teacher folder {out_dir!r}: '
                      f'{e.strerror or e}') from e

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import flax
 import numpy as np
 
+from kdjax import paths
 from kdjax.teachers.torch_import import NUM_BATCHES_TRACKED, to_torch_layout, torch_layout
 from kdjax.errors import KdjaxError
 
@@ -51,9 +52,11 @@ def state_dict_from_variables(name: str, variables: Mapping[str, Any], num_class
 
 def save_pth(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray]) -> None:
   """Writes ``state_dict`` with ``torch.save`` as a bare state dict of tensors (what
-  ``model.load_state_dict(torch.load(path))`` takes). Needs ``kdjax[torch]``."""
+  ``model.load_state_dict(torch.load(path))`` takes), whole or not at all
+  (:func:`kdjax.paths.writing`; ``path`` may be a ``gs://`` URL). Needs ``kdjax[torch]``."""
   torch = require_torch()
-  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, os.fspath(path))
+  with paths.writing(path) as f:
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, f)
 
 
 def require_torch():

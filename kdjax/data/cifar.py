@@ -18,13 +18,14 @@ labels. The official URLs, sizes and SHA-256 are those tensorflow_datasets recor
 :func:`load` downloads the archive once (:func:`kdjax.downloads.fetch`) into
 ``<cache>/cifar/`` and parses it with ``tarfile`` and numpy, reading the members from the
 compressed stream (nothing is extracted to disk). The parsed splits are cached next to it
-as ``<name>.npz`` (uncompressed, written to a temporary file and renamed, read with
-``allow_pickle=False``), which records the archive's SHA-256: another archive is parsed anew.
+as ``<name>.npz`` (uncompressed, written whole or not at all (:func:`kdjax.paths.writing`),
+read with ``allow_pickle=False``), which records the archive's SHA-256: another archive is
+parsed anew. The cache may be a ``gs://`` URL (``KDJAX_CACHE``, ``config.data.data_dir``):
+the archive and the ``.npz`` are then read and written there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -33,7 +34,7 @@ import zipfile
 
 import numpy as np
 
-from kdjax import downloads, interrupts
+from kdjax import downloads, interrupts, paths
 from kdjax.errors import KdjaxError
 
 IMAGE_BYTES = 3 * 32 * 32
@@ -115,7 +116,7 @@ def read_archive(path: str, name: str) -> dict[str, np.ndarray]:
   wanted = {m for members in archive.splits.values() for m in members}
   raw = {}
   try:
-    with tarfile.open(path, 'r|gz') as tar:  # one pass over the compressed stream
+    with paths.path(path).open('rb') as f, tarfile.open(fileobj=f, mode='r|gz') as tar:
       for member in tar:
         member_name = member.name.removeprefix('./')
         if member_name in wanted and member.isfile():
@@ -138,7 +139,7 @@ def read_archive(path: str, name: str) -> dict[str, np.ndarray]:
 def _cached_split(npz: str, sha256: str, split: str) -> tuple[np.ndarray, np.ndarray] | None:
   """The split from the parsed cache ``npz`` if it was made from the archive ``sha256``."""
   try:
-    with np.load(npz, allow_pickle=False) as cached:
+    with paths.path(npz).open('rb') as f, np.load(f, allow_pickle=False) as cached:
       if str(cached['archive_sha256']) != sha256:
         return None
       return cached[f'{split}_images'], cached[f'{split}_labels']
@@ -147,17 +148,10 @@ def _cached_split(npz: str, sha256: str, split: str) -> tuple[np.ndarray, np.nda
 
 
 def write_npz(npz: str, arrays: dict[str, np.ndarray]) -> None:
-  """``np.savez`` of ``arrays`` into ``npz`` through a temporary file renamed into place: a
-  killed writer leaves no half-written ``npz``."""
-  tmp = f'{npz}.{os.getpid()}.tmp'  # created with the user's umask: a cache can be shared
-  try:
-    with open(tmp, 'wb') as f:
-      np.savez(f, **arrays)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
-  os.replace(tmp, npz)
+  """``np.savez`` of ``arrays`` into ``npz`` (local or remote), whole or not at all
+  (:func:`kdjax.paths.writing`): a killed writer leaves no half-written ``npz``."""
+  with paths.writing(npz) as f:
+    np.savez(f, **arrays)
 
 
 def load(name: str, split: str, *, cache: str | None = None, download: bool = True,
@@ -173,13 +167,12 @@ def load(name: str, split: str, *, cache: str | None = None, download: bool = Tr
                      f'{" or ".join(ARCHIVES)}')
   url, sha256, size = source(name, url, sha256)
   archive = ARCHIVES[name]
-  folder = os.path.join(downloads.cache_dir(cache), 'cifar')
-  path = os.path.join(folder, archive.filename)
-  npz = os.path.join(folder, f'{name}.npz')
+  folder = paths.path(downloads.cache_dir(cache)) / 'cifar'
+  path, npz = os.fspath(folder / archive.filename), os.fspath(folder / f'{name}.npz')
   cached = _cached_split(npz, sha256, split)
   if cached is not None:
     return cached
-  if not download and not os.path.exists(path):
+  if not download and not paths.path(path).exists():
     raise KdjaxError(f'{name} is not downloaded: put {archive.filename} (from {url}) at '
                      f'{path}, or allow the download (config.data.download=True)')
   downloads.fetch(url, path, sha256=sha256, size=size, what=archive.filename)

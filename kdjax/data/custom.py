@@ -4,7 +4,7 @@
   layout, ``DIR/train/<class>/<image>`` and ``DIR/val/<class>/<image>`` (the folder names are
   ``config.data.train_split`` / ``test_split``), any image Pillow reads; the classes are the
   class folders sorted by name (:class:`kdjax.data.image_sources.ImageFolder`), the same in
-  both splits.
+  both splits. ``DIR`` may be a ``gs://`` URL: each image is then read from the bucket.
 * ``config.data.name='tfds:<name>'``: a TFDS dataset prepared as ArrayRecord in ``data_dir``
   (``<data_dir>/<name>/<version>/``), read through ``tfds.data_source`` without TensorFlow;
   splits ``train`` / ``test`` unless ``train_split`` / ``test_split`` say otherwise, the
@@ -31,6 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from kdjax import paths
 from kdjax.data import decoded, host_pipeline, image_sources
 from kdjax.data.sources import Dataset
 from kdjax.errors import KdjaxError
@@ -64,8 +65,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _require(d.name != TFDS, 'config.data.name tfds: names no dataset; expected tfds:<name>')
   _require(bool(d.data_dir), f'{d.name} is read from config.data.data_dir, which is unset: set '
                              f'it to {layout}')
-  _require(os.path.isdir(d.data_dir), f'config.data.data_dir {d.data_dir} does not exist; '
-                                      f'expected {layout}')
+  _require(paths.path(d.data_dir, 'config.data.data_dir').is_dir(),
+           f'config.data.data_dir {d.data_dir} does not exist; expected {layout}')
   _require(d.placement in PLACEMENTS, f'config.data.placement must be one of '
                                       f'{", ".join(PLACEMENTS)}, got {d.placement!r}')
   _require(isinstance(d.image_size, int) and d.image_size > 0,
@@ -104,9 +105,9 @@ def _sources(name: str, data_dir: str, train_split: str, test_split: str, image_
   if name == FOLDER:
     opened = []
     for split in (train_split, test_split):
-      folder = os.path.join(data_dir, split)
-      _require(os.path.isdir(folder), f'no {split} split in {data_dir}: expected '
-                                      f'{folder}/<class>/<image> (torchvision\'s ImageFolder)')
+      folder = paths.path(data_dir) / split
+      _require(folder.is_dir(), f'no {split} split in {data_dir}: expected '
+                                f'{folder}/<class>/<image> (torchvision\'s ImageFolder)')
       opened.append(image_sources.ImageFolder(folder))
     train, test = opened
     only_train, only_test = set(train.classes) - set(test.classes), \
@@ -125,7 +126,7 @@ def open_sources(config: ml_collections.ConfigDict) -> tuple:
   """The ``(train, test)`` encoded sources of ``config.data`` (see the module docstring)."""
   d = config.data
   defaults = _SPLITS[FOLDER if d.name == FOLDER else TFDS]
-  return _sources(d.name, os.path.abspath(d.data_dir), d.train_split or defaults[0],
+  return _sources(d.name, paths.text(d.data_dir), d.train_split or defaults[0],
                   d.test_split or defaults[1], d.image_key, d.label_key)
 
 

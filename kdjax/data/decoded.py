@@ -6,8 +6,9 @@ as the host pipeline decodes it (PIL, RGB), its shorter side resized to ``S`` (b
 the centre ``S x S`` kept (:func:`kdjax.data.host_pipeline.eval_image`), in a few threads with
 a progress bar. The arrays are cached in ``<cache>/decoded/<key>.npz`` (``<cache>`` as
 :func:`kdjax.downloads.cache_dir`), keyed by the source's ``fingerprint()`` (every file's
-name, size and modification time) and ``S``; written to a temporary file and renamed, so a
-killed run leaves no half-made cache, and a changed folder is decoded anew.
+name, size and modification time) and ``S``; written whole or not at all
+(:func:`kdjax.paths.writing`), so a killed run leaves no half-made cache, and a changed folder
+is decoded anew. A ``gs://`` cache (``KDJAX_CACHE``) holds them as objects.
 
 An image PIL cannot read (a corrupt or truncated file) stops the decoding with one line
 naming it, unless ``skip_unreadable``: then such images are left out, and counted.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
-import os
 import sys
 import zipfile
 
@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import PIL
 
-from kdjax import downloads, jsonio
+from kdjax import downloads, jsonio, paths
 from kdjax.data import cifar, host_pipeline
 from kdjax.errors import KdjaxError
 
@@ -82,9 +82,9 @@ def _cache_file(source, size: int, suffix: str, **extra) -> str:
   and ``extra``; the folder is created."""
   fields = {'format': FORMAT, 'size': size, 'fingerprint': source.fingerprint(), **extra}
   key = hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:32]
-  folder = os.path.join(downloads.cache_dir(), 'decoded')
-  os.makedirs(folder, exist_ok=True)
-  return os.path.join(folder, key + suffix)
+  folder = paths.path(downloads.cache_dir()) / 'decoded'
+  folder.mkdir(parents=True, exist_ok=True)
+  return str(folder / (key + suffix))
 
 
 def decode(source, size: int, *, skip_unreadable: bool, what: str):
@@ -93,7 +93,7 @@ def decode(source, size: int, *, skip_unreadable: bool, what: str):
   names the source in the progress bar."""
   npz = _cache_file(source, size, '.npz')
   try:
-    with np.load(npz, allow_pickle=False) as cached:
+    with paths.path(npz).open('rb') as f, np.load(f, allow_pickle=False) as cached:
       images, labels, unreadable = cached['images'], cached['labels'], list(cached['unreadable'])
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # none or damaged
     images, labels, unreadable = _decode_all(source, range(len(source)), size, skip_unreadable,

@@ -20,16 +20,19 @@ pickle small enough to be sent to every worker process.
   through ``tfds.data_source`` with the image left encoded (``tfds.decode.SkipDecoding``);
   its image and label features are named by ``image_key`` and ``label_key``.
 
-:func:`imagenet` opens a split of ImageNet from a data dir holding either.
+:func:`imagenet` opens a split of ImageNet from a data dir holding either. Every folder here
+may be a ``gs://`` URL (:mod:`kdjax.paths`): the images are then read object by object
+(listing and fingerprinting a large folder take one request per class and image), and TFDS
+reads its ArrayRecord files from the bucket itself.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
 
+from kdjax import downloads, paths
 from kdjax.errors import KdjaxError
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
@@ -40,28 +43,26 @@ class ImageFolder:
   """The images under ``folder``, one sub-folder per class (torchvision's ``ImageFolder``)."""
 
   def __init__(self, folder: str):
-    self.folder = os.path.abspath(folder)
-    if not os.path.isdir(self.folder):
+    self.folder = paths.text(folder, 'image folder')
+    root = paths.path(self.folder)
+    if not root.is_dir():
       raise KdjaxError(f'image folder {folder} does not exist; expected {folder}/<class>/<image> '
                        f'(torchvision\'s ImageFolder layout)')
-    self.classes = tuple(sorted(e.name for e in os.scandir(self.folder) if e.is_dir()))
+    self.classes = tuple(sorted(e.name for e in root.iterdir() if e.is_dir()))
     if not self.classes:
       raise KdjaxError(f'image folder {folder} has no class sub-folders; expected '
                        f'{folder}/<class>/<image>')
-    paths, labels = [], []
+    files, labels = [], []
     for label, name in enumerate(self.classes):
-      class_dir = os.path.join(self.folder, name)
-      for root, _, files in sorted(os.walk(class_dir, followlinks=True)):
-        for file in sorted(files):
-          if file.lower().endswith(IMG_EXTENSIONS):
-            paths.append(os.path.relpath(os.path.join(root, file), self.folder))
-            labels.append(label)
-      if not labels or labels[-1] != label:  # torchvision refuses an empty class too
-        raise KdjaxError(f'class folder {class_dir} holds no image ({", ".join(IMG_EXTENSIONS)}); '
-                         f'add its images or remove it')
+      found = _images(root / name)
+      if not found:  # torchvision refuses an empty class too
+        raise KdjaxError(f'class folder {root / name} holds no image '
+                         f'({", ".join(IMG_EXTENSIONS)}); add its images or remove it')
+      files += [f'{name}/{f}' for f in found]
+      labels += [label] * len(found)
     # One array of byte strings rather than a list of str: a few dozen bytes per example,
     # which is what each grain worker receives.
-    self._paths = np.asarray([os.fsencode(p) for p in paths])
+    self._paths = np.asarray([os.fsencode(p) for p in files])
     self._labels = np.asarray(labels, np.int32)
 
   @property
@@ -77,17 +78,29 @@ class ImageFolder:
     return self._labels
 
   def __getitem__(self, index: int) -> tuple[bytes, int]:
-    with open(self.describe(index), 'rb') as f:
-      return f.read(), int(self._labels[index])
+    return paths.path(self.describe(index)).read_bytes(), int(self._labels[index])
 
   def describe(self, index: int) -> str:
     """The file of example ``index``."""
-    return os.path.join(self.folder, os.fsdecode(self._paths[index]))
+    return f'{self.folder.rstrip("/")}/{os.fsdecode(self._paths[index])}'
 
   def fingerprint(self) -> list:
-    """``[relative path, size, mtime_ns]`` of every image: what its decoded copy depends on."""
-    stats = (os.stat(self.describe(i)) for i in range(len(self)))
-    return [[os.fsdecode(p), s.st_size, s.st_mtime_ns] for p, s in zip(self._paths, stats)]
+    """``[relative path, size, mtime_ns]`` of every image (an object's mtime in seconds): what
+    its decoded copy depends on."""
+    return [[os.fsdecode(p), *downloads.stamp(self.describe(i))]
+            for i, p in enumerate(self._paths)]
+
+
+def _images(class_dir) -> list[str]:
+  """The images under ``class_dir`` (an :class:`etils.epath.Path`), relative to it, in
+  torchvision's order: folder by folder in sorted order (links followed), files sorted."""
+  remote = paths.is_remote(class_dir)
+  top, found = None, []
+  for root, _, files in class_dir.walk() if remote else os.walk(class_dir, followlinks=True):
+    top = top or str(root)  # the first is the top: in a bucket etils yields it without gs://
+    found += [os.path.relpath(os.path.join(str(root), file), top) for file in files]
+  return sorted((f for f in found if f.lower().endswith(IMG_EXTENSIONS)),
+                key=lambda f: (os.path.dirname(f), os.path.basename(f)))
 
 
 class TfdsImages:
@@ -131,10 +144,8 @@ class TfdsImages:
   def fingerprint(self) -> list:
     """The split's files (``[name, size, mtime_ns]``) and features: what its decoded copy
     depends on."""
-    folder = self._source.dataset_info.data_dir
-    files = sorted(glob.glob(os.path.join(glob.escape(folder), f'*-{self.split}.*')))
-    return [[os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files] + [
-        list(self._keys)]
+    files = paths.glob(self._source.dataset_info.data_dir, f'*-{self.split}.*')
+    return [[f.rsplit('/', 1)[-1], *downloads.stamp(f)] for f in files] + [list(self._keys)]
 
 
 _TFDS_SPLITS = {'train': 'train', 'test': 'validation'}
@@ -150,13 +161,13 @@ def imagenet(data_dir: str, split: str):
   """
   if split not in _FOLDER_SPLITS:
     raise KdjaxError(f'unknown split {split!r}; expected train or test')
-  folder = os.path.join(data_dir, _FOLDER_SPLITS[split])
-  if os.path.isdir(folder):
+  folder = paths.path(data_dir, 'config.data.data_dir') / _FOLDER_SPLITS[split]
+  if folder.is_dir():
     return ImageFolder(folder)
-  if glob.glob(os.path.join(glob.escape(data_dir), 'imagenet2012', '*', '*.array_record*')):
+  if paths.glob(data_dir, 'imagenet2012/*/*.array_record*'):
     return TfdsImages('imagenet2012', _TFDS_SPLITS[split], data_dir)
   raise KdjaxError(f'no ImageNet in {data_dir}: expected {folder}/<wnid>/*.JPEG (the '
-                   f'ImageFolder layout) or {os.path.join(data_dir, "imagenet2012")}/<version>/ '
+                   f'ImageFolder layout) or {folder.parent / "imagenet2012"}/<version>/ '
                    f'prepared by `tfds build imagenet2012 --file_format=array_record`')
 
 

@@ -15,6 +15,8 @@ arrays then live on the accelerators (:mod:`kdjax.data.order`).
   read through ``tfds.data_source``, which needs no TensorFlow. Preparing it
   (``tfds build <name> --file_format=array_record``) runs TFDS's builder, which does need
   TensorFlow, so that is done elsewhere; kdjax never builds it.
+* ``config.data.data_dir`` (either kind) may be a ``gs://`` URL (:mod:`kdjax.paths`): TFDS
+  reads its ArrayRecord files from the bucket, and the CIFAR cache lives there.
 * ``digits``: scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels, shipped inside the
   scikit-learn wheel), upscaled x4 by pixel repetition to 32x32, grey -> 3 equal channels,
   levels 0..16 -> 0..255; a fixed stratified split of 1,437 train / 360 test images.
@@ -27,11 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
-import os
 
 import numpy as np
 
+from kdjax import paths
 from kdjax.data import cifar
 from kdjax.errors import KdjaxError
 
@@ -86,8 +87,7 @@ def _cifar(name: str, images: np.ndarray, labels: np.ndarray) -> Dataset:
 
 def _tfds_prepared(name: str, data_dir: str | None) -> bool:
   """Whether ``data_dir`` holds a TFDS-prepared ``name``: ``<name>/<version>/*array_record*``."""
-  return data_dir is not None and bool(
-      glob.glob(os.path.join(glob.escape(data_dir), name, '*', '*.array_record*')))
+  return data_dir is not None and bool(paths.glob(data_dir, f'{name}/*/*.array_record*'))
 
 
 def _tfds(name: str, split: str, data_dir: str) -> Dataset:

@@ -11,6 +11,9 @@
 * a PyTorch ``.pth`` of RepDistiller / mdistiller, converted on the fly
   (:mod:`kdjax.convert`; needs ``kdjax[torch]``).
 
+Each may be a ``gs://`` URL (:mod:`kdjax.paths`; e.g. ``gs://bucket/teacher``): it is read
+from the bucket (Orbax reads the variables there itself).
+
 A teacher whose architecture or class count does not fit the config is refused with one
 line, before any training: one trained on another number of classes than the data has
 (:func:`check_classes`), or whose variables do not fit (the first mismatched one named). So is
@@ -22,7 +25,6 @@ things.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
@@ -30,7 +32,7 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import checkpoints, jsonio, methods, models
+from kdjax import checkpoints, jsonio, methods, models, paths
 from kdjax.teachers import torch_import as convert
 from kdjax.errors import KdjaxError
 
@@ -42,35 +44,32 @@ def save(directory: str, model: str, num_classes: int, variables: dict, *,
   """Writes a teacher folder: the variables (Orbax), then ``teacher.json`` (with the
   ``dataset`` it was trained on, when known), which marks it complete: a folder whose writing
   was interrupted has none, and is never taken for a teacher."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  with contextlib.suppress(FileNotFoundError):  # an older teacher's, being replaced
-    os.remove(os.path.join(directory, TEACHER_JSON))
-  checkpoints.save_tree(os.path.join(directory, 'variables'), variables)
+  directory = paths.path(directory, 'teacher folder')
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / TEACHER_JSON).unlink(missing_ok=True)  # an older teacher's, being replaced
+  checkpoints.save_tree(os.fspath(directory / 'variables'), variables)
   meta = {'model': model, 'num_classes': num_classes, 'source': source, 'dataset': dataset}
-  jsonio.write_json(os.path.join(directory, TEACHER_JSON),
+  jsonio.write_json(os.fspath(directory / TEACHER_JSON),
                     {k: v for k, v in meta.items() if v is not None})
 
 
 def _from_workdir(path: str) -> tuple[dict, dict]:
-  with open(os.path.join(path, 'config.json')) as f:
-    config = json.load(f)
-  restored = checkpoints.restore_on_host(os.path.join(path, 'checkpoints'))
+  config = json.loads((paths.path(path) / 'config.json').read_text())
+  restored = checkpoints.restore_on_host(os.fspath(paths.path(path) / 'checkpoints'))
   if restored is None:
     raise KdjaxError(f'workdir {path!r} holds no checkpoint yet')
   step, state = restored
   net = methods.info(config.get('method', methods.SUPERVISED)).trained_net  # SFTN: 'teacher'
   variables = {'params': state['params'][net], 'batch_stats': state['batch_stats'][net]}
-  results = jsonio.read_json(os.path.join(path, 'results.json')) or {}
+  results = jsonio.read_json(os.fspath(paths.path(path) / 'results.json')) or {}
   meta = {'model': config.get('model'), 'dataset': config.get('data', {}).get('name'),
           'step': int(step), 'num_classes': results.get('num_classes')}
   return variables, meta
 
 
 def _from_folder(path: str) -> tuple[dict, dict]:
-  with open(os.path.join(path, TEACHER_JSON)) as f:
-    meta = json.load(f)
-  return checkpoints.restore_tree(os.path.join(path, 'variables')), meta
+  meta = json.loads((paths.path(path) / TEACHER_JSON).read_text())
+  return checkpoints.restore_tree(os.fspath(paths.path(path) / 'variables')), meta
 
 
 def _from_pth(path: str, model: str, num_classes: int, zoo: str) -> tuple[dict, dict]:
@@ -132,13 +131,14 @@ def load(path: str, model: str, num_classes: int, image_shape=models.CIFAR_IMAGE
   """:func:`load_variables` and what ``path`` says of them: ``model``, and a workdir's
   ``dataset``, ``step`` and (from its results) ``num_classes``, a teacher folder's
   ``num_classes``, ``source`` and (when recorded) ``dataset``."""
-  if not os.path.exists(path):
+  where = paths.path(path, 'config.teacher.checkpoint')
+  if not where.exists():
     raise KdjaxError(f'teacher checkpoint {path!r} does not exist (config.teacher.checkpoint)')
-  if path.endswith(('.pth', '.pt', '.tar')) and os.path.isfile(path):
+  if path.endswith(('.pth', '.pt', '.tar')) and where.is_file():
     read = lambda: _from_pth(path, model, num_classes, zoo)
-  elif os.path.exists(os.path.join(path, TEACHER_JSON)):
+  elif (where / TEACHER_JSON).exists():
     read = lambda: _from_folder(path)
-  elif os.path.exists(os.path.join(path, 'checkpoints')):
+  elif (where / 'checkpoints').exists():
     read = lambda: _from_workdir(path)
   else:
     raise KdjaxError(f'teacher checkpoint {path!r} is neither a kdjax workdir, a teacher '

@@ -16,7 +16,8 @@ flips; the cached logits differ from the step's own teacher forward by float rou
 cache but rounds the logits to bfloat16 (8 significant bits): close, not exact.
 
 Where: ``<cache>/teacher_logits/<key>/``, ``<cache>`` being :func:`kdjax.downloads.cache_dir`
-(``$KDJAX_CACHE``, else ``~/.cache/kdjax``) and ``key`` a SHA-256 of everything the logits
+(``$KDJAX_CACHE``, which may be a ``gs://`` URL, else ``~/.cache/kdjax``) and ``key`` a SHA-256
+of everything the logits
 depend on (:func:`cache_fields`): the teacher's architecture and the bytes of its variables,
 the dataset's name and split, the number of images and the SHA-256 of their bytes,
 crop_padding, flip, mean and std, the computation dtype and the cache's dtype. Another teacher
@@ -25,11 +26,13 @@ or augmentation is another key, so a cache is never used for a run it was not bu
 Files: ``chunk_<k>.npy`` (``numpy``'s format, never pickle) holds the logits of images
 ``[k R, (k + 1) R)``, shaped ``(rows, V, classes)``, float32, or bfloat16 stored as its uint16
 bits; ``manifest.json`` holds the fields, the shape, ``R`` and the SHA-256 of every chunk
-done. A chunk goes to a temporary file renamed into place, then into the manifest (rewritten
-atomically): a killed build loses at most the chunk it was computing and the next build
-resumes after the chunks of the manifest. Loading checks each chunk's SHA-256, shape and
-dtype; a missing, truncated or damaged chunk is named on stderr and computed again. Builders
-of one cache take turns on ``<key>.lock``.
+done. A chunk is written whole or not at all (:func:`kdjax.paths.writing`: a temporary file
+renamed into place; in a bucket one upload), then entered into the manifest (rewritten
+likewise): a killed build loses at most the chunk it was computing and the next build resumes
+after the chunks of the manifest. Loading checks each chunk's SHA-256, shape and dtype; a
+missing, truncated or damaged chunk is named on stderr and computed again. Builders of one
+local cache take turns on ``<key>.lock``; a bucket has no lock, and a chunk that a concurrent
+builder replaced fails its SHA-256 and is computed again, so the cache stays exact.
 
 Building runs the teacher's forward on jitted batches of ``config.teacher.cache_batch``
 (image, variant) pairs split over the devices of :func:`kdjax.sharding.make_mesh`, with a
@@ -61,7 +64,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from kdjax import data, downloads, interrupts, jsonio, methods
+from kdjax import data, downloads, interrupts, jsonio, methods, paths
 from kdjax.console import say
 from kdjax.errors import KdjaxError
 from kdjax.sharding import data_sharded, put_replicated, put_rows, replicated, step_keys
@@ -126,7 +129,7 @@ def cache_key(fields: dict) -> str:
 
 def cache_folder(fields: dict) -> str:
   """``<cache>/teacher_logits/<key>``."""
-  return os.path.join(downloads.cache_dir(), 'teacher_logits', cache_key(fields))
+  return os.fspath(paths.path(downloads.cache_dir()) / 'teacher_logits' / cache_key(fields))
 
 
 def make_forward(teacher: nn.Module, mesh: Mesh, *, num_images: int, mean, std,
@@ -159,14 +162,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def _write_atomically(path: str, content: bytes) -> None:
-  with open(path + '.tmp', 'wb') as f:
-    f.write(content)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + '.tmp', path)
-
-
 class _Layout(NamedTuple):
   """The cache's shape, dtypes and chunks."""
   shape: tuple  # (N, V, classes)
@@ -192,11 +187,15 @@ def _layout(fields: dict, num_classes: int, chunk_images: int) -> _Layout:
   return _Layout(shape, jnp.dtype(fields['dtype']), stored, chunk_images)
 
 
+def _file(folder: str, name: str) -> str:
+  """The file ``name`` of the cache ``folder`` (local or remote)."""
+  return os.fspath(paths.path(folder) / name)
+
+
 def _read_chunk(path: str, sha256: str, shape: tuple, dtype: np.dtype) -> np.ndarray | str:
   """The verified chunk at ``path``, or why it is unusable."""
   try:
-    with open(path, 'rb') as f:
-      content = f.read()
+    content = paths.path(path).read_bytes()
   except OSError as e:
     return f'unreadable ({e.strerror or e})'
   if hashlib.sha256(content).hexdigest() != sha256:
@@ -213,7 +212,7 @@ def _read_chunk(path: str, sha256: str, shape: tuple, dtype: np.dtype) -> np.nda
 def _manifest(folder: str, fields: dict, layout: _Layout) -> dict:
   """The folder's manifest when it describes this cache (with its own chunk size: a resumed
   build continues its chunks), else a new one with no chunk done."""
-  manifest = jsonio.read_json(os.path.join(folder, MANIFEST))
+  manifest = jsonio.read_json(_file(folder, MANIFEST))
   described = {'fields': fields, 'shape': list(layout.shape), 'stored_as': layout.stored.name}
   if (isinstance(manifest, dict) and all(manifest.get(k) == v for k, v in described.items())
       and isinstance(manifest.get('chunk_images'), int) and manifest['chunk_images'] > 0
@@ -235,7 +234,7 @@ def _read_chunks(folder: str, manifest: dict, layout: _Layout, *,
   missing = []
   for k in range(layout.num_chunks):
     rows, sha256 = layout.rows(k), manifest['chunks'].get(str(k))
-    path = os.path.join(folder, f'chunk_{k:05d}.npy')
+    path = _file(folder, f'chunk_{k:05d}.npy')
     chunk = None if sha256 is None else _read_chunk(
         path, sha256, (rows.stop - rows.start,) + layout.shape[1:], layout.stored)
     if isinstance(chunk, np.ndarray):
@@ -266,7 +265,7 @@ def teacher_logits(config: ml_collections.ConfigDict, teacher: nn.Module, teache
     if not missing:  # a shared cache may be read-only: no lock taken
       return logits.view(layout.dtype)
   with downloads.file_lock(folder + '.lock'):
-    os.makedirs(folder, exist_ok=True)
+    paths.path(folder).mkdir(parents=True, exist_ok=True)
     manifest = _manifest(folder, fields, layout)
     layout = _of(layout, manifest)
     logits, missing = _read_chunks(folder, manifest, layout, report=True)
@@ -312,9 +311,10 @@ def _build(config, teacher, teacher_variables, train, mesh, folder, manifest, la
       chunk = np.concatenate(parts).reshape(-1, per_image, num_classes)
       chunk = chunk.astype(layout.dtype).view(layout.stored)
       content = _npy_bytes(chunk)
-      _write_atomically(os.path.join(folder, f'chunk_{k:05d}.npy'), content)
+      with paths.writing(_file(folder, f'chunk_{k:05d}.npy')) as f:
+        f.write(content)
       manifest['chunks'][str(k)] = hashlib.sha256(content).hexdigest()
-      jsonio.write_json(os.path.join(folder, MANIFEST), manifest)
+      jsonio.write_json(_file(folder, MANIFEST), manifest)
       logits[rows] = chunk
 
 

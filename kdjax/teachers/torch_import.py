@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import io
 import os
 import re
 import tarfile
@@ -16,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import models
+from kdjax import models, paths
 from kdjax.errors import KdjaxError
 
 _TORCH_LEAF = {
@@ -196,10 +197,12 @@ def _load_failure(path: str, error: Exception) -> str:
 def _is_checkpoint_archive(path: str) -> bool:
   """Whether ``path`` is a tar of ``.pth`` files, such as the zoo's ``cifar_teachers.tar``."""
   try:
-    if not tarfile.is_tarfile(path):
-      return False
-    with tarfile.open(path) as archive:
-      return any(member.name.endswith('.pth') for member in archive)
+    with paths.path(path).open('rb') as f:
+      if not tarfile.is_tarfile(f):
+        return False
+      f.seek(0)
+      with tarfile.open(fileobj=f) as archive:
+        return any(member.name.endswith('.pth') for member in archive)
   except (OSError, tarfile.TarError):
     return False
 
@@ -232,24 +235,27 @@ def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
   ``torch.load(weights_only=True)``: a file that needs arbitrary pickled code is refused,
   never executed (``argparse.Namespace``, which RepDistiller's ``*_last.pth`` pickle as
   ``'opt'``, is allowed: it is plain data). A ``module.`` prefix (DataParallel) is removed.
-  Needs the optional extra ``kdjax[torch]``.
+  ``path`` may be a ``gs://`` URL: the file is then read whole into memory first. Needs the
+  optional extra ``kdjax[torch]``.
   """
   path = os.fspath(path)
+  where = paths.path(path, 'checkpoint')
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise KdjaxError(
         "reading a .pth checkpoint needs PyTorch: pip install 'kdjax[torch]'") from e
-  if not os.path.exists(path):
+  if not where.exists():
     raise KdjaxError(f'checkpoint {path!r} does not exist')
-  if not os.path.isfile(path):
+  if not where.is_file():
     raise KdjaxError(f'checkpoint {path!r} is not a file')
   try:
     # torch's own warnings (an unusual pickle protocol in garbage) would speak in its format;
     # what matters reaches the user as the one line below.
     with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
       warnings.simplefilter('ignore')
-      obj = torch.load(path, map_location='cpu', weights_only=True)
+      source = io.BytesIO(where.read_bytes()) if paths.is_remote(path) else os.fspath(where)
+      obj = torch.load(source, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     if _is_checkpoint_archive(path):
       raise KdjaxError(f'{path!r} is an archive of checkpoints (such as cifar_teachers.tar): '

@@ -6,7 +6,7 @@ divides its ``num_epochs`` into K stages and, at the end of stage j (epoch
 :func:`stage_end_epochs`\\ ``[j]``), writes the trained net's inference variables as a
 teacher folder ``<workdir>/trajectory/stage_<j>`` (the last one is the final net).
 :func:`load_snapshots` reads them back, stacked on a leading axis of size K, for SKD
-(``BuildInputs.teacher_trajectory``).
+(``BuildInputs.teacher_trajectory``). The workdir and the teacher may be ``gs://`` URLs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import jax
 import numpy as np
 
-from kdjax import models
+from kdjax import models, paths
 from kdjax.teachers import loading as teachers
 from kdjax.errors import KdjaxError
 
@@ -33,8 +33,8 @@ def record(workdir: str, epoch: int, num_epochs: int, stages: int, model: str,
   """Writes ``variables`` as stage j's snapshot if ``epoch`` ends stage j (else nothing)."""
   ends = stage_end_epochs(num_epochs, stages)
   if epoch in ends:
-    teachers.save(os.path.join(workdir, DIRECTORY, f'stage_{ends.index(epoch)}'), model,
-                  num_classes, variables, source=f'epoch {epoch} of {num_epochs}')
+    teachers.save(os.fspath(paths.path(workdir) / DIRECTORY / f'stage_{ends.index(epoch)}'),
+                  model, num_classes, variables, source=f'epoch {epoch} of {num_epochs}')
 
 
 def load_snapshots(checkpoint, model: str, num_classes: int,
@@ -45,16 +45,16 @@ def load_snapshots(checkpoint, model: str, num_classes: int,
   Raises :class:`KdjaxError` when the teacher comes without a trajectory (an imported
   PyTorch checkpoint, or a kdjax teacher trained without ``trajectory.stages``).
   """
-  root = os.path.join(str(checkpoint), DIRECTORY)
+  root = paths.path(str(checkpoint)) / DIRECTORY
   stages = 0
-  while os.path.isdir(os.path.join(root, f'stage_{stages}')):
+  while (root / f'stage_{stages}').is_dir():
     stages += 1
   if checkpoint is None or stages < 2:
     raise KdjaxError(
         f'teacher {checkpoint!r} has no recorded trajectory ({root}/stage_<j>, at least 2): '
         f'train the teacher with kdjax and --config.trajectory.stages=K (the digits preset '
         f'does this), or use --config.skd.trajectory=self_learning')
-  return stack([teachers.load_variables(os.path.join(root, f'stage_{j}'), model, num_classes,
+  return stack([teachers.load_variables(os.fspath(root / f'stage_{j}'), model, num_classes,
                                         image_shape, zoo) for j in range(stages)])
 
 

@@ -26,7 +26,10 @@ state dict. :data:`PUBLISHED_TOP1` is their CIFAR-100 top-1 (%) as published.
 3. Later calls return that folder, with no network and no tar.
 
 ``<cache>`` is :func:`kdjax.downloads.cache_dir`: the ``cache`` argument, else
-``$KDJAX_CACHE``, else ``~/.cache/kdjax``.
+``$KDJAX_CACHE``, else ``~/.cache/kdjax``. It may be a ``gs://`` URL: the download is then
+verified locally before its upload (:func:`kdjax.downloads.fetch`), the teacher converted in
+a local temporary folder and saved straight into the bucket, where its ``teacher.json``,
+written last, marks it complete.
 
 A spec ``torchvision:<name>`` (``resnet34``, ``resnet50``: :data:`TORCHVISION`) names the
 torchvision ImageNet weights that mdistiller's ``mdistiller/models/imagenet/resnet.py``
@@ -48,7 +51,7 @@ import shutil
 import tarfile
 import tempfile
 
-from kdjax import downloads, interrupts, jsonio
+from kdjax import downloads, interrupts, jsonio, paths
 from kdjax.teachers import loading as teachers
 from kdjax.teachers import torch_import as convert
 from kdjax.errors import KdjaxError
@@ -155,7 +158,8 @@ def check_spec(spec: str, model: str) -> None:
 def source_root(kind: str, url: str, cache: str | None = None) -> str:
   """``<cache>/teachers/<kind>/<source>``: the folder of what comes from ``url`` (the tar, or
   torchvision's folder), keyed by it (:func:`kdjax.downloads.source_key`)."""
-  return os.path.join(downloads.cache_dir(cache), 'teachers', kind, downloads.source_key(url))
+  return os.fspath(paths.path(downloads.cache_dir(cache)) / 'teachers' / kind
+                   / downloads.source_key(url))
 
 
 def _pin(pin_path: str) -> dict | None:
@@ -169,10 +173,10 @@ def _tar_problem(path: str) -> str | None:
   """Why the file at ``path`` is not a whole tar, or None: every header and member is there,
   then the two zero blocks that end an archive (a download cut short has not got them)."""
   try:
-    with tarfile.open(path, 'r:') as tar:
-      tar.getmembers()  # reads every header; a member cut short raises
-      end = tar.offset
-    with open(path, 'rb') as f:
+    with paths.path(path).open('rb') as f:
+      with tarfile.open(fileobj=f, mode='r:') as tar:
+        tar.getmembers()  # reads every header; a member cut short raises
+        end = tar.offset
       f.seek(end)
       marker = f.read(2 * tarfile.BLOCKSIZE)
   except tarfile.ReadError as e:
@@ -180,8 +184,8 @@ def _tar_problem(path: str) -> str | None:
       return f'is not a tar ({e})'
     marker = b''
   if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b'\0'):
-    return (f'is not a whole tar: its {os.path.getsize(path):,} bytes stop before the end of '
-            f'the archive (a download cut short)')
+    return (f'is not a whole tar: its {downloads.stamp(path)[0]:,} bytes stop before the end '
+            f'of the archive (a download cut short)')
   return None
 
 
@@ -191,7 +195,7 @@ def _fetch_archive(url: str, path: str) -> str:
   or a recorded one that is no whole tar, is deleted and asked for again, once."""
   pin_path = path + '.json'
   for _ in range(2):
-    pin, fresh = _pin(pin_path), not os.path.exists(path)
+    pin, fresh = _pin(pin_path), not paths.path(path).exists()
     try:
       downloads.fetch(url, path, sha256=pin and pin['sha256'], size=pin and pin['size'],
                       what=ARCHIVE)
@@ -206,7 +210,7 @@ def _fetch_archive(url: str, path: str) -> str:
     if problem is None:
       digest = downloads.file_sha256(path)
       if not pin:
-        jsonio.write_json(pin_path, {'url': url, 'size': os.path.getsize(path),
+        jsonio.write_json(pin_path, {'url': url, 'size': downloads.stamp(path)[0],
                                      'sha256': digest})
       return digest
     downloads.remove(path, pin_path)
@@ -220,14 +224,14 @@ def _fetch_archive(url: str, path: str) -> str:
 def _extract(archive: str, name: str, dest: str, url: str) -> None:
   """Copies the regular-file member ``name`` of the tar ``archive`` (from ``url``) to
   ``dest``."""
-  with tarfile.open(archive, 'r:') as tar:
+  with paths.path(archive).open('rb') as f, tarfile.open(fileobj=f, mode='r:') as tar:
     found = next((m for m in tar if m.name.removeprefix('./') == name), None)
     if found is None or not found.isfile():
       raise KdjaxError(f'{ARCHIVE} from {url} has no file {name}: is config.teacher.zoo_url '
                        f'mdistiller\'s {ARCHIVE} ({ZOO_URL})? Point it at one that holds the '
-                       f'teacher (this one stays in {os.path.dirname(archive)}, or delete '
+                       f'teacher (this one stays in {paths.path(archive).parent}, or delete '
                        f'that folder)')
-    with tar.extractfile(found) as src, open(dest, 'wb') as out:
+    with tar.extractfile(found) as src, open(dest, 'wb') as out:  # dest: a local work file
       shutil.copyfileobj(src, out)
 
 
@@ -236,10 +240,10 @@ def _fetch_torchvision(name: str, base_url: str, root: str) -> tuple[str, str, s
   ``root`` and refused unless its SHA-256 starts with the digits in its name."""
   file = TORCHVISION[name][1]
   url = base_url.rstrip('/') + '/' + file
-  path = downloads.fetch(url, os.path.join(root, file), sha256=None, what=file)
+  path = downloads.fetch(url, os.fspath(paths.path(root) / file), sha256=None, what=file)
   digest, prefix = downloads.file_sha256(path), file.rsplit('-', 1)[1].split('.')[0]
   if not digest.startswith(prefix):
-    os.remove(path)
+    downloads.remove(path)
     raise downloads.ChecksumError(f'{file} from {url} has sha256 {digest}, which does not '
                                   f'start with {prefix} as its name says; it was deleted, '
                                   f'not used: check config.teacher.zoo_url')
@@ -261,37 +265,56 @@ def resolve(spec: str, *, zoo_url: str | None = None, cache: str | None = None,
   torchvision = spec.startswith(TORCHVISION_PREFIX)
   url = zoo_url or (TORCHVISION_URL if torchvision else ZOO_URL)
   root = source_root('torchvision' if torchvision else 'mdistiller', url, cache)
-  folder = os.path.join(root, name)
-  if os.path.isfile(os.path.join(folder, teachers.TEACHER_JSON)):
+  folder = os.fspath(paths.path(root) / name)
+  if (paths.path(folder) / teachers.TEACHER_JSON).is_file():
     return folder
   if importlib.util.find_spec('torch') is None:
     raise KdjaxError(f"{spec} is a PyTorch checkpoint; converting it needs PyTorch: pip "
                      f"install 'kdjax[torch]'")
-  os.makedirs(root, exist_ok=True)
-  work = tempfile.mkdtemp(dir=root, prefix=f'.{name}.')
+  remote = paths.is_remote(root)
+  paths.path(root).mkdir(parents=True, exist_ok=True)
+  # Locally the teacher is saved beside its folder and renamed into it; a bucket has no
+  # rename of a folder, and takes it in place (teacher.json, written last, completes it).
+  work = tempfile.mkdtemp(dir=None if remote else root, prefix=f'.{name}.')
   try:
-    if torchvision:
-      model, dataset = TORCHVISION[name][0], 'imagenet'
-      pth, url, digest = _fetch_torchvision(name, url, root)
-      source = f'{url} (sha256 {digest})'
-    else:
-      model, dataset = name, 'cifar100'
-      digest = _fetch_archive(url, os.path.join(root, ARCHIVE))
-      pth = os.path.join(work, 'ckpt_epoch_240.pth')
-      _extract(os.path.join(root, ARCHIVE), member(name), pth, url)
-      source = f'{member(name)} of {url} (sha256 {digest})'
-    with interrupts.doing(f'converting {spec}', 'its download is kept; no half-converted '
-                          'teacher is left'):
-      variables = convert.variables_from_torch(model, convert.load_pth(pth), num_classes,
-                                               zoo='imagenet' if torchvision else 'cifar')
-      teachers.save(os.path.join(work, name), model, num_classes, variables, source=source,
-                    dataset=dataset)
-    try:
-      os.rename(os.path.join(work, name), folder)
-    except OSError as e:  # another process was first, or something else is in the way
-      if not os.path.isfile(os.path.join(folder, teachers.TEACHER_JSON)):
-        raise KdjaxError(f'could not create the teacher folder {folder} ({e.strerror or e}); '
-                         f'delete what is there') from e
+    staged = folder if remote else os.path.join(work, name)
+    _convert(spec, url, root, work, staged, num_classes)
+    if not remote:
+      _move_into_place(staged, folder)
   finally:
     shutil.rmtree(work, ignore_errors=True)
   return folder
+
+
+def _convert(spec: str, url: str, root: str, work: str, dest: str, num_classes: int) -> None:
+  """Downloads zoo teacher ``spec`` from ``url`` into ``root`` (the ``.pth`` extracted into the
+  local folder ``work``) and saves it converted as the teacher folder ``dest``."""
+  name = _teacher_name(spec)
+  torchvision = spec.startswith(TORCHVISION_PREFIX)
+  if torchvision:
+    model, dataset = TORCHVISION[name][0], 'imagenet'
+    pth, url, digest = _fetch_torchvision(name, url, root)
+    source = f'{url} (sha256 {digest})'
+  else:
+    model, dataset = name, 'cifar100'
+    archive = os.fspath(paths.path(root) / ARCHIVE)
+    digest = _fetch_archive(url, archive)
+    pth = os.path.join(work, 'ckpt_epoch_240.pth')
+    _extract(archive, member(name), pth, url)
+    source = f'{member(name)} of {url} (sha256 {digest})'
+  with interrupts.doing(f'converting {spec}', 'its download is kept; no half-converted '
+                        'teacher is left'):
+    variables = convert.variables_from_torch(model, convert.load_pth(pth), num_classes,
+                                             zoo='imagenet' if torchvision else 'cifar')
+    teachers.save(dest, model, num_classes, variables, source=source, dataset=dataset)
+
+
+def _move_into_place(staged: str, folder: str) -> None:
+  """Renames the local teacher folder ``staged`` to ``folder``, unless another process was
+  first (its complete teacher is kept)."""
+  try:
+    paths.path(staged).rename(folder)
+  except OSError as e:  # another process was first, or something else is in the way
+    if not (paths.path(folder) / teachers.TEACHER_JSON).is_file():
+      raise KdjaxError(f'could not create the teacher folder {folder} ({e.strerror or e}); '
+                       f'delete what is there') from e
