@@ -9,7 +9,9 @@ object store that :mod:`etils.epath` serves, ``gs://bucket/folder`` (through gcs
 TensorStore's own GCS and S3 drivers.
 
 Object stores have no folders, no ``flock`` and no atomic rename of a folder; the callers
-that care (the workdir lock, :mod:`kdjax.workdirs`) ask :func:`is_remote`. gcsfs and
+that care (the workdir lock, :mod:`kdjax.workdirs`) ask :func:`is_remote`. :func:`writing`
+writes a file whole or not at all on both (a rename locally, one upload remotely);
+:func:`glob` matches files under a folder on both. gcsfs and
 TensorStore both retry transient failures (HTTP 408/429/5xx, a dropped connection) with
 exponential backoff before an error reaches kdjax.
 """

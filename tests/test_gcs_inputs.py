@@ -62,6 +62,18 @@ print(json.dumps({
 """
 
 
+# A published teacher (argv: the zoo's URL) resolved into the cache: its folder, and the
+# SHA-256 of its variables as kdjax.teachers.load_variables reads them.
+RESOLVE_ZOO = """
+import hashlib, sys, jax, numpy as np
+from kdjax import teachers
+from kdjax.teachers import zoo
+folder = zoo.resolve('mdistiller:resnet56', zoo_url=sys.argv[1])
+leaves = jax.tree.leaves(teachers.load_variables(folder, 'resnet56', 100))
+print(folder, hashlib.sha256(b''.join(np.asarray(x).tobytes() for x in leaves)).hexdigest())
+"""
+
+
 def _upload(url: str, folder, prefix: str) -> None:
   """Every file under the local ``folder`` as an object ``prefix/<relative path>``."""
   for path in sorted(p for p in folder.rglob('*') if p.is_file()):
@@ -197,3 +209,33 @@ def test_a_folder_of_images_and_a_tfds_data_dir_are_read_from_the_bucket(tmp_pat
         'red'] * 4 and local['folder'][1][0] == 'blue/2.png'  # top folder first, then deep/
     assert len(local['tfds']) == 18 and local['tfds_files']
     assert len([n for n in _objects(url, 'cache/decoded/') if n.endswith('.npz')]) == 2
+
+
+@pytest.mark.slow
+def test_a_published_teacher_is_downloaded_and_converted_into_the_bucket_once(tmp_path):
+  torch = pytest.importorskip('torch')
+  tar = archives.zoo_tar({'resnet56': archives.teacher_pth(torch, 'resnet56')})
+  with FileServer() as server, gcs_emulator.running_emulator(buckets=(BUCKET,)) as url:
+    server.files['cifar_teachers.tar'] = tar
+    zoo_url = server.url('cifar_teachers.tar')
+    env = {**gcs_emulator.client_env(url), 'KDJAX_CACHE': f'gs://{BUCKET}/cache'}
+    folder, digest = _python(RESOLVE_ZOO, zoo_url, env=env).split()
+    root = folder.removeprefix(f'gs://{BUCKET}/').rsplit('/', 1)[0]
+    assert folder.startswith(f'gs://{BUCKET}/cache/teachers/mdistiller/')
+    objects = _objects(url, root + '/')
+    assert _read(url, f'{root}/cifar_teachers.tar') == tar
+    assert json.loads(_read(url, f'{root}/cifar_teachers.tar.json'))['sha256'] == (
+        hashlib.sha256(tar).hexdigest())
+    assert f'{root}/resnet56/teacher.json' in objects
+    server.stop()  # converted once: the second run reads the teacher from the bucket
+    assert _python(RESOLVE_ZOO, zoo_url, env=env).split() == [folder, digest]
+    assert server.requests == [('cifar_teachers.tar', None)] and _objects(url, root) == objects
+    server.files.clear()
+  local = _python(RESOLVE_ZOO, 'file://' + str(_write(tmp_path / 'mirror.tar', tar)),
+                  env={'KDJAX_CACHE': str(tmp_path / 'cache')}).split()
+  assert local[1] == digest  # the same variables as converted locally
+
+
+def _write(path, content: bytes):
+  path.write_bytes(content)
+  return path
