@@ -11,9 +11,9 @@ TensorStore's own GCS and S3 drivers.
 Object stores have no folders, no ``flock`` and no atomic rename of a folder; the callers
 that care (the workdir lock, :mod:`kdjax.workdirs`) ask :func:`is_remote`. :func:`writing`
 writes a file whole or not at all on both (a rename locally, one upload remotely);
-:func:`glob` matches files under a folder on both. gcsfs and
-TensorStore both retry transient failures (HTTP 408/429/5xx, a dropped connection) with
-exponential backoff before an error reaches kdjax.
+:func:`glob` matches files under a folder on both. gcsfs and TensorStore both retry transient
+failures (HTTP 408/429/5xx, a dropped connection) with exponential backoff before an error
+reaches kdjax.
 """
 
 from __future__ import annotations
