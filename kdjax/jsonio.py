@@ -34,20 +34,15 @@ def read_json(path: str) -> Optional[Any]:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` to ``path`` atomically: locally a temporary file, then a rename; in an
-  object store one upload (readers see the old object or the new one, never a part)."""
+  """Writes ``obj`` to ``path`` whole or not at all (:func:`kdjax.paths.writing`: locally a
+  temporary file, then a rename; in an object store one upload)."""
   write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def write_text(path: paths.PathLike, text: str) -> None:
-  """Writes ``text`` to ``path`` atomically (see :func:`write_json`)."""
-  target = paths.path(path)
-  if paths.is_remote(path):
-    target.write_text(text)
-    return
-  tmp = target.with_name(target.name + '.tmp')
-  tmp.write_text(text)  # a kill now leaves the old file whole
-  tmp.replace(target)
+  """Writes ``text`` to ``path`` whole or not at all (:func:`kdjax.paths.writing`)."""
+  with paths.writing(path) as f:
+    f.write(text.encode())
 
 
 CONFIG = 'config.json'

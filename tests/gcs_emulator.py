@@ -39,8 +39,11 @@ def client_env(url: str) -> dict:
 
   None of them then reaches a real Google endpoint: google-auth (which gcsfs asks first)
   finds no credentials to refresh (no key file, no gcloud configuration) and skips the
-  Compute Engine metadata server (``NO_GCE_CHECK``), so gcsfs goes on anonymously."""
+  Compute Engine metadata server (``NO_GCE_CHECK``), so gcsfs goes on anonymously.
+  ArrayRecord's own GCS reader (TFDS data in a bucket) is sent by
+  ``CLOUD_STORAGE_EMULATOR_ENDPOINT``."""
   return {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url,
+          'CLOUD_STORAGE_EMULATOR_ENDPOINT': url,
           'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'kdjax-test-token',
           'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false', 'EPATH_USE_TF': 'false',
           'NO_GCE_CHECK': 'true', 'GOOGLE_APPLICATION_CREDENTIALS': '',

@@ -197,8 +197,7 @@ def test_a_folder_of_images_and_a_tfds_data_dir_are_read_from_the_bucket(tmp_pat
   with gcs_emulator.running_emulator(buckets=(BUCKET,)) as url:
     _upload(url, tmp_path / 'images', 'images')
     _upload(url, tmp_path / 'tfds', 'tfds')
-    env = {**gcs_emulator.client_env(url), 'KDJAX_CACHE': f'gs://{BUCKET}/cache',
-           'CLOUD_STORAGE_EMULATOR_ENDPOINT': url}  # ArrayRecord's own GCS client
+    env = {**gcs_emulator.client_env(url), 'KDJAX_CACHE': f'gs://{BUCKET}/cache'}
     remote = json.loads(_python(LOAD_CUSTOM, f'gs://{BUCKET}/images', f'gs://{BUCKET}/tfds',
                                 env=env))
     local = json.loads(_python(LOAD_CUSTOM, tmp_path / 'images', tmp_path / 'tfds',
