@@ -181,21 +181,29 @@ def parse_flags(argv, purpose: str = _PURPOSE):
   """absl's flag parsing, with every mistake (bad file, unknown key) as one line; ``--help``
   and ``--list`` answered; no ``--config`` is an error line followed by the methods."""
   if any(arg in _HELP_FLAGS for arg in argv[1:]):
-    print(_usage(purpose))
-    sys.exit(0)
+    _answer(_usage(purpose))
   try:
     parsed = flags.FLAGS(_with_packaged_configs(argv))
   except Exception as e:  # pylint: disable=broad-except
     _flag_error(e)
   if flags.FLAGS.list:
-    print(cli.method_list())
-    sys.exit(0)
+    _answer(cli.method_list())
   if not flags.FLAGS['config'].present:
     print(f'kdjax: error: --config is required, e.g. {cli.invoked_as("kdjax.main")} '
           f'--config slkd:digits', file=sys.stderr)
     print(cli.method_list(), file=sys.stderr)
     sys.exit(2)
   return parsed
+
+
+def _answer(text: str) -> None:
+  """Prints ``text`` and exits 0; a reader that stopped early (``kdjax --list | head``) is
+  no error: the rest goes nowhere, without a BrokenPipeError traceback."""
+  try:
+    print(text, flush=True)
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
+  sys.exit(0)
 
 
 def _flag_error(e: Exception) -> None:

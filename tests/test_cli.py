@@ -21,6 +21,17 @@ def test_help_shows_kdjax_flags_under_the_typed_name():
     assert f'  {flag}:' in done.stdout, done.stdout
 
 
+@pytest.mark.parametrize('flag', ['--list', '--help'])
+def test_a_reader_that_stops_early_is_no_error(flag):
+  """``kdjax --list | head -1``: the pipe closes before kdjax writes; no traceback, status 0."""
+  read, write = os.pipe()
+  os.close(read)  # the reader is gone before the first byte
+  done = subprocess.run([sys.executable, '-m', 'kdjax.main', flag], cwd=ROOT, stdout=write,
+                        stderr=subprocess.PIPE, text=True, timeout=120)
+  os.close(write)
+  assert (done.returncode, done.stderr) == (0, '')
+
+
 def test_no_config_is_one_error_line_and_the_methods():
   done = run_cli([])
   assert done.returncode == 2 and 'Traceback' not in done.stderr
