@@ -40,7 +40,6 @@ import http.client
 import os
 import pathlib
 import re
-import shutil
 import socket
 import sys
 import tempfile
@@ -330,8 +329,7 @@ def _fetch_remote(url: str, dest: str, sha256: str | None, size: int | None, wha
   fetch(url, staged, sha256=sha256, size=size, what=what)
   digest = file_sha256(staged)
   try:
-    with open(staged, 'rb') as src, paths.writing(dest) as out:
-      shutil.copyfileobj(src, out)
+    paths.upload(staged, dest)
   except OSError as e:
     raise KdjaxError(f'could not upload {what} to {dest} ({e.strerror or e}); check the bucket '
                      f'and your credentials ({CACHE_ENV}); the verified download is kept in '

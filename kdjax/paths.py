@@ -24,7 +24,6 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
 import sys
 import tempfile
 import urllib.parse
@@ -104,11 +103,11 @@ def writing(value: PathLike, what: str = 'path') -> Iterator[BinaryIO]:
   old object or the new one). A killed or failed writer leaves ``value`` as it was."""
   target = path(value, what)
   if is_remote(value):
-    with tempfile.TemporaryFile() as staged:
-      yield staged
-      staged.seek(0)
-      with target.open('wb') as out:
-        shutil.copyfileobj(staged, out)
+    with tempfile.TemporaryDirectory(prefix='kdjax_upload_') as folder:
+      staged = os.path.join(folder, target.name)
+      with open(staged, 'wb') as f:
+        yield f
+      upload(staged, target)
     return
   tmp = target.with_name(f'{target.name}.{os.getpid()}.tmp')  # the user's umask, as any file
   try:
@@ -120,6 +119,16 @@ def writing(value: PathLike, what: str = 'path') -> Iterator[BinaryIO]:
     tmp.unlink(missing_ok=True)
     raise
   tmp.replace(target)
+
+
+def upload(local: str, value: PathLike) -> None:
+  """Uploads the local file ``local`` as the object ``value``, whole or not at all: the
+  store's client sends it in one request, or in a resumable upload that only the last chunk
+  commits and that is cancelled on an error (fsspec's ``put_file``; a file object's ``close``
+  would commit what it had been given)."""
+  import fsspec  # pylint: disable=import-outside-toplevel
+  filesystem, remote = fsspec.core.url_to_fs(os.fspath(value))
+  filesystem.put_file(local, remote)
 
 
 # ------------------------------------------------------------------ storage errors, one line

@@ -93,7 +93,25 @@ def test_json_files_are_written_and_read_through_transient_failures(proxy, answe
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout == "{'top1': 71.5}\n"
   assert [a for _, _, a in proxy.injected] == [answer, answer]
-  assert proxy.injected[0][1].startswith(f'/upload/storage/v1/b/{BUCKET}/o?name=json_')
+  assert proxy.injected[0][1].startswith(f'/upload/storage/v1/b/{BUCKET}/o?')  # the write's
+
+
+def test_a_failed_write_leaves_the_object_as_it_was(proxy):
+  # A writer that fails mid-way (its own error, or an upload the store keeps refusing)
+  # leaves the old object whole: nothing of the new content is committed.
+  done = _python(proxy.url, '-c', textwrap.dedent(f'''
+      from kdjax import jsonio, paths
+      target = 'gs://{BUCKET}/whole/results.json'
+      jsonio.write_json(target, {{'top1': 1.0}})
+      try:
+        with paths.writing(target) as f:
+          f.write(b'{{"top1": 2')
+          raise RuntimeError('the writer failed')
+      except RuntimeError:
+        pass
+      print(jsonio.read_json(target))'''))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout == "{'top1': 1.0}\n"
 
 
 @pytest.mark.parametrize('answer', [503, 'drop'])
