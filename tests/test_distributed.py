@@ -149,7 +149,7 @@ def test_two_processes_equal_one_process_and_stop_together_on_sigterm(tmp_path,
   assert '2 cpu device(s) in 2 processes, global batch 32 = 16 per device' in results[0][1]
   assert 'epoch 1 step 2/10' not in results[1][1], 'only process 0 prints progress'
   stopped = json.loads((multi / 'results.json').read_text())
-  if not stopped['finished']:  # (a slow machine may finish before the processes agree)
+  if stopped['step'] < 10:  # (a slow machine may reach max_steps before the processes agree)
     assert 'stopped by signal 15 at step' in results[0][1]
     assert str(stopped['step']) in os.listdir(multi / 'checkpoints')
     print(f'stopped by SIGTERM after step {stopped["step"]}')
