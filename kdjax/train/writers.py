@@ -42,8 +42,9 @@ class MetricWriter:
     self.path = paths.path(workdir) / 'metrics.jsonl'
     if not enabled:
       return
-    self._lines = _lines_up_to(self.path, resume_step) if self.path.exists() else []
-    if self._lines or self.path.exists():  # a resumed run writes the later lines again
+    existed = self.path.exists()
+    self._lines = _lines_up_to(self.path, resume_step) if existed else []
+    if existed:  # a resumed run writes the later lines again
       jsonio.write_text(self.path, ''.join(self._lines))
     self._remote, self._flushed_at = paths.is_remote(workdir), time.monotonic()
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -67,7 +68,7 @@ class MetricWriter:
   def flush(self) -> None:
     """Uploads a remote ``metrics.jsonl`` whole (nothing to do for a local one)."""
     if self.enabled and self._remote:
-      self.path.write_text(''.join(self._lines))
+      jsonio.write_text(self.path, ''.join(self._lines))
       self._flushed_at = time.monotonic()
 
   def close(self) -> None:
