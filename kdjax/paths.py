@@ -74,17 +74,30 @@ def text(value: PathLike, what: str = 'path') -> str:
   return os.fspath(path(value, what))
 
 
+def files_under(folder: PathLike) -> list[str]:
+  """The files under ``folder``, as paths relative to it, folder by folder in sorted order,
+  each folder's files sorted (torchvision's ImageFolder order). Locally ``os.walk``, links
+  followed; in an object store one recursive listing (fsspec's ``find``; ``epath.Path.walk``
+  would drop the ``gs://`` of the folders it yields)."""
+  if is_remote(folder):
+    import fsspec  # pylint: disable=import-outside-toplevel
+    filesystem, root = fsspec.core.url_to_fs(text(folder))
+    found = [os.path.relpath(f, root) for f in filesystem.find(root)]
+  else:
+    root = text(folder)
+    found = [os.path.relpath(os.path.join(d, f), root)
+             for d, _, files in os.walk(root, followlinks=True) for f in files]
+  return sorted(found, key=lambda f: (os.path.dirname(f), os.path.basename(f)))
+
+
 def copy_tree(source: PathLike, target: PathLike) -> None:
   """Copies every file under the folder ``source`` to the same relative path under
-  ``target`` (either may be local or in an object store; ``epath.Path.walk`` would drop the
-  ``gs://`` of a remote source's folders, so this recurses with ``iterdir``)."""
+  ``target`` (either may be local or in an object store)."""
   source, target = path(source), path(target)
-  target.mkdir(parents=True, exist_ok=True)
-  for child in source.iterdir():
-    if child.is_dir():
-      copy_tree(child, target / child.name)
-    else:
-      (target / child.name).write_bytes(child.read_bytes())
+  for name in files_under(source):
+    destination = target / name
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_bytes((source / name).read_bytes())
 
 
 def glob(folder: PathLike, pattern: str) -> list[str]:

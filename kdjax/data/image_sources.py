@@ -92,15 +92,9 @@ class ImageFolder:
 
 
 def _images(class_dir) -> list[str]:
-  """The images under ``class_dir`` (an :class:`etils.epath.Path`), relative to it, in
-  torchvision's order: folder by folder in sorted order (links followed), files sorted."""
-  remote = paths.is_remote(class_dir)
-  top, found = None, []
-  for root, _, files in class_dir.walk() if remote else os.walk(class_dir, followlinks=True):
-    top = top or str(root)  # the first is the top: in a bucket etils yields it without gs://
-    found += [os.path.relpath(os.path.join(str(root), file), top) for file in files]
-  return sorted((f for f in found if f.lower().endswith(IMG_EXTENSIONS)),
-                key=lambda f: (os.path.dirname(f), os.path.basename(f)))
+  """The images under ``class_dir``, relative to it, in torchvision's order
+  (:func:`kdjax.paths.files_under`)."""
+  return [f for f in paths.files_under(class_dir) if f.lower().endswith(IMG_EXTENSIONS)]
 
 
 class TfdsImages:
